@@ -1,0 +1,39 @@
+"""energymask: energy-based spatial masking (ERSM) and patch energy dropout (PB-EDropout).
+
+See DESIGN.md; the core needs neither Lightning nor matplotlib.
+"""
+
+from energymask.ersm import (
+    EnergyMask2d,
+    EnergyMaskOutput,
+    collect_regularizer,
+    energy_mask_2d,
+    energy_mask_layers,
+)
+from energymask.models import Classifier, FrozenBackboneClassifier, shallow_cnn, small_cnn
+from energymask.surgery import (
+    InsertedAfter,
+    insert_after,
+    insertable_names,
+    inserted_layers,
+    remove_inserted,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Classifier",
+    "EnergyMask2d",
+    "EnergyMaskOutput",
+    "FrozenBackboneClassifier",
+    "InsertedAfter",
+    "collect_regularizer",
+    "energy_mask_2d",
+    "energy_mask_layers",
+    "insert_after",
+    "insertable_names",
+    "inserted_layers",
+    "remove_inserted",
+    "shallow_cnn",
+    "small_cnn",
+]

@@ -1,0 +1,1 @@
+"""Lightning shell over the core: callbacks, modules, data modules."""

@@ -1,0 +1,1 @@
+"""Figures of masks, energies and curves (matplotlib). Draws, never trains."""
