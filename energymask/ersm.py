@@ -182,7 +182,9 @@ class EnergyMask2d(nn.Module):
         if grid_size is not None and (
             len(grid_size) != 2 or any(not isinstance(s, int) or s < 1 for s in grid_size)
         ):
-            raise ValueError(f"grid_size must be None or (h, w) positive ints, but got {grid_size!r}")
+            raise ValueError(
+                f"grid_size must be None or (h, w) positive ints, but got {grid_size!r}"
+            )
         self.channels = channels
         self.token_size = token_size
         self.lam, self.gamma, self.temperature, self.eta = lam, gamma, temperature, eta
@@ -248,5 +250,7 @@ def collect_regularizer(model: nn.Module) -> Tensor | None:
 
     Returns None when no layer has one (eval mode, no forward since the last call).
     """
-    values = [r for m in energy_mask_layers(model).values() if (r := m.pop_regularizer()) is not None]
+    values = [
+        r for m in energy_mask_layers(model).values() if (r := m.pop_regularizer()) is not None
+    ]
     return torch.stack(values).sum() if values else None

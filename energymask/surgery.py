@@ -40,11 +40,7 @@ def insertable_names(model: nn.Module, example_input: Tensor | None = None) -> l
     inserted wrapper). With it, only those whose output is a 4D tensor for that
     input (one forward pass, in eval mode and without gradients).
     """
-    names = [
-        name
-        for name, _ in model.named_modules()
-        if name and not _inside_wrapper(model, name)
-    ]
+    names = [name for name, _ in model.named_modules() if name and not _inside_wrapper(model, name)]
     if example_input is None:
         return names
     four_d: list[str] = []
@@ -115,10 +111,9 @@ def insert_after(
     names = [names] if isinstance(names, str) else list(names)
     valid = insertable_names(model)
     for name in names:
+        if name in valid and isinstance(model.get_submodule(name), InsertedAfter):
+            raise ValueError(f"a layer is already inserted after {name!r}")
         if name not in valid:
-            inserted = [n for n, m in model.named_modules() if isinstance(m, InsertedAfter)]
-            if name in inserted:
-                raise ValueError(f"a layer is already inserted after {name!r}")
             raise ValueError(f"unknown layer name {name!r}; valid names are: {', '.join(valid)}")
     if len(set(names)) != len(names):
         raise ValueError(f"names must be distinct, but got {names}")

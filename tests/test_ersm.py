@@ -1,0 +1,219 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from energymask import EnergyMask2d, collect_regularizer, energy_mask_2d, energy_mask_layers
+
+
+def loop_reference(x, weight, bias, p, lam, gamma, temperature):
+    """DESIGN.md §3 token by token, with Python loops."""
+    b_, c_, h_, w_ = x.shape
+    h, w = h_ // p, w_ // p
+    unit = {}
+    z = torch.zeros(b_, h, w, dtype=x.dtype)
+    for b in range(b_):
+        for i in range(h):
+            for j in range(w):
+                tok = x[b, :, i * p : (i + 1) * p, j * p : (j + 1) * p].reshape(-1)
+                u = tok / (tok.norm() + 1e-6)
+                unit[b, i, j] = u
+                bij = bias if bias.dim() == 0 else bias[i, j]
+                z[b, i, j] = u @ weight + bij
+    sim = torch.zeros_like(z)
+    for (b, i, j), u in unit.items():
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                if (di, dj) != (0, 0) and (b, i + di, j + dj) in unit:
+                    sim[b, i, j] += u @ unit[b, i + di, j + dj]
+    keep = torch.sigmoid(-z / temperature)
+    unary = lam * F.softplus(z)
+    pairwise = gamma * F.softplus(sim)
+    out = x.clone()
+    for b in range(b_):
+        for i in range(h):
+            for j in range(w):
+                out[b, :, i * p : (i + 1) * p, j * p : (j + 1) * p] *= keep[b, i, j]
+    return out, z, keep, unary, pairwise
+
+
+@pytest.mark.parametrize(
+    ("shape", "p", "per_position"),
+    [
+        ((2, 3, 4, 6), 1, False),
+        ((1, 2, 6, 4), 2, False),
+        ((2, 3, 5, 3), 1, True),
+        ((1, 1, 1, 1), 1, False),
+    ],
+)
+def test_matches_loop_reference(shape, p, per_position):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    d = shape[1] * p * p
+    weight = torch.randn(d, generator=g, dtype=torch.float64)
+    grid = (shape[2] // p, shape[3] // p)
+    bias = torch.randn(grid if per_position else (), generator=g, dtype=torch.float64)
+    lam, gamma, t = 0.3, 0.7, 1.5
+    res = energy_mask_2d(x, weight, bias, p, lam, gamma, t)
+    out, z, keep, unary, pairwise = loop_reference(x, weight, bias, p, lam, gamma, t)
+    torch.testing.assert_close(res.output, out)
+    torch.testing.assert_close(res.logits, z)
+    torch.testing.assert_close(res.keep, keep)
+    torch.testing.assert_close(res.unary, unary)
+    torch.testing.assert_close(res.pairwise, pairwise)
+    torch.testing.assert_close(res.energy, unary + pairwise)
+    torch.testing.assert_close(res.regularizer, (keep * (unary + pairwise)).mean())
+
+
+def test_gradcheck_float64():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(12, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn((), generator=g, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, weight, bias):
+        res = energy_mask_2d(x, weight, bias, 2, 0.5, 0.5, 0.8, eta=0.3)
+        return res.output, res.regularizer, res.energy
+
+    assert torch.autograd.gradcheck(fn, (x, weight, bias))
+
+
+def test_regularizer_gradient_reaches_weight_and_bias():
+    layer = EnergyMask2d(4, grid_size=(3, 3), bias_init=0.0)
+    layer(torch.randn(2, 4, 3, 3))
+    layer.pop_regularizer().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    assert layer.bias.grad is not None and layer.bias.grad.abs().sum() > 0
+
+
+def test_parameters_registered_at_construction():
+    layer = EnergyMask2d(5, grid_size=(4, 2))
+    names = dict(layer.named_parameters())
+    assert set(names) == {"weight", "bias"}
+    assert names["bias"].shape == (4, 2)
+    assert EnergyMask2d(5).bias.shape == ()
+
+
+def test_bias_init_starts_almost_closed():
+    layer = EnergyMask2d(3)  # bias 6: keep ≈ sigmoid(-6 ± 1)
+    layer(torch.randn(2, 3, 5, 5))
+    assert layer.last_keep.max() < sigmoid_bound(6 - 1)
+
+
+def sigmoid_bound(z):
+    return 1 / (1 + math.exp(z))
+
+
+def test_hard_mask_at_inference():
+    torch.manual_seed(0)
+    layer = EnergyMask2d(3, bias_init=0.0, hard_inference=True).eval()
+    x = torch.randn(2, 3, 4, 4)
+    out = layer(x)
+    keep = layer.last_keep
+    assert set(keep.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(out, x * keep[:, None])
+    layer.train()
+    layer(x)
+    assert ((layer.last_keep > 0) & (layer.last_keep < 1)).all()  # soft in training
+
+
+def test_forced_mask_replaces_keep():
+    layer = EnergyMask2d(2, token_size=2)
+    x = torch.randn(1, 2, 4, 6)
+    forced = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]]])
+    layer.forced_mask = forced
+    out = layer(x)
+    expected = x * forced.repeat_interleave(2, 1).repeat_interleave(2, 2)[:, None]
+    torch.testing.assert_close(out, expected)
+
+
+def test_eta_adds_mask_coherence():
+    g = torch.Generator().manual_seed(2)
+    x, w = torch.randn(1, 2, 3, 3, generator=g), torch.randn(2, generator=g)
+    bias = torch.tensor(0.0)
+    plain = energy_mask_2d(x, w, bias)
+    smooth = energy_mask_2d(x, w, bias, eta=2.0)
+    k = plain.keep[0]
+    pairs = sum(
+        (k[i, j] - k[i + di, j + dj]) ** 2
+        for i in range(3)
+        for j in range(3)
+        for di, dj in ((0, 1), (1, 0))
+        if i + di < 3 and j + dj < 3
+    )
+    expected = plain.regularizer + 2.0 * 2 * pairs / 9  # each pair counted from both ends
+    torch.testing.assert_close(smooth.regularizer, expected)
+
+
+def test_last_maps_are_detached_and_regularizer_collected():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), EnergyMask2d(3))
+    model(torch.randn(2, 1, 4, 4))
+    layer = model[1]
+    for t in (layer.last_keep, layer.last_logits, layer.last_energy):
+        assert t.grad_fn is None and t.shape == (2, 4, 4)
+    assert layer.regularizer.requires_grad
+    assert list(energy_mask_layers(model)) == ["1"]
+    r = collect_regularizer(model)
+    assert r is not None and r.requires_grad
+    assert collect_regularizer(model) is None  # taken
+    model.eval()
+    model(torch.randn(2, 1, 4, 4))
+    assert not layer.regularizer.requires_grad
+
+
+def test_extra_repr_shows_settings():
+    assert "token_size=2" in repr(EnergyMask2d(3, token_size=2))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "x", "match"),
+    [
+        ({}, torch.randn(1, 4, 4, 4), "must have 3 channels, but got 4"),
+        ({"token_size": 2}, torch.randn(1, 3, 5, 4), "divisible by token_size=2, but got 5x4"),
+        ({}, torch.randn(3, 4, 4), r"4D feature map \(B, C, H, W\), but got shape \(3, 4, 4\)"),
+        ({}, torch.full((1, 3, 2, 2), float("nan")), "must be finite"),
+        ({"grid_size": (3, 3)}, torch.randn(1, 3, 4, 4), r"grid size \(3, 3\) does not match"),
+    ],
+)
+def test_bad_input(kwargs, x, match):
+    with pytest.raises(ValueError, match=match):
+        EnergyMask2d(3, **kwargs)(x)
+
+
+@pytest.mark.parametrize(
+    ("forced", "match"),
+    [
+        (torch.ones(1, 2, 2), r"forced_mask must have shape \(B, h, w\) = \(1, 4, 4\)"),
+        (torch.full((1, 4, 4), 0.5), r"values must be in \{0, 1\}"),
+    ],
+)
+def test_bad_forced_mask(forced, match):
+    layer = EnergyMask2d(3)
+    layer.forced_mask = forced
+    with pytest.raises(ValueError, match=match):
+        layer(torch.randn(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"temperature": 0.0}, "temperature must be > 0, but got 0.0"),
+        ({"token_size": 0}, "token_size must be a positive int, but got 0"),
+        ({"lam": -1.0}, "lam must be >= 0, but got -1.0"),
+        ({"grid_size": (3,)}, r"grid_size must be None or \(h, w\)"),
+    ],
+)
+def test_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EnergyMask2d(3, **kwargs)
+
+
+def test_bad_channels():
+    with pytest.raises(ValueError, match="channels must be a positive int, but got 0"):
+        EnergyMask2d(0)
+
+
+def test_functional_temperature_error():
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        energy_mask_2d(torch.randn(1, 1, 2, 2), torch.ones(1), torch.tensor(0.0), temperature=-1)
