@@ -19,10 +19,11 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from energymask.kernels import ersm_energy
-from energymask.kernels.reference import expand_tokens
+from energymask.kernels.reference import EPS, expand_tokens
 
 
 class EnergyMaskOutput(NamedTuple):
@@ -107,30 +108,75 @@ def energy_mask_2d(
         :class:`EnergyMaskOutput`. The regulariser is computed from the soft
         keep map in every mode.
     """
-    _check_input(x, weight.numel() // (token_size * token_size), token_size)
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, but got {temperature}")
-    if check_finite and not torch.isfinite(x).all():
-        raise ValueError("x (the feature map) must be finite, but got NaN or Inf values")
-    grid = (x.shape[0], x.shape[2] // token_size, x.shape[3] // token_size)
-    if bias.dim() == 2 and tuple(bias.shape) != grid[1:]:
-        raise ValueError(
-            f"per-position bias of grid size {tuple(bias.shape)} does not match the token grid "
-            f"{grid[1:]} of the input"
-        )
+    _check_call(x, weight, bias, token_size, temperature, check_finite)
     res = ersm_energy(x, weight, bias, token_size, lam, gamma, temperature)
     energy = res.unary + res.pairwise
     regularizer = (res.keep * energy).mean()
     if eta:
         regularizer = regularizer + eta * mask_coherence(res.keep).mean()
-    keep, output = res.keep, res.output
-    if forced_mask is not None:
-        keep = _check_forced_mask(forced_mask, grid).to(res.keep.dtype)
-    elif hard:
-        keep = (res.keep >= 0.5).to(res.keep.dtype)
-    if forced_mask is not None or hard:
-        output = x * expand_tokens(keep, token_size).to(x.dtype)
+    if forced_mask is None and not hard:
+        return EnergyMaskOutput(
+            res.output, res.keep, res.logits, res.unary, res.pairwise, energy, regularizer
+        )
+    keep = _replace_keep(res.keep, forced_mask, hard)
+    output = x * expand_tokens(keep, token_size).to(x.dtype)
     return EnergyMaskOutput(output, keep, res.logits, res.unary, res.pairwise, energy, regularizer)
+
+
+def _check_call(
+    x: Tensor, weight: Tensor, bias: Tensor, token_size: int, temperature: float, check_finite: bool
+) -> None:
+    _check_input(x, weight.numel() // (token_size * token_size), token_size)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, but got {temperature}")
+    if check_finite and not torch.isfinite(x).all():
+        raise ValueError("x (the feature map) must be finite, but got NaN or Inf values")
+    grid = (x.shape[2] // token_size, x.shape[3] // token_size)
+    if bias.dim() == 2 and tuple(bias.shape) != grid:
+        raise ValueError(
+            f"per-position bias of grid size {tuple(bias.shape)} does not match the token grid "
+            f"{grid} of the input"
+        )
+
+
+def _replace_keep(keep: Tensor, forced_mask: Tensor | None, hard: bool) -> Tensor:
+    if forced_mask is not None:
+        return _check_forced_mask(forced_mask, tuple(keep.shape)).to(keep.dtype)
+    if hard:
+        return (keep >= 0.5).to(keep.dtype)
+    return keep
+
+
+def token_logits(x: Tensor, weight: Tensor, bias: Tensor, token_size: int = 1) -> Tensor:
+    """z = wᵀ x_i / (‖x_i‖ + 1e-6) + b without materialising unit tokens: (B, C, H, W) -> (B, h, w).
+
+    The cheap inference path: two reads of x instead of the energies' several passes.
+    """
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    tokens = F.pixel_unshuffle(xf, token_size) if token_size > 1 else xf
+    projected = torch.einsum("bdhw,d->bhw", tokens, weight.to(tokens.dtype))
+    norm = torch.linalg.vector_norm(tokens, dim=1)
+    return projected / (norm + EPS) + bias.to(tokens.dtype)
+
+
+def energy_mask_2d_inference(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    token_size: int = 1,
+    temperature: float = 1.0,
+    forced_mask: Tensor | None = None,
+    hard: bool = False,
+    check_finite: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The masked output without energies or regulariser: ``(output, keep, logits)``.
+
+    Same arguments and checks as :func:`energy_mask_2d`; used by the layer in eval mode.
+    """
+    _check_call(x, weight, bias, token_size, temperature, check_finite)
+    logits = token_logits(x, weight, bias, token_size)
+    keep = _replace_keep(torch.sigmoid(-logits / temperature), forced_mask, hard)
+    return x * expand_tokens(keep, token_size).to(x.dtype), keep, logits
 
 
 class EnergyMask2d(nn.Module):
@@ -151,8 +197,10 @@ class EnergyMask2d(nn.Module):
         check_finite: raise on NaN/Inf features. Default: True.
 
     After each forward the layer keeps, detached: ``last_keep``, ``last_logits``,
-    ``last_unary``, ``last_pairwise``, ``last_energy`` (B, h, w). In training
-    with gradients on it also keeps ``regularizer`` (with its graph) until
+    ``last_unary``, ``last_pairwise``, ``last_energy`` (B, h, w). In eval mode
+    only the logits are computed in the forward (the cheap inference path); the
+    energies are computed from the kept input when first read. In training it
+    also keeps ``regularizer`` (with its graph when gradients are on) until
     :meth:`pop_regularizer` or :func:`collect_regularizer` takes it.
     """
 
@@ -199,32 +247,65 @@ class EnergyMask2d(nn.Module):
         self.regularizer: Tensor | None = None
         self.last_keep: Tensor | None = None
         self.last_logits: Tensor | None = None
-        self.last_unary: Tensor | None = None
-        self.last_pairwise: Tensor | None = None
-        self.last_energy: Tensor | None = None
+        self._energies: tuple[Tensor, Tensor, Tensor] | None = None
+        self._energy_input: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        res = energy_mask_2d(
-            x,
-            self.weight,
-            self.bias,
-            self.token_size,
-            self.lam,
-            self.gamma,
-            self.temperature,
-            self.eta,
+        settings = dict(
+            token_size=self.token_size,
+            temperature=self.temperature,
             forced_mask=self.forced_mask,
-            hard=self.hard_inference and not self.training,
             check_finite=self.check_finite,
         )
-        self.last_keep = res.keep.detach()
-        self.last_logits = res.logits.detach()
-        self.last_unary = res.unary.detach()
-        self.last_pairwise = res.pairwise.detach()
-        self.last_energy = res.energy.detach()
-        keep_graph = self.training and torch.is_grad_enabled()
-        self.regularizer = res.regularizer if keep_graph else res.regularizer.detach()
+        if not self.training:
+            # Inference needs only the logits; the energies are computed if asked for.
+            output, keep, logits = energy_mask_2d_inference(
+                x, self.weight, self.bias, hard=self.hard_inference, **settings
+            )
+            self.last_keep, self.last_logits = keep.detach(), logits.detach()
+            self._energies, self._energy_input = None, x.detach()
+            self.regularizer = None
+            return output
+        res = energy_mask_2d(
+            x, self.weight, self.bias, lam=self.lam, gamma=self.gamma, eta=self.eta, **settings
+        )
+        self.last_keep, self.last_logits = res.keep.detach(), res.logits.detach()
+        self._energies = (res.unary.detach(), res.pairwise.detach(), res.energy.detach())
+        self._energy_input = None
+        self.regularizer = res.regularizer if torch.is_grad_enabled() else res.regularizer.detach()
         return res.output
+
+    def _last_energies(self) -> tuple[Tensor, Tensor, Tensor] | tuple[None, None, None]:
+        if self._energies is None and self._energy_input is not None:
+            with torch.no_grad():
+                res = energy_mask_2d(
+                    self._energy_input,
+                    self.weight,
+                    self.bias,
+                    self.token_size,
+                    self.lam,
+                    self.gamma,
+                    self.temperature,
+                    check_finite=False,
+                )
+            self._energies = (res.unary, res.pairwise, res.energy)
+            self._energy_input = None
+        return self._energies or (None, None, None)
+
+    @property
+    def last_unary(self) -> Tensor | None:
+        """U of the last forward, (B, h, w), detached."""
+        return self._last_energies()[0]
+
+    @property
+    def last_pairwise(self) -> Tensor | None:
+        """P of the last forward, (B, h, w), detached."""
+        return self._last_energies()[1]
+
+    @property
+    def last_energy(self) -> Tensor | None:
+        """E = U + P of the last forward, (B, h, w), detached."""
+        return self._last_energies()[2]
 
     def pop_regularizer(self) -> Tensor | None:
         """Return the regulariser of the last forward and forget it."""

@@ -159,7 +159,22 @@ def test_last_maps_are_detached_and_regularizer_collected():
     assert collect_regularizer(model) is None  # taken
     model.eval()
     model(torch.randn(2, 1, 4, 4))
-    assert not layer.regularizer.requires_grad
+    assert layer.regularizer is None  # no regulariser in eval mode
+
+
+def test_eval_path_matches_training_path_and_energies_are_lazy():
+    torch.manual_seed(3)
+    layer = EnergyMask2d(3, token_size=2, grid_size=(2, 3), bias_init=0.1, lam=0.5, gamma=0.5)
+    x = torch.randn(2, 3, 4, 6)
+    with torch.no_grad():
+        out_train = layer.train()(x)
+        train_maps = (layer.last_keep, layer.last_unary, layer.last_pairwise, layer.last_energy)
+        out_eval = layer.eval()(x)
+    assert layer._energies is None  # not computed until read
+    eval_maps = (layer.last_keep, layer.last_unary, layer.last_pairwise, layer.last_energy)
+    torch.testing.assert_close(out_eval, out_train)
+    for a, b in zip(train_maps, eval_maps, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_extra_repr_shows_settings():
