@@ -108,8 +108,10 @@ def energy_mask_2d(
         :class:`EnergyMaskOutput`. The regulariser is computed from the soft
         keep map in every mode.
     """
-    _check_call(x, weight, bias, token_size, temperature, check_finite)
+    _check_call(x, weight, bias, token_size, temperature)
     res = ersm_energy(x, weight, bias, token_size, lam, gamma, temperature)
+    if check_finite:
+        _check_finite(res.logits)
     energy = res.unary + res.pairwise
     regularizer = (res.keep * energy).mean()
     if eta:
@@ -123,14 +125,19 @@ def energy_mask_2d(
     return EnergyMaskOutput(output, keep, res.logits, res.unary, res.pairwise, energy, regularizer)
 
 
+def _check_finite(logits: Tensor) -> None:
+    # A NaN or Inf anywhere in a token reaches its logit: checking the small
+    # (B, h, w) logits costs far less than checking the feature map.
+    if not torch.isfinite(logits).all():
+        raise ValueError("x (the feature map) must be finite, but got NaN or Inf values")
+
+
 def _check_call(
-    x: Tensor, weight: Tensor, bias: Tensor, token_size: int, temperature: float, check_finite: bool
+    x: Tensor, weight: Tensor, bias: Tensor, token_size: int, temperature: float
 ) -> None:
     _check_input(x, weight.numel() // (token_size * token_size), token_size)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, but got {temperature}")
-    if check_finite and not torch.isfinite(x).all():
-        raise ValueError("x (the feature map) must be finite, but got NaN or Inf values")
     grid = (x.shape[2] // token_size, x.shape[3] // token_size)
     if bias.dim() == 2 and tuple(bias.shape) != grid:
         raise ValueError(
@@ -173,8 +180,10 @@ def energy_mask_2d_inference(
 
     Same arguments and checks as :func:`energy_mask_2d`; used by the layer in eval mode.
     """
-    _check_call(x, weight, bias, token_size, temperature, check_finite)
+    _check_call(x, weight, bias, token_size, temperature)
     logits = token_logits(x, weight, bias, token_size)
+    if check_finite:
+        _check_finite(logits)
     keep = _replace_keep(torch.sigmoid(-logits / temperature), forced_mask, hard)
     return x * expand_tokens(keep, token_size).to(x.dtype), keep, logits
 

@@ -188,12 +188,14 @@ def test_extra_repr_shows_settings():
         ({"token_size": 2}, torch.randn(1, 3, 5, 4), "divisible by token_size=2, but got 5x4"),
         ({}, torch.randn(3, 4, 4), r"4D feature map \(B, C, H, W\), but got shape \(3, 4, 4\)"),
         ({}, torch.full((1, 3, 2, 2), float("nan")), "must be finite"),
+        ({}, torch.tensor([1.0, 2.0, float("inf")]).view(1, 3, 1, 1), "must be finite"),
         ({"grid_size": (3, 3)}, torch.randn(1, 3, 4, 4), r"grid size \(3, 3\) does not match"),
     ],
 )
-def test_bad_input(kwargs, x, match):
+@pytest.mark.parametrize("training", [True, False])
+def test_bad_input(kwargs, x, match, training):
     with pytest.raises(ValueError, match=match):
-        EnergyMask2d(3, **kwargs)(x)
+        EnergyMask2d(3, **kwargs).train(training)(x)
 
 
 @pytest.mark.parametrize(
