@@ -113,7 +113,10 @@ def conditional_field(masks: Tensor, unary: Tensor, beta: float) -> Tensor:
     k, b, c, h, w = spin.shape
     padded = F.pad(spin.reshape(k * b * c, 1, h, w), (1, 1, 1, 1))
     neighbours = (
-        padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1] + padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:]
+        padded[..., :-2, 1:-1]
+        + padded[..., 2:, 1:-1]
+        + padded[..., 1:-1, :-2]
+        + padded[..., 1:-1, 2:]
     )
     return unary.float() + beta * neighbours.reshape(k, b, c, h, w)
 
