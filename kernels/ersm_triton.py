@@ -272,6 +272,7 @@ class _ErsmTokenEnergy(torch.autograd.Function):
             x, r, keep, sim, pair, out, d, h, w, hw, float(gamma),
             ACC=acc, BLOCK_D=block_d, BLOCK_S=block_s,
         )  # fmt: skip
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, weight_c, r, z, keep, sim)
         ctx.settings = (float(lam), float(gamma), float(temperature), bias.shape, bias.dtype)
         ctx.weight_dtype = weight.dtype
@@ -331,4 +332,3 @@ def ersm_energy(
     if token_size > 1:
         out = F.pixel_shuffle(out, token_size)
     return ErsmEnergy(out, z, keep, unary, pair)
-
