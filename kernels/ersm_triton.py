@@ -231,8 +231,13 @@ def _grad_x(
         tl.store(dx_ptr + b * D * HW + off, dx.to(dx_ptr.dtype.element_ty), mask=ok)
 
 
+BLOCKS: tuple[int, int] | None = None  # (BLOCK_D, BLOCK_S) override, for tests of tiling
+
+
 def _blocks(d: int, hw: int) -> tuple[int, int]:
     """(BLOCK_D, BLOCK_S): whole planes in the interpreter, tiles on a GPU."""
+    if BLOCKS is not None:
+        return BLOCKS
     if interpreting():
         return min(triton.next_power_of_2(d), 64), triton.next_power_of_2(hw)
     return min(triton.next_power_of_2(d), 32), min(triton.next_power_of_2(hw), 64)

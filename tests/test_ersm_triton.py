@@ -101,3 +101,17 @@ def test_gradcheck_float64(per_position):
     assert torch.autograd.gradcheck(
         lambda *a: tuple(ersm_triton.ersm_energy(*a, 1, 0.5, 0.5, 1.0)), args, fast_mode=True
     )
+
+
+@pytest.mark.parametrize("blocks", [(2, 16)])
+def test_tiled_launch_matches_reference(monkeypatch, blocks):
+    """Several channel chunks and spatial tiles per plane, as on a GPU."""
+    monkeypatch.setattr(ersm_triton, "BLOCKS", blocks)
+    x, weight, bias = inputs((2, 5, 5, 7, 1), torch.float32, True, seed=5)
+    want = ref.ersm_energy(x, weight, bias, 1, 0.5, 0.8, 1.3)
+    gen = torch.Generator().manual_seed(6)
+    upstream = [torch.randn(r.shape, generator=gen) for r in want]
+    want, want_grads = run(ref.ersm_energy, x, weight, bias, 1, upstream)
+    got, got_grads = run(ersm_triton.ersm_energy, x, weight, bias, 1, upstream)
+    for g, e in zip(got + got_grads, want + want_grads, strict=True):
+        torch.testing.assert_close(g, e, **TOL[torch.float32])
