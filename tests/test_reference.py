@@ -118,7 +118,7 @@ def test_gibbs_sweep_samples_boltzmann(boltzmann_pvalue):
     unary = torch.tensor([[0.8, -0.5, 0.3], [-1.0, 0.2, 0.6], [0.4, -0.3, -0.7]]).reshape(
         1, 1, 3, 3
     )
-    pvalue = boltzmann_pvalue(ref.gibbs_sweep, unary, 0.5, 1.0, chains=20000, sweeps=20, seed=0)
+    pvalue = boltzmann_pvalue(ref.gibbs_sweep, unary, 0.5, 1.0, chains=20000, sweeps=10, seed=0)
     assert pvalue > 1e-3
 
 
@@ -127,6 +127,6 @@ def test_boltzmann_check_detects_wrong_temperature(boltzmann_pvalue):
         1, 1, 3, 3
     )
     pvalue = boltzmann_pvalue(
-        ref.gibbs_sweep, unary, 0.5, 1.0, chains=20000, sweeps=20, seed=0, exact_temperature=1.5
+        ref.gibbs_sweep, unary, 0.5, 1.0, chains=20000, sweeps=10, seed=0, exact_temperature=1.5
     )
     assert pvalue < 1e-6
