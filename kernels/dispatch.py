@@ -16,11 +16,20 @@ import torch
 
 BACKENDS = ("auto", "triton", "reference")
 _backend = "auto"
+_triton_ok: bool | None = None
 
 
 def triton_available() -> bool:
-    """True when the ``triton`` package can be imported."""
-    return importlib.util.find_spec("triton") is not None
+    """True when the ``triton`` package can be imported (checked once, inside a try)."""
+    global _triton_ok
+    if _triton_ok is None:
+        try:
+            _triton_ok = importlib.util.find_spec("triton") is not None
+            if _triton_ok:
+                import triton  # noqa: F401
+        except Exception:  # a broken install counts as absent
+            _triton_ok = False
+    return _triton_ok
 
 
 def interpreting() -> bool:

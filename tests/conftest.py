@@ -1,0 +1,59 @@
+"""Test set-up: run Triton kernels in the CPU interpreter (KERNELS.md).
+
+``TRITON_INTERPRET`` is read when the kernel modules are decorated, so it is set
+here, before any test imports the package.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import itertools  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def _boltzmann_pvalue(
+    sweep,
+    unary: torch.Tensor,
+    beta: float,
+    temperature: float,
+    chains: int,
+    sweeps: int,
+    seed: int,
+    exact_temperature: float | None = None,
+):
+    """Chi-square p-value of sampled 3x3 masks against the exact Boltzmann distribution.
+
+    ``sweep`` has the signature of ``gibbs_sweep``; ``chains`` independent chains
+    run ``sweeps`` red+black sweeps from random starts. Bins with expected count
+    below 5 are merged into one.
+    """
+    from energymask.kernels.reference import population_energy
+    from scipy.stats import chisquare
+
+    h, w = unary.shape[-2:]
+    configs = torch.tensor(list(itertools.product((0.0, 1.0), repeat=h * w)))
+    energy = population_energy(configs.reshape(-1, 1, 1, h, w), unary, beta).flatten()
+    t_exact = temperature if exact_temperature is None else exact_temperature
+    probs = torch.softmax(-energy.double() / t_exact, dim=0)
+
+    gen = torch.Generator().manual_seed(seed)
+    masks = (torch.rand(chains, 1, 1, h, w, generator=gen) < 0.5).float()
+    for step in range(sweeps):
+        for parity in (0, 1):
+            masks = sweep(masks, unary, beta, temperature, parity, seed + 2 * step + parity)
+    weights = 2 ** torch.arange(h * w - 1, -1, -1)
+    index = (masks.reshape(chains, h * w).long() * weights).sum(dim=1)
+    counts = torch.bincount(index, minlength=2 ** (h * w)).double()
+    expected = probs * chains
+    rare = expected < 5
+    obs = torch.cat([counts[~rare], counts[rare].sum().reshape(1)])
+    exp = torch.cat([expected[~rare], expected[rare].sum().reshape(1)])
+    return chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue
+
+
+@pytest.fixture
+def boltzmann_pvalue():
+    return _boltzmann_pvalue
