@@ -135,8 +135,8 @@ def refine(
             break
         elite_idx = current.topk(n_elite, dim=0).indices
         elites = gather_masks(masks, elite_idx)
-        first = gather_masks(masks, tournament_select(current, n_child, tournament_size, generator))
-        second = gather_masks(masks, tournament_select(current, n_child, tournament_size, generator))
+        parents = tournament_select(current, 2 * n_child, tournament_size, generator)
+        first, second = gather_masks(masks, parents).chunk(2, dim=0)
         children = rectangle_crossover(first, second, generator)
         if mutation == "flip":
             children = flip_mutation(children, mutation_rate, generator)

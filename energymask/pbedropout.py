@@ -184,7 +184,7 @@ def pb_edropout_2d(
     if p == 0.0:
         ones = torch.ones(b, c, h, w, device=x.device)
         return PBEDropoutOutput(x, ones, torch.zeros(b, c, device=x.device))
-    call_seed = draw_seed(generator) if generator is not None else int(torch.randint(0, 2**62, (1,)))
+    call_seed = draw_seed(generator if generator is not None else torch.default_generator)
     seeds = torch.Generator().manual_seed(call_seed)
     device_gen = torch.Generator(device=x.device).manual_seed(call_seed)
     with torch.no_grad():

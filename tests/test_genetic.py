@@ -1,5 +1,6 @@
 import pytest
 import torch
+from energymask.kernels import population_energy
 
 from energymask.genetic import (
     flip_mutation,
@@ -8,7 +9,6 @@ from energymask.genetic import (
     refine,
     tournament_select,
 )
-from energymask.kernels import population_energy
 
 
 def gens(seed: int = 0) -> tuple[torch.Generator, torch.Generator]:
