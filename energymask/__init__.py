@@ -11,6 +11,7 @@ from energymask.ersm import (
     energy_mask_layers,
 )
 from energymask.models import Classifier, FrozenBackboneClassifier, shallow_cnn, small_cnn
+from energymask.pbedropout import PBEDropout2d, PBEDropoutOutput, pb_edropout_2d
 from energymask.surgery import (
     InsertedAfter,
     insert_after,
@@ -27,12 +28,15 @@ __all__ = [
     "EnergyMaskOutput",
     "FrozenBackboneClassifier",
     "InsertedAfter",
+    "PBEDropout2d",
+    "PBEDropoutOutput",
     "collect_regularizer",
     "energy_mask_2d",
     "energy_mask_layers",
     "insert_after",
     "insertable_names",
     "inserted_layers",
+    "pb_edropout_2d",
     "remove_inserted",
     "shallow_cnn",
     "small_cnn",

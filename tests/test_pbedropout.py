@@ -1,0 +1,228 @@
+import itertools
+
+import pytest
+import torch
+from energymask.kernels import population_energy
+from scipy import stats
+
+from energymask.pbedropout import (
+    PBEDropout2d,
+    apply_patch_mask,
+    grid_shape,
+    patch_unary,
+    pb_edropout_2d,
+    sample_population,
+)
+
+
+def make_input(b=4, c=3, h=16, w=16, seed=0):
+    return torch.randn(b, c, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def test_p_zero_is_identity():
+    x = make_input()
+    layer = PBEDropout2d(3, p=0.0, seed=0).train()
+    assert layer(x) is x
+    assert pb_edropout_2d(x, p=0.0).output is x
+
+
+def test_unary_has_fraction_p_positive():
+    x = make_input(8, 4, 32, 32)
+    u = patch_unary(x, 4, 0.25)
+    assert u.shape == (8, 4, 8, 8) and u.dtype == torch.float32
+    frac = (u > 0).float().mean().item()
+    assert abs(frac - 0.25) < 0.03
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.7, 0.9])
+def test_drop_rate_close_to_p(p):
+    # Tolerance 0.06 on an 8x8 grid (quantile interpolation and T-noise).
+    layer = PBEDropout2d(8, p=p, seed=0).train()
+    layer(make_input(16, 8, 32, 32))
+    assert abs(layer.last_drop_rate - p) < 0.06
+
+
+def test_sampler_matches_exact_gibbs_distribution():
+    beta, temperature = 0.4, 1.0
+    u = torch.tensor([[0.3, -0.2, 0.5], [-0.4, 0.1, 0.0], [0.2, -0.6, 0.4]])
+    unary = u.expand(200, 100, 3, 3).contiguous()
+    masks = sample_population(
+        unary, 1, 25, beta, temperature,
+        torch.Generator().manual_seed(0), torch.Generator().manual_seed(1),
+    )[0].reshape(-1, 9)  # fmt: skip
+    codes = (masks * (2 ** torch.arange(9))).sum(-1).long()
+    observed = torch.bincount(codes, minlength=512).double()
+    configs = torch.tensor(list(itertools.product([0, 1], repeat=9)), dtype=torch.float32)
+    configs = configs.flip(-1)  # bit i of the code = site i
+    energy = population_energy(configs.view(512, 1, 1, 3, 3), u.view(1, 1, 3, 3), beta).view(512)
+    prob = torch.softmax(-energy.double() / temperature, 0)
+    expected = prob * observed.sum()
+    big = expected >= 5  # pool the rare configurations into one bin
+    obs = torch.cat([observed[big], observed[~big].sum().view(1)])
+    exp = torch.cat([expected[big], expected[~big].sum().view(1)])
+    result = stats.chisquare(obs.numpy(), exp.numpy())
+    assert result.pvalue > 1e-3
+
+
+def test_eval_is_deterministic_and_uses_ema_mask():
+    layer = PBEDropout2d(3, p=0.5, patch_size=4, seed=0, ema_decay=0.5).train()
+    x = make_input()
+    layer(x)
+    layer(make_input(seed=1))
+    layer.eval()
+    y1, y2 = layer(x), layer(x)
+    assert torch.equal(y1, y2)
+    expected = apply_patch_mask(x, (layer.ema_mask >= 0.5).float().unsqueeze(0), 4)
+    assert torch.equal(y1, expected)
+
+
+def test_eval_before_training_is_identity():
+    layer = PBEDropout2d(3, p=0.5).eval()
+    x = make_input()
+    assert torch.equal(layer(x), x)
+
+
+def test_ema_update_formula():
+    layer = PBEDropout2d(3, p=0.5, seed=0, ema_decay=0.8).train()
+    layer(make_input())
+    first = layer.last_mask.mean(dim=0)
+    assert torch.allclose(layer.ema_mask, 0.8 + 0.2 * first)
+    before = layer.ema_mask.clone()
+    layer(make_input(seed=2))
+    assert torch.allclose(layer.ema_mask, 0.8 * before + 0.2 * layer.last_mask.mean(dim=0))
+
+
+def test_frozen_stops_sampling_and_ema():
+    layer = PBEDropout2d(3, p=0.5, seed=0, ema_decay=0.5).train()
+    x = make_input()
+    layer(x)
+    layer.freeze()
+    assert layer.frozen
+    ema = layer.ema_mask.clone()
+    state = layer.generator.get_state()
+    y = layer(x)
+    assert torch.equal(layer.ema_mask, ema)
+    assert torch.equal(layer.generator.get_state(), state)
+    assert torch.equal(y, apply_patch_mask(x, (ema >= 0.5).float().unsqueeze(0), 4))
+    layer.unfreeze()
+    layer(x)
+    assert not torch.equal(layer.ema_mask, ema)
+
+
+def test_state_dict_round_trip_lazy_buffer_and_generator():
+    layer = PBEDropout2d(3, p=0.5, seed=0).train()
+    layer(make_input())
+    state = layer.state_dict()
+    fresh = PBEDropout2d(3, p=0.5, seed=123)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.ema_mask, layer.ema_mask)
+    x = make_input(seed=5)
+    assert torch.equal(fresh.train()(x), layer(x))  # resumed run continues exactly
+
+
+def test_grid_size_allocates_buffer():
+    layer = PBEDropout2d(3, grid_size=(4, 4))
+    assert layer.ema_mask.shape == (3, 4, 4) and (layer.ema_mask == 1).all()
+
+
+def test_seeded_runs_reproducible():
+    x = make_input()
+    a = PBEDropout2d(3, p=0.3, seed=7).train()
+    b = PBEDropout2d(3, p=0.3, seed=7).train()
+    assert torch.equal(a(x), b(x))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    first = pb_edropout_2d(x, 0.3, generator=g1).mask
+    assert torch.equal(first, pb_edropout_2d(x, 0.3, generator=g2).mask)
+
+
+def test_batch_one_and_odd_sizes_with_partial_patches():
+    x = make_input(1, 2, 13, 7)
+    assert grid_shape(13, 7, 4) == (4, 2)
+    layer = PBEDropout2d(2, p=0.4, patch_size=4, seed=0, mutation="gibbs").train()
+    y = layer(x)
+    assert y.shape == x.shape
+    assert layer.ema_mask.shape == (2, 4, 2)
+    kept = layer.last_mask.repeat_interleave(4, -2).repeat_interleave(4, -1)[..., :13, :7]
+    frac = kept.mean(dim=(-2, -1), keepdim=True)
+    expected = torch.where(frac > 0, x * kept / frac.clamp_min(1e-6), torch.zeros_like(x))
+    assert torch.allclose(y, expected, atol=1e-6)
+
+
+def test_gradient_flows_through_kept_patches():
+    x = make_input().requires_grad_()
+    layer = PBEDropout2d(3, p=0.5, seed=0, rescale=False).train()
+    layer(x).sum().backward()
+    kept = layer.last_mask.repeat_interleave(4, -2).repeat_interleave(4, -1)
+    assert torch.equal(x.grad, kept)
+
+
+def test_bf16_autocast():
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+    layer = PBEDropout2d(3, p=0.3, seed=0).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = conv(make_input())
+        y = layer(h)
+    assert y.dtype == h.dtype == torch.bfloat16
+    assert layer.last_mask.dtype == torch.float32
+    assert torch.isfinite(y.float()).all()
+
+
+def test_custom_fitness_is_used():
+    x = make_input()
+
+    def keep_all(m):
+        return m.sum(dim=(-2, -1))
+
+    out = pb_edropout_2d(x, 0.5, population=8, generations=3, fitness=keep_all,
+                         generator=torch.Generator().manual_seed(0))
+    default = pb_edropout_2d(x, 0.5, population=8, generations=3,
+                             generator=torch.Generator().manual_seed(0))
+    assert out.mask.mean() > default.mask.mean()
+
+
+def test_stats_and_repr():
+    layer = PBEDropout2d(3, p=0.5, seed=0).train()
+    layer(make_input())
+    assert isinstance(layer.last_drop_rate, float) and isinstance(layer.last_energy, float)
+    assert "p=0.5" in repr(layer)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"p": 1.0}, "p must be in"),
+        ({"p": -0.1}, "p must be in"),
+        ({"patch_size": 0}, "patch_size must be"),
+        ({"population": 0}, "population must be"),
+        ({"generations": -1}, "generations must be"),
+        ({"elite_fraction": 0.0}, "elite_fraction must be"),
+        ({"elite_fraction": 1.0}, "elite_fraction must be"),
+        ({"temperature": 0.0}, "temperature must be"),
+        ({"beta": -1.0}, "beta must be"),
+        ({"sweeps": -1}, "sweeps must be"),
+        ({"tournament_size": 0}, "tournament_size must be"),
+        ({"mutation_rate": 2.0}, "mutation_rate must be"),
+        ({"mutation": "swap"}, "mutation must be one of"),
+        ({"ema_decay": 1.5}, "ema_decay must be"),
+        ({"channels": 0}, "channels must be"),
+    ],
+)
+def test_bad_settings(kwargs, match):
+    settings = {"channels": 3, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        PBEDropout2d(**settings)
+
+
+def test_bad_inputs():
+    layer = PBEDropout2d(3, p=0.5)
+    with pytest.raises(ValueError, match="x must be 4D"):
+        layer(torch.zeros(3, 8, 8))
+    with pytest.raises(ValueError, match="x must have 3 channels, but got 4"):
+        layer(torch.zeros(1, 4, 8, 8))
+    with pytest.raises(ValueError, match="x must be 4D"):
+        pb_edropout_2d(torch.zeros(8, 8))
+    with pytest.raises(ValueError, match="p must be in"):
+        pb_edropout_2d(torch.zeros(1, 1, 8, 8), p=1.0)
+    layer.train()(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="patch grid of x must be"):
+        layer(torch.zeros(1, 3, 16, 16))
