@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from energymask.ersm import EnergyMask2d, energy_mask_layers
+from energymask.kernels.reference import expand_tokens
 from energymask.models import Classifier, FrozenBackboneClassifier
 from energymask.orderings import check_orderings, compute_scores
 from energymask.surgery import InsertedAfter
@@ -89,9 +90,9 @@ def find_ersm_layer(model: nn.Module, layer: str | None = None) -> tuple[str, En
 
 
 def _suffix_fn(module: nn.Module, path: list[str], target: nn.Module) -> Callable | None:
-    """f -> output of ``module`` given that ``target`` (at ``path``) receives f, or None."""
+    """g -> output of ``module`` given that ``target`` (at ``path``) outputs g, or None."""
     if not path:
-        return target if module is target else None
+        return (lambda g: g) if module is target else None
     head, rest = path[0], path[1:]
     child = getattr(module, head)
     inner = _suffix_fn(child, rest, target)
@@ -124,9 +125,15 @@ def _suffix_fn(module: nn.Module, path: list[str], target: nn.Module) -> Callabl
     return None
 
 
-def split_suffix(model: nn.Module, name: str, layer: nn.Module) -> Callable | None:
-    """The network after (and including) ``layer`` as a function of its input, or None."""
+def split_after(model: nn.Module, name: str, layer: nn.Module) -> Callable | None:
+    """The network after ``layer`` as a function of the layer's output, or None."""
     return _suffix_fn(model, name.split("."), layer)
+
+
+def split_suffix(model: nn.Module, name: str, layer: nn.Module) -> Callable | None:
+    """The network from ``layer`` on (layer included) as a function of its input, or None."""
+    after = split_after(model, name, layer)
+    return None if after is None else (lambda f: after(layer(f)))
 
 
 def _hook_suffix(model: nn.Module, layer: nn.Module, x: Tensor) -> Callable:
@@ -245,8 +252,9 @@ def deletion_curve(
         raise ValueError(f"steps_per_forward must be a positive int, but got {steps_per_forward!r}")
     named = check_orderings(orderings)
     name, ersm = find_ersm_layer(model, layer)
-    suffix = split_suffix(model, name, ersm)
-    if method == "fast" and suffix is None:
+    after = split_after(model, name, ersm)
+    suffix = None if after is None else (lambda f: after(ersm(f)))
+    if method == "fast" and after is None:
         warnings.warn(
             f"cannot split the model at {name!r} (only nn.Sequential, InsertedAfter, Classifier "
             "and FrozenBackboneClassifier chains are split); using the naive path",
@@ -283,7 +291,7 @@ def deletion_curve(
                     )  # fmt: skip
                     masks = forced_masks(scores, grid, mode).to(features.device, features.dtype)
                     correct[oname] += _eval_masks(
-                        model, ersm, x, y_dev, features, masks, suffix, method, steps_per_forward
+                        model, ersm, x, y_dev, features, masks, after, method, steps_per_forward
                     )
                 total += y.shape[0]
         finally:
@@ -315,11 +323,16 @@ def _eval_masks(
     y: Tensor,
     features: Tensor,
     masks: Tensor,
-    suffix: Callable | None,
+    after: Callable | None,
     method: str,
     steps_per_forward: int,
 ) -> Tensor:
-    """Correct predictions per step for masks (S, B, h, w)."""
+    """Correct predictions per step for masks (S, B, h, w).
+
+    Fast path: with a forced mask the ERSM output is exactly ``features ⊙ mask``
+    (see :func:`energymask.ersm.energy_mask_2d`), so the masked features are
+    formed directly and only the network after the layer runs.
+    """
     s, b = masks.shape[:2]
     out = []
     if method == "naive":
@@ -330,9 +343,9 @@ def _eval_masks(
         for j in range(0, s, steps_per_forward):
             chunk = masks[j : j + steps_per_forward]
             c = chunk.shape[0]
-            ersm.forced_mask = chunk.reshape(c * b, *chunk.shape[2:])
-            f = features.unsqueeze(0).expand(c, *features.shape).reshape(c * b, *features.shape[1:])
-            out.append(_correct(suffix(f), y, c))
+            keep = expand_tokens(chunk.reshape(c * b, *chunk.shape[2:]), ersm.token_size)
+            g = features.unsqueeze(0) * keep.view(c, b, 1, *keep.shape[2:]).to(features.dtype)
+            out.append(_correct(after(g.reshape(c * b, *features.shape[1:])), y, c))
     ersm.forced_mask = None
     return torch.cat(out)
 
