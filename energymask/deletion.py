@@ -239,7 +239,8 @@ def deletion_curve(
         progress: tqdm bar over batches. Default: False.
         mode: ``"deletion"`` (least important deleted first) or ``"insertion"``
             (start all deleted, most important inserted first).
-        perturbations_per_eval: Captum FeatureAblation batching knob.
+        perturbations_per_eval: Captum FeatureAblation batching knob (1 when the
+            model cannot be split).
 
     Returns:
         :class:`DeletionResult`.
@@ -283,11 +284,13 @@ def deletion_curve(
                     correct = {k: torch.zeros(len(grid), dtype=torch.long) for k in named}
                 run_suffix = suffix if suffix is not None else _hook_suffix(model, ersm, x)
                 y_dev = y.to(logits.device)
+                # the hook suffix replays x, so it takes exactly B feature maps at a time
+                ppe = perturbations_per_eval if suffix is not None else 1
                 for oname, ordering in named.items():
                     scores = compute_scores(
                         ordering, features=features, logits=logits, token_size=p,
                         seed=seed + i, model=model, layer=ersm, x=x, y=y_dev,
-                        suffix=run_suffix, perturbations_per_eval=perturbations_per_eval,
+                        suffix=run_suffix, perturbations_per_eval=ppe,
                     )  # fmt: skip
                     masks = forced_masks(scores, grid, mode).to(features.device, features.dtype)
                     correct[oname] += _eval_masks(

@@ -54,9 +54,10 @@ def test_insertion_fast_equals_naive():
 def test_steps_per_forward_does_not_change_results():
     model = _inside()
     dl = _data()
-    ref = deletion_curve(model, dl, orderings=("energy", "random"), steps_per_forward=1)
-    for spf in (3, 100):
-        r = deletion_curve(model, dl, orderings=("energy", "random"), steps_per_forward=spf)
+    kw = dict(orderings=("energy", "random"), steps=[0, 3, 5, 9, 16])
+    ref = deletion_curve(model, dl, steps_per_forward=1, **kw)
+    for spf in (2, 100):
+        r = deletion_curve(model, dl, steps_per_forward=spf, **kw)
         assert r.curves == ref.curves
 
 
@@ -78,7 +79,7 @@ class OneToken(nn.Module):
 
 
 def test_one_token_head_gives_expected_curve():
-    model = OneToken()
+    model = OneToken().eval()
     x = torch.ones(4, 1, 2, 2)
     x[:, :, 0, 0] = 5.0  # largest token: deleted last by magnitude
     y = torch.ones(4, dtype=torch.long)
@@ -97,6 +98,10 @@ def test_one_token_head_gives_expected_curve():
     with pytest.warns(UserWarning):
         r = deletion_curve(model, dl, orderings=[lambda f, z: -f[:, 0]])
     assert r.curves["custom0"] == [1.0, 0.0, 0.0, 0.0, 0.0]
+    # FeatureAblation through the generic (hook) suffix: only token (0, 0) matters
+    with pytest.warns(UserWarning):
+        r = deletion_curve(model, dl, orderings=("feature_ablation",), perturbations_per_eval=4)
+    assert r.curves["feature_ablation"] == [1.0, 1.0, 1.0, 1.0, 0.0]
 
 
 def test_split_suffix_matches_model():
