@@ -6,7 +6,13 @@ and written with ``--json PATH``. Two set-ups: ERSM before the head
 (FrozenBackboneClassifier, 64x64 -> 8x8 = 64 tokens) and ERSM inside the
 backbone (Classifier with ERSM after ``backbone.layer2``, 32x32 -> 8x8 = 64 tokens).
 
-    python benchmarks/bench_deletion.py [--quick] [--json PATH]
+The fast path saves the prefix (network before the layer) for all but one
+forward per batch; its gain is bounded by about (prefix + suffix) / suffix,
+plus what batching the steps buys. Before the head the suffix is a pool and a
+linear layer, so the gain is large; inside the backbone the remaining blocks
+run for every step and the gain is small.
+
+    python benchmarks/bench_deletion.py [--quick] [--json PATH] [--device cuda]
 """
 
 from __future__ import annotations
