@@ -17,17 +17,26 @@ def _data(n=12, size=32, seed=0):
     return DataLoader(TensorDataset(x, y), batch_size=5)
 
 
+def _sharp_head(m):
+    # no bias, large weights: predictions follow the kept tokens, so curves are not flat
+    with torch.no_grad():
+        m.head.bias.zero_()
+        m.head.weight.mul_(10)
+    return m.eval()
+
+
 def _frozen(seed=0):
     torch.manual_seed(seed)
-    m = FrozenBackboneClassifier(small_cnn(1, (4, 8, 8)), 8, 3, bias_init=-1.0)
-    return m.eval()
+    # signed features (no ReLU), 32x32 -> 4x4 tokens
+    backbone = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.AvgPool2d(8))
+    return _sharp_head(FrozenBackboneClassifier(backbone, 8, 3, bias_init=-1.0))
 
 
 def _inside(seed=0):
     torch.manual_seed(seed)
     m = Classifier(small_cnn(1, (4, 8, 8)), 8, 3)
     insert_after(m, ["backbone.layer2"], lambda n, c: EnergyMask2d(c, bias_init=-1.0))
-    return m.eval()
+    return _sharp_head(m)
 
 
 @pytest.mark.parametrize("make", [_frozen, _inside])
@@ -39,8 +48,9 @@ def test_fast_equals_naive_every_ordering(make):
     assert fast.curves == naive.curves
     assert fast.settings["method"] == "fast"
     assert len(fast.steps) == fast.num_tokens + 1
-    # the random floor is not identical to energy (test can fail)
     assert set(fast.curves) == set(ALL)
+    for curve in fast.curves.values():  # informative curves, so the equality can fail
+        assert len(set(curve)) >= 3
 
 
 def test_insertion_fast_equals_naive():
