@@ -3,6 +3,8 @@
 See DESIGN.md; the core needs neither Lightning nor matplotlib.
 """
 
+from energymask.attribution import attribution_maps
+from energymask.deletion import DeletionResult, deletion_curve, insertion_curve
 from energymask.ersm import (
     EnergyMask2d,
     EnergyMaskOutput,
@@ -10,7 +12,9 @@ from energymask.ersm import (
     energy_mask_2d,
     energy_mask_layers,
 )
+from energymask.mask_quality import mask_quality
 from energymask.models import Classifier, FrozenBackboneClassifier, shallow_cnn, small_cnn
+from energymask.occlusion import OcclusionResult, occlusion_robustness
 from energymask.pbedropout import PBEDropout2d, PBEDropoutOutput, pb_edropout_2d
 from energymask.surgery import (
     InsertedAfter,
@@ -23,6 +27,13 @@ from energymask.surgery import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DeletionResult",
+    "OcclusionResult",
+    "attribution_maps",
+    "deletion_curve",
+    "insertion_curve",
+    "mask_quality",
+    "occlusion_robustness",
     "Classifier",
     "EnergyMask2d",
     "EnergyMaskOutput",

@@ -1,0 +1,180 @@
+"""Structured occlusion robustness in input space (DESIGN.md §6).
+
+ERSM: Energy-Regularized Spatial Masking (Devynck et al., IJCAI 2026, arXiv 2604.06893).
+
+The image is cut into square cells of ``patch_size`` (the last row / column
+clipped at the border); ``round(f · cells)`` cells are filled with a baseline,
+so a fraction f of the image is occluded (exactly f = 0 and f = 1; in between
+up to the clipped border cells). Placement:
+
+- ``random``: cells drawn uniformly (seeded; batch i uses ``seed + i``, the same
+  occlusions for every model compared).
+- ``object`` / ``background``: cells sorted by the fraction of object pixels
+  (from the ground-truth mask, descending / ascending), ties broken at random;
+  the first ones are occluded.
+
+Fill: ``zero``, ``mean`` (per image and channel), ``noise`` (Gaussian with the
+image's per-channel mean and std, seeded).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from energymask.deletion import _batches, eval_mode, split_batch
+
+__all__ = ["OcclusionResult", "occlude", "occlusion_robustness"]
+
+PLACEMENTS = ("random", "object", "background")
+FILLS = ("zero", "mean", "noise")
+
+
+@dataclass
+class OcclusionResult:
+    """``accuracy[model][i]``: accuracy with a fraction ``fractions[i]`` occluded."""
+
+    fractions: list[float]
+    accuracy: dict[str, list[float]]
+    num_samples: int
+    settings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+
+def _object_pixels(mask: Tensor, shape: tuple[int, int]) -> Tensor:
+    if mask.dim() == 4 and mask.shape[1] == 1:
+        mask = mask[:, 0]
+    if mask.dim() != 3 or tuple(mask.shape[1:]) != shape:
+        raise ValueError(
+            f"object_mask must have shape (B, H, W) or (B, 1, H, W) with (H, W) = {shape}, "
+            f"but got {tuple(mask.shape)}"
+        )
+    return (mask > 0.5).float()
+
+
+def occlude(
+    x: Tensor,
+    fraction: float,
+    patch_size: int,
+    placement: str = "random",
+    fill: str = "zero",
+    object_mask: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Occluded copy of images x (B, C, H, W). See the module docstring."""
+    b, c, hh, ww = x.shape
+    gh, gw = math.ceil(hh / patch_size), math.ceil(ww / patch_size)
+    cells = gh * gw
+    n = round(fraction * cells)
+    if n == 0:
+        return x.clone()
+    tie = torch.rand(b, cells, generator=generator)
+    if placement == "random":
+        key = tie
+    else:
+        if object_mask is None:
+            raise ValueError(
+                f"placement={placement!r} needs object masks (batches (x, y, mask)), but got none"
+            )
+        obj = _object_pixels(object_mask, (hh, ww)).cpu()
+        pad = (0, gw * patch_size - ww, 0, gh * patch_size - hh)
+        frac = F.avg_pool2d(F.pad(obj[:, None], pad), patch_size).flatten(1)
+        key = (frac if placement == "object" else -frac) + 1e-3 * tie  # random ties
+    chosen = key.argsort(1, descending=True)[:, :n]
+    grid = torch.zeros(b, cells)
+    grid.scatter_(1, chosen, 1.0)
+    grid = grid.view(b, 1, gh, gw).repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
+    occ = grid[:, :, :hh, :ww].to(x.device, torch.bool)
+    if fill == "zero":
+        base = torch.zeros_like(x)
+    else:
+        mean = x.mean((2, 3), keepdim=True).expand_as(x)
+        if fill == "mean":
+            base = mean
+        else:
+            std = x.std((2, 3), keepdim=True) if hh * ww > 1 else torch.zeros_like(mean)
+            noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+            base = mean + std * noise
+    return torch.where(occ, base, x)
+
+
+def occlusion_robustness(
+    models: dict[str, nn.Module] | nn.Module,
+    dataloader: Iterable,
+    fractions: Sequence[float] = (0.0, 0.1, 0.25, 0.5),
+    patch_size: int = 8,
+    placement: str = "random",
+    fill: str = "zero",
+    seed: int = 0,
+    progress: bool = False,
+) -> OcclusionResult:
+    """Accuracy of each model on images with a fraction f occluded by square patches.
+
+    Args:
+        models: one model or a dict name -> model (all see the same occlusions).
+        dataloader: yields (x, y) or (x, y, object_mask) with mask (B, 1, H, W) or (B, H, W).
+        fractions: occluded fractions in [0, 1]. Default: (0, 0.1, 0.25, 0.5).
+        patch_size: side of a square patch in pixels. Default: 8.
+        placement: ``"random"``, ``"object"`` or ``"background"``. Default: ``"random"``.
+        fill: ``"zero"``, ``"mean"`` or ``"noise"``. Default: ``"zero"``.
+        seed: seed of placements and noise. Default: 0.
+        progress: tqdm bar over batches. Default: False.
+    """
+    if isinstance(models, nn.Module):
+        models = {"model": models}
+    if not models:
+        raise ValueError("models must hold at least one model, but got none")
+    fractions = [float(f) for f in fractions]
+    if not fractions or any(not 0.0 <= f <= 1.0 for f in fractions):
+        raise ValueError(f"fractions must lie in [0, 1], but got {fractions}")
+    if not isinstance(patch_size, int) or patch_size < 1:
+        raise ValueError(f"patch_size must be a positive int, but got {patch_size!r}")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {list(PLACEMENTS)}, but got {placement!r}")
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {list(FILLS)}, but got {fill!r}")
+    correct = {name: torch.zeros(len(fractions), dtype=torch.long) for name in models}
+    total = 0
+    ctxs = [eval_mode(m) for m in models.values()]
+    for ctx in ctxs:
+        ctx.__enter__()
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(_batches(dataloader, progress, "occlusion")):
+                x, y = split_batch(batch)
+                mask = batch[2] if len(batch) > 2 else None
+                if patch_size > min(x.shape[-2:]):
+                    raise ValueError(
+                        f"patch_size must be <= the image size {tuple(x.shape[-2:])}, "
+                        f"but got {patch_size}"
+                    )
+                for j, f in enumerate(fractions):
+                    gen = torch.Generator().manual_seed(seed + i)
+                    xo = occlude(x, f, patch_size, placement, fill, mask, gen)
+                    for name, model in models.items():
+                        pred = model(xo).argmax(-1).cpu()
+                        correct[name][j] += (pred == y.cpu()).sum()
+                total += y.shape[0]
+    finally:
+        for ctx in reversed(ctxs):
+            ctx.__exit__(None, None, None)
+    if total == 0:
+        raise ValueError("dataloader is empty: it yielded no batch")
+    settings = dict(patch_size=patch_size, placement=placement, fill=fill, seed=seed)
+    return OcclusionResult(
+        fractions=fractions,
+        accuracy={k: (v.double() / total).tolist() for k, v in correct.items()},
+        num_samples=total,
+        settings=settings,
+    )
