@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from energymask.data.cifar10 import CIFAR10Pickles, load_cifar10
+from energymask.data.cifar10 import CIFAR10Pickles, cifar10_splits, load_cifar10
 
 
 def _fake(root, n=4, skip=()):
@@ -65,3 +65,14 @@ def test_malformed_batch(tmp_path):
         pickle.dump({b"x": 1}, f)
     with pytest.raises(ValueError, match="b'labels'"):
         load_cifar10(root, train=False)
+
+
+def test_splits_disjoint_and_seeded(tmp_path):
+    root = _fake(tmp_path / "c", n=10)
+    s = cifar10_splits(root, val_fraction=0.2, seed=1)
+    assert len(s["train"]) == 40 and len(s["val"]) == 10 and len(s["test"]) == 10
+    assert not set(s["train"].indices) & set(s["val"].indices)
+    assert s["val"].indices == cifar10_splits(root, val_fraction=0.2, seed=1)["val"].indices
+    assert s["val"].indices != cifar10_splits(root, val_fraction=0.2, seed=2)["val"].indices
+    with pytest.raises(ValueError, match="val_fraction"):
+        cifar10_splits(root, val_fraction=1.0)

@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from energymask.data.image_folder import ImageFolder
+from energymask.data._split import split_dataset
+from energymask.data.image_folder import ImageFolder, image_folder_splits
 
 
 def _tree(root):
@@ -52,3 +53,18 @@ def test_errors(tmp_path):
         ImageFolder(tmp_path / "empty")
     with pytest.raises(ValueError, match="mode"):
         ImageFolder(_tree(tmp_path / "t"), mode="CMYK")
+
+
+def test_splits(tmp_path):
+    root = _tree(tmp_path / "t")
+    s = image_folder_splits(root, val_fraction=0.2, test_fraction=0.2, seed=0)
+    idx = [set(s[k].indices) for k in ("train", "val", "test")]
+    assert [len(i) for i in idx] == [3, 1, 1]
+    assert not (idx[0] & idx[1] or idx[0] & idx[2] or idx[1] & idx[2])
+    with pytest.raises(ValueError, match="test_fraction"):
+        image_folder_splits(root, val_fraction=0.5, test_fraction=0.5)
+
+
+def test_split_dataset_errors():
+    with pytest.raises(ValueError, match="sum to 1"):
+        split_dataset(list(range(4)), (0.5, 0.6), seed=0)

@@ -20,7 +20,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["CIFAR10Pickles", "load_cifar10"]
+from energymask.data._split import split_dataset
+
+__all__ = ["CIFAR10Pickles", "cifar10_splits", "load_cifar10"]
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
@@ -90,3 +92,14 @@ class CIFAR10Pickles(Dataset):
         if self.transform is not None:
             x = self.transform(x)
         return x, self.labels[i]
+
+
+def cifar10_splits(root: str | Path, val_fraction: float = 0.1, seed: int = 0,
+                   transform=None) -> dict[str, Dataset]:
+    """``{"train", "val", "test"}``: the training batches split by ``seed`` into train and
+    val (``val_fraction``), and the test batch. ``transform`` applies to all three."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), but got {val_fraction}")
+    full = CIFAR10Pickles(root, train=True, transform=transform)
+    train, val = split_dataset(full, (1.0 - val_fraction, val_fraction), seed)
+    return {"train": train, "val": val, "test": CIFAR10Pickles(root, False, transform)}

@@ -22,7 +22,9 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["ImageFolder", "IMAGE_EXTENSIONS"]
+from energymask.data._split import split_dataset
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "image_folder_splits"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 LAYOUT = "root/<class name>/<image file> (one sub-folder per class, images read by Pillow)"
@@ -88,3 +90,17 @@ class ImageFolder(Dataset):
         if self.transform is not None:
             x = self.transform(x)
         return x, torch.tensor(label, dtype=torch.int64)
+
+
+def image_folder_splits(root: str | Path, val_fraction: float = 0.1,
+                        test_fraction: float = 0.1, seed: int = 0,
+                        **kwargs) -> dict[str, Dataset]:
+    """``{"train", "val", "test"}`` seeded disjoint subsets of one tree (``kwargs`` go to
+    :class:`ImageFolder`)."""
+    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise ValueError("val_fraction and test_fraction must be >= 0 with a sum below 1, "
+                         f"but got {val_fraction} and {test_fraction}")
+    ds = ImageFolder(root, **kwargs)
+    val, test, train = split_dataset(
+        ds, (val_fraction, test_fraction, 1.0 - val_fraction - test_fraction), seed)
+    return {"train": train, "val": val, "test": test}
