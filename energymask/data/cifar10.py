@@ -1,0 +1,105 @@
+"""CIFAR-10 from its local python-pickle folder (``cifar-10-batches-py``). No download.
+
+Expected layout::
+
+    root/                      (the ``cifar-10-batches-py`` folder itself)
+        data_batch_1 ... data_batch_5
+        test_batch
+        batches.meta           (optional: class names)
+
+Each batch is a pickle dict with ``b"data"`` (N, 3072) uint8 and ``b"labels"``.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from energymask.data._split import split_dataset
+
+__all__ = ["CIFAR10Pickles", "cifar10_splits", "load_cifar10"]
+
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILES = ("test_batch",)
+LAYOUT = ("a 'cifar-10-batches-py' folder holding data_batch_1 .. data_batch_5, test_batch "
+          "and batches.meta (python pickles)")
+
+
+def _read(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a layout error
+        raise ValueError(f"cannot read CIFAR-10 batch {path}: {e}; expected {LAYOUT}") from e
+
+
+def load_cifar10(root: str | Path, train: bool = True) -> tuple[Tensor, Tensor, list[str]]:
+    """Read the pickles: ``(images (N, 3, 32, 32) uint8, labels (N,) int64, class names)``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"root must be {LAYOUT}, but {str(root)!r} is not a folder")
+    files = TRAIN_FILES if train else TEST_FILES
+    missing = [f for f in files if not (root / f).is_file()]
+    if missing:
+        raise ValueError(f"root must be {LAYOUT}, but {str(root)!r} lacks {missing}")
+    data, labels = [], []
+    for name in files:
+        d = _read(root / name)
+        if b"data" not in d or b"labels" not in d:
+            raise ValueError(f"{root / name} must hold b'data' and b'labels', "
+                             f"but has keys {sorted(d)}")
+        x = np.asarray(d[b"data"], dtype=np.uint8)
+        if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or x.shape[0] != len(d[b"labels"]):
+            raise ValueError(f"{root / name}: b'data' must be (N, 3072) with N labels, "
+                             f"but got {x.shape} and {len(d[b'labels'])} labels")
+        data.append(x)
+        labels.extend(d[b"labels"])
+    images = torch.from_numpy(np.concatenate(data)).view(-1, 3, 32, 32)
+    names = [f"class_{i}" for i in range(10)]
+    if (root / "batches.meta").is_file():
+        meta = _read(root / "batches.meta")
+        names = [n.decode() if isinstance(n, bytes) else str(n)
+                 for n in meta.get(b"label_names", names)]
+    return images, torch.as_tensor(labels, dtype=torch.int64), names
+
+
+class CIFAR10Pickles(Dataset):
+    """CIFAR-10 train or test split from the local pickles.
+
+    Items are ``(image (3, 32, 32) float32 in [0, 1], label int64)``; ``transform``
+    (optional) is applied to the float image.
+
+    Args:
+        root: the ``cifar-10-batches-py`` folder.
+        train: training batches (50000) or the test batch (10000). Default: True.
+        transform: callable on the (3, 32, 32) tensor. Default: None.
+    """
+
+    def __init__(self, root: str | Path, train: bool = True, transform=None) -> None:
+        self.images, self.labels, self.classes = load_cifar10(root, train)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        x = self.images[i].float() / 255.0
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.labels[i]
+
+
+def cifar10_splits(root: str | Path, val_fraction: float = 0.1, seed: int = 0,
+                   transform=None) -> dict[str, Dataset]:
+    """``{"train", "val", "test"}``: the training batches split by ``seed`` into train and
+    val (``val_fraction``), and the test batch. ``transform`` applies to all three."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), but got {val_fraction}")
+    full = CIFAR10Pickles(root, train=True, transform=transform)
+    train, val = split_dataset(full, (1.0 - val_fraction, val_fraction), seed)
+    return {"train": train, "val": val, "test": CIFAR10Pickles(root, False, transform)}

@@ -1,0 +1,78 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from energymask.data.cifar10 import CIFAR10Pickles, cifar10_splits, load_cifar10
+
+
+def _fake(root, n=4, skip=()):
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for k, name in enumerate(names):
+        if name in skip:
+            continue
+        d = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+             b"labels": [(k + j) % 10 for j in range(n)]}
+        with open(root / name, "wb") as f:
+            pickle.dump(d, f)
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
+    return root
+
+
+def test_reads_fake_pickles(tmp_path):
+    root = _fake(tmp_path / "cifar-10-batches-py")
+    train = CIFAR10Pickles(root, train=True)
+    test = CIFAR10Pickles(root, train=False)
+    assert len(train) == 20 and len(test) == 4
+    assert train.classes[3] == "c3"
+    x, y = train[5]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and 0 <= x.min() <= x.max() <= 1
+    assert y.item() == 2  # batch 2 (k = 1), row 1
+    with open(root / "data_batch_1", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")[b"data"][0]
+    assert torch.equal(train.images[0].flatten(), torch.from_numpy(raw))
+
+
+def test_transform_is_applied(tmp_path):
+    root = _fake(tmp_path / "c")
+    ds = CIFAR10Pickles(root, train=False, transform=lambda x: x * 0)
+    assert ds[0][0].abs().sum() == 0
+
+
+def test_missing_folder_and_files(tmp_path):
+    with pytest.raises(ValueError, match="is not a folder"):
+        load_cifar10(tmp_path / "nope")
+    root = _fake(tmp_path / "c", skip=("data_batch_3",))
+    with pytest.raises(ValueError, match="lacks.*data_batch_3"):
+        load_cifar10(root, train=True)
+    load_cifar10(root, train=False)  # the test batch alone is fine
+
+
+def test_malformed_batch(tmp_path):
+    root = _fake(tmp_path / "c")
+    (root / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_cifar10(root, train=False)
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 10), np.uint8), b"labels": [0, 1]}, f)
+    with pytest.raises(ValueError, match="3072"):
+        load_cifar10(root, train=False)
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump({b"x": 1}, f)
+    with pytest.raises(ValueError, match="b'labels'"):
+        load_cifar10(root, train=False)
+
+
+def test_splits_disjoint_and_seeded(tmp_path):
+    root = _fake(tmp_path / "c", n=10)
+    s = cifar10_splits(root, val_fraction=0.2, seed=1)
+    assert len(s["train"]) == 40 and len(s["val"]) == 10 and len(s["test"]) == 10
+    assert not set(s["train"].indices) & set(s["val"].indices)
+    assert s["val"].indices == cifar10_splits(root, val_fraction=0.2, seed=1)["val"].indices
+    assert s["val"].indices != cifar10_splits(root, val_fraction=0.2, seed=2)["val"].indices
+    with pytest.raises(ValueError, match="val_fraction"):
+        cifar10_splits(root, val_fraction=1.0)
