@@ -46,6 +46,29 @@ def example_input(pl_module: pl.LightningModule, trainer: Any) -> Tensor | None:
     return x if isinstance(x, Tensor) else None
 
 
+def output_channels(model: nn.Module, names: list[str], x: Tensor) -> dict[str, int]:
+    """Channels (dim 1) of the 4D outputs of the named submodules for input ``x``."""
+    found: dict[str, int] = {}
+    hooks = []
+    for name in names:
+
+        def hook(_m, _i, out, name=name):
+            if isinstance(out, Tensor) and out.dim() == 4:
+                found[name] = out.shape[1]
+
+        hooks.append(model.get_submodule(name).register_forward_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return found
+
+
 def checkpoint_states(path: str | os.PathLike) -> dict[str, dict]:
     """Callback states of a Lightning checkpoint file, read with ``weights_only=True``."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -106,11 +129,13 @@ class InsertingCallback(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._check_saved(state_dict)
 
-    def _check_saved(self, saved: dict[str, Any]) -> None:
+    def _matches(self, saved: dict[str, Any]) -> bool:
         mine = self._state()
-        if saved.get("kind") != self.kind or saved.get("settings") != mine["settings"] or (
-            mine["layers"] and saved.get("layers") != mine["layers"]
-        ):
+        return all(saved.get(k) == mine[k] for k in ("kind", "settings", "layers"))
+
+    def _check_saved(self, saved: dict[str, Any]) -> None:
+        if not self._matches(saved):
+            mine = self._state()
             raise ValueError(
                 f"the checkpoint was made with {type(self).__name__}(layers={saved.get('layers')}, "
                 f"**{saved.get('settings')}), but this callback has (layers={mine['layers']}, "
@@ -127,7 +152,11 @@ class InsertingCallback(pl.Callback):
         )  # a second fit / validate on the same module
         if not already:
             names = self._resolve(pl_module, trainer)
-            self._layers = insert_after(pl_module, names, lambda _n, c: self.make_layer(c))
+            x = example_input(pl_module, trainer)
+            channels = output_channels(pl_module, names, x) if x is not None else None
+            self._layers = insert_after(
+                pl_module, names, lambda _n, c: self.make_layer(c), channels=channels
+            )
             self._layer_names = names
         original = pl_module.on_load_checkpoint
 
@@ -157,7 +186,7 @@ class InsertingCallback(pl.Callback):
             return  # a weights-only checkpoint: nothing to compare
         same_kind = [s for s in checkpoint["callbacks"].values()
                      if isinstance(s, dict) and s.get("kind") == self.kind]
-        if self._state() not in same_kind:
+        if not any(self._matches(st) for st in same_kind):
             self._check_saved(same_kind[0] if same_kind else {"kind": None})
 
     def after_insert(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -206,3 +206,26 @@ def test_dict_loss_gets_regularizer():
     out = cb._add_regularizer(Net(), {"loss": torch.tensor(1.0), "extra": 3})
     torch.testing.assert_close(out["loss"], 1.0 + reg)
     assert out["extra"] == 3
+
+
+class RankWeights(pl.Callback):
+    def __init__(self, folder):
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module):
+        state = {n: p.detach().clone() for n, p in pl_module.named_parameters() if ".layer." in n}
+        torch.save(state, f"{self.folder}/rank{trainer.global_rank}.pt")
+
+
+def test_ddp_spawn_two_cpu_processes(tmp_path):
+    pl.seed_everything(0)
+    t = trainer(strategy="ddp_spawn", devices=2, max_epochs=1, limit_train_batches=2,
+                callbacks=[ERSMCallback("features.2", lam=1.0, bias_init=0.0),
+                           RankWeights(tmp_path)])
+    model = Net()
+    t.fit(model, loader(n=16))
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert a.keys() == {"features.2.layer.weight", "features.2.layer.bias"}
+    for name in a:
+        torch.testing.assert_close(a[name], b[name])
+    assert a["features.2.layer.bias"].item() != 0.0  # trained
