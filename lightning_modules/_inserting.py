@@ -101,6 +101,7 @@ class InsertingCallback(pl.Callback):
         self._layer_names: list[str] = []
         self._layers: dict[str, nn.Module] = {}
         self._wrapped_hooks: list[tuple[nn.Module, str]] = []
+        self._channels: dict[str, int] = {}
 
     # -- to implement ------------------------------------------------------------------
     def make_layer(self, channels: int) -> nn.Module:
@@ -119,7 +120,14 @@ class InsertingCallback(pl.Callback):
 
     def _state(self) -> dict[str, Any]:
         return {"kind": self.kind, "layers": list(self._layer_names or self._requested or []),
-                "settings": dict(self._settings)}
+                "settings": dict(self._settings), "channels": dict(self._channels)}
+
+    @staticmethod
+    def _channel_count(layer: nn.Module) -> int:
+        for attr in ("channels", "num_channels", "num_features"):
+            if isinstance(getattr(layer, attr, None), int):
+                return getattr(layer, attr)
+        return 0
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -157,6 +165,7 @@ class InsertingCallback(pl.Callback):
             self._layers = insert_after(
                 pl_module, names, lambda _n, c: self.make_layer(c), channels=channels
             )
+            self._channels = {n: int(self._channel_count(m)) for n, m in self._layers.items()}
             self._layer_names = names
         original = pl_module.on_load_checkpoint
 
@@ -232,4 +241,6 @@ def insert_from_state(model: nn.Module, state: dict[str, Any],
                       factories: dict[str, Callable[[int, dict[str, Any]], nn.Module]]) -> None:
     """Re-insert the layers described by a saved callback state (for inference)."""
     factory = factories[state["kind"]]
-    insert_after(model, state["layers"], lambda _n, c: factory(c, state["settings"]))
+    channels = {n: c for n, c in state.get("channels", {}).items() if c}
+    insert_after(model, state["layers"], lambda _n, c: factory(c, state["settings"]),
+                 channels=channels or None)
