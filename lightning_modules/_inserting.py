@@ -162,9 +162,18 @@ class InsertingCallback(pl.Callback):
             names = self._resolve(pl_module, trainer)
             x = example_input(pl_module, trainer)
             channels = output_channels(pl_module, names, x) if x is not None else None
-            self._layers = insert_after(
-                pl_module, names, lambda _n, c: self.make_layer(c), channels=channels
-            )
+            try:
+                self._layers = insert_after(
+                    pl_module, names, lambda _n, c: self.make_layer(c), channels=channels
+                )
+            except ValueError as err:
+                if "cannot tell the output channels" not in str(err):
+                    raise
+                raise ValueError(
+                    f"{err}; {type(self).__name__} reads the channels from the block's last conv "
+                    "or norm layer, or from a forward pass on `pl_module.example_input_array`: "
+                    "set example_input_array in your module"
+                ) from err
             self._channels = {n: int(self._channel_count(m)) for n, m in self._layers.items()}
             self._layer_names = names
         original = pl_module.on_load_checkpoint

@@ -141,6 +141,13 @@ def test_bad_settings(stand_in):
         PBEDropoutCallback("features.3", p=1.5)
 
 
+def test_channels_need_example_input(stand_in):
+    model = Net()
+    model.example_input_array = None
+    with pytest.raises(ValueError, match="set example_input_array in your module"):
+        trainer(callbacks=[PBEDropoutCallback("features.3")]).fit(model, loader())
+
+
 def test_missing_implementation(monkeypatch):
     monkeypatch.setitem(sys.modules, "energymask.pbedropout", None)
     with pytest.raises(ImportError, match="needs energymask.pbedropout.PBEDropout2d"):
