@@ -163,13 +163,41 @@ class RankMasks(pl.Callback):
         torch.save(masks, f"{self.folder}/rank{trainer.global_rank}.pt")
 
 
-def test_ddp_ranks_end_with_identical_masks(tmp_path):
-    pytest.importorskip("energymask.pbedropout")
+class StandInCallback(PBEDropoutCallback):
+    """Uses the stand-in layer in the spawned processes, with a different seed per rank."""
+
+    def make_layer(self, channels):
+        return StandInPBEDropout2d(channels, **self._settings)
+
+    def after_insert(self, trainer, pl_module):
+        super().after_insert(trainer, pl_module)
+        torch.manual_seed(100 + trainer.global_rank)  # ranks draw different masks
+
+
+class NoSyncCallback(StandInCallback):
+    def sync_masks(self, trainer):
+        pass
+
+
+def _ddp_masks(tmp_path, callback):
     pl.seed_everything(0)
     t = trainer(strategy="ddp_spawn", devices=2, max_epochs=1, limit_train_batches=2,
-                callbacks=[PBEDropoutCallback("features.3"), RankMasks(tmp_path)])
+                callbacks=[callback, RankMasks(tmp_path)])
     t.fit(Net(), loader(n=16))
-    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    return torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+
+
+def test_ddp_ranks_end_with_identical_masks(tmp_path):
+    a, b = _ddp_masks(tmp_path, StandInCallback("features.3", p=0.5))
+    assert a.keys() == b.keys() == {"features.3.layer.ema_mask"}
+    torch.testing.assert_close(a["features.3.layer.ema_mask"], b["features.3.layer.ema_mask"])
+    a, b = _ddp_masks(tmp_path, NoSyncCallback("features.3", p=0.5))  # the test can fail
+    assert not torch.equal(a["features.3.layer.ema_mask"], b["features.3.layer.ema_mask"])
+
+
+def test_ddp_with_real_pbedropout(tmp_path):
+    pytest.importorskip("energymask.pbedropout")
+    a, b = _ddp_masks(tmp_path, PBEDropoutCallback("features.3"))
     assert a.keys() == b.keys() and a
     for name in a:
         torch.testing.assert_close(a[name], b[name])
