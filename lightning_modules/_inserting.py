@@ -142,6 +142,12 @@ class InsertingCallback(pl.Callback):
         return all(saved.get(k) == mine[k] for k in ("kind", "settings", "layers"))
 
     def _check_saved(self, saved: dict[str, Any]) -> None:
+        if saved.get("kind") is None:
+            raise ValueError(
+                f"the checkpoint has no {type(self).__name__} state (it was made without this "
+                "callback); to start from its weights, load them into the module "
+                "(`load_state_dict`) and fit without ckpt_path"
+            )
         if not self._matches(saved):
             mine = self._state()
             raise ValueError(

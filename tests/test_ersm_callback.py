@@ -131,10 +131,27 @@ def test_resume_gives_identical_weights(tmp_path):
     for name, value in straight.state_dict().items():
         torch.testing.assert_close(value, resumed.state_dict()[name], msg=name)
 
+    for other in (ERSMCallback("features.2", lam=0.1), ERSMCallback("features.0", lam=0.5)):
+        with pytest.raises(ValueError, match=r"checkpoint was made with ERSMCallback\(layers="
+                                             r"\['features.2'\], \*\*\{'lam': 0.5\}\)"):
+            trainer(max_epochs=2, callbacks=[other]).fit(Net(), loader(), ckpt_path=ckpt)
+
+    plain = trainer(max_epochs=1, enable_checkpointing=True, default_root_dir=tmp_path / "p")
+    plain.fit(Net(), loader())
+    with pytest.raises(ValueError, match="checkpoint has no ERSMCallback state"):
+        trainer(max_epochs=2, callbacks=[ERSMCallback("features.2")]).fit(
+            Net(), loader(), ckpt_path=plain.checkpoint_callback.best_model_path)
+
+
+def test_state_dict_is_plain_and_checked():
+    cb = ERSMCallback("features.2", lam=0.5)
+    trainer(max_steps=1, callbacks=[cb]).fit(Net(), loader())
+    state = cb.state_dict()
+    assert state == {"kind": "ersm", "layers": ["features.2"], "settings": {"lam": 0.5},
+                     "channels": {"features.2": 8}}
+    cb.load_state_dict(state)
     with pytest.raises(ValueError, match="checkpoint was made with ERSMCallback"):
-        pl.seed_everything(0)
-        trainer(max_epochs=2, callbacks=[ERSMCallback("features.2", lam=0.1)]).fit(
-            Net(), loader(), ckpt_path=ckpt)
+        cb.load_state_dict({**state, "settings": {"lam": 0.1}})
 
 
 def test_bad_settings_fail_at_init():
