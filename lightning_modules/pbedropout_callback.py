@@ -45,7 +45,10 @@ class PBEDropoutCallback(InsertingCallback):
             ``pl_module.example_input_array``.
         freeze_at_epoch: from this epoch on, call ``layer.freeze()`` (masks fixed to
             the EMA); None never freezes. Default: None.
-        log_stats: log ``pbedropout/<layer>/{drop_rate,energy}`` each epoch. Default: True.
+        log_stats: log ``pbedropout/<layer>/drop_rate`` (realised share of dropped
+            patches; ``1[EMA < 0.5]`` once frozen) and ``energy`` (mean energy of the
+            applied masks, from the layer's ``last_drop_rate`` / ``last_energy``),
+            averaged over each epoch. Default: True.
         **pbedropout_kwargs: passed to ``PBEDropout2d(channels, **kwargs)``.
     """
 
@@ -67,8 +70,6 @@ class PBEDropoutCallback(InsertingCallback):
         self.freeze_at_epoch = freeze_at_epoch
         self.log_stats = log_stats
         super().__init__(layers, pbedropout_kwargs)
-        self._drop_rates: dict[str, Tensor] = {}
-        self._hooks: list[Any] = []
         self._world_size: int = 1
 
     @override
@@ -77,22 +78,7 @@ class PBEDropoutCallback(InsertingCallback):
 
     @override
     def after_insert(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks = [
-            layer.register_forward_hook(self._record(name)) for name, layer in self._layers.items()
-        ]
         rank_zero_info(f"PBEDropoutCallback: inserted PB-EDropout after {', '.join(self._layers)}")
-
-    def _record(self, name: str):
-        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            if module.training:
-                # realised drop rate: share of non-zero inputs that the layer zeroed
-                alive = inputs[0].detach() != 0
-                dropped = alive & (output.detach() == 0)
-                self._drop_rates[name] = dropped.sum().float() / alive.sum().clamp(min=1).float()
-
-        return hook
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -126,13 +112,14 @@ class PBEDropoutCallback(InsertingCallback):
         if not self.log_stats:
             return
         for name, layer in self._layers.items():
-            if name in self._drop_rates:
-                pl_module.log(f"pbedropout/{name}/drop_rate", self._drop_rates.pop(name),
-                              on_step=False, on_epoch=True)
-            energy = getattr(layer, "last_energy", None)
-            if isinstance(energy, Tensor):
-                pl_module.log(f"pbedropout/{name}/energy", energy.detach().float().mean(),
-                              on_step=False, on_epoch=True)
+            stats = {"drop_rate": layer.last_drop_rate, "energy": layer.last_energy}
+            if layer.frozen and layer.ema_mask.numel():  # masks fixed to 1[EMA >= 0.5]
+                stats = {"drop_rate": float((layer.ema_mask < 0.5).float().mean())}
+            for key, value in stats.items():
+                if value is not None:
+                    pl_module.log(f"pbedropout/{name}/{key}", float(value),
+                                  on_step=False, on_epoch=True)
+            layer.last_drop_rate = layer.last_energy = None  # log each forward once
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -144,14 +131,9 @@ class PBEDropoutCallback(InsertingCallback):
             return
         for layer in self._layers.values():
             ema: Tensor = layer.ema_mask
+            if not ema.numel():
+                continue  # allocated at the first training forward
             ema.copy_(trainer.strategy.reduce(ema.detach().clone(), reduce_op="mean"))
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().teardown(trainer, pl_module, stage)
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks = []
 
 
 __all__ = ["PBEDropoutCallback", "make_pbedropout"]

@@ -8,6 +8,8 @@ PB-EDropout API (``PBEDropout2d(channels, **kw)``, buffer ``ema_mask``,
 
 from __future__ import annotations
 
+import csv
+import importlib.util
 import sys
 import types
 
@@ -22,16 +24,16 @@ torch.set_num_threads(1)
 
 
 class StandInPBEDropout2d(nn.Module):
-    """Per-channel random patch dropout with an EMA mask; the expected API only."""
+    """Per-channel random patch dropout with an EMA mask: PBEDropout2d's API only."""
 
-    def __init__(self, channels: int, p: float = 0.5, patch_size: int = 2, momentum=0.9):
+    def __init__(self, channels: int, p: float = 0.5, patch_size: int = 2, ema_decay=0.9):
         super().__init__()
         if not 0 <= p < 1:
             raise ValueError(f"p must be in [0, 1), but got {p}")
-        self.p, self.patch_size, self.momentum = p, patch_size, momentum
-        self.register_buffer("ema_mask", torch.ones(channels, 2, 2))
+        self.channels, self.p, self.patch_size, self.ema_decay = channels, p, patch_size, ema_decay
+        self.register_buffer("ema_mask", torch.empty(0))  # allocated at the first forward
         self.frozen = False
-        self.last_energy = None
+        self.last_drop_rate = self.last_energy = None
 
     def freeze(self):
         self.frozen = True
@@ -40,17 +42,25 @@ class StandInPBEDropout2d(nn.Module):
         self.frozen = False
 
     def forward(self, x):
-        if not self.training:
-            return x * (self.ema_mask >= 0.5).to(x.dtype).repeat_interleave(
-                x.shape[-1] // 2, -1).repeat_interleave(x.shape[-2] // 2, -2)
-        if self.frozen:
-            mask = (self.ema_mask >= 0.5).to(x.dtype).expand(x.shape[0], -1, -1, -1)
+        s = self.patch_size
+        grid = (x.shape[-2] // s, x.shape[-1] // s)
+        if not self.ema_mask.numel():
+            self.ema_mask = torch.ones(self.channels, *grid)
+        if not self.training or self.frozen:
+            mask = (self.ema_mask >= 0.5).float().expand(x.shape[0], -1, -1, -1)
         else:
-            mask = (torch.rand(x.shape[0], x.shape[1], 2, 2, device=x.device) >= self.p).float()
-            self.ema_mask.mul_(self.momentum).add_((1 - self.momentum) * mask.mean(0))
-        self.last_energy = mask.sum((-1, -2))
-        full = mask.repeat_interleave(x.shape[-1] // 2, -1).repeat_interleave(x.shape[-2] // 2, -2)
+            mask = (torch.rand(x.shape[0], self.channels, *grid) >= self.p).float()
+            self.ema_mask.mul_(self.ema_decay).add_((1 - self.ema_decay) * mask.mean(0))
+            self.last_drop_rate = float(1 - mask.mean())
+            self.last_energy = float(-mask.sum((-1, -2)).mean())
+        full = mask.repeat_interleave(s, -1).repeat_interleave(s, -2)
         return x * full / (1 - self.p)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "ema_mask"  # the lazily allocated buffer takes the saved shape
+        if key in state_dict and state_dict[key].shape != self.ema_mask.shape:
+            self.ema_mask = torch.empty_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 @pytest.fixture
@@ -58,6 +68,15 @@ def stand_in(monkeypatch):
     module = types.ModuleType("energymask.pbedropout")
     module.PBEDropout2d = StandInPBEDropout2d
     monkeypatch.setitem(sys.modules, "energymask.pbedropout", module)
+    return StandInPBEDropout2d
+
+
+@pytest.fixture(params=["stand_in", "real"])
+def impl(request, monkeypatch):
+    """The layer class: the stand-in, and the real PBEDropout2d where installed."""
+    if request.param == "real":
+        return pytest.importorskip("energymask.pbedropout").PBEDropout2d
+    return request.getfixturevalue("stand_in")
 
 
 class Net(pl.LightningModule):
@@ -98,31 +117,31 @@ class FrozenRecorder(pl.Callback):
         self.frozen.append(pl_module.features[3].layer.frozen)
 
 
-def test_inserts_freezes_and_logs(stand_in, tmp_path):
+def test_inserts_freezes_and_logs(impl, tmp_path):
     pl.seed_everything(0)
     model = Net()
-    cb = PBEDropoutCallback("features.3", freeze_at_epoch=2, p=0.5)
+    cb = PBEDropoutCallback("features.3", freeze_at_epoch=2, p=0.5, patch_size=2)
     rec = FrozenRecorder()
     t = trainer(max_epochs=3, callbacks=[cb, rec], logger=pl.loggers.CSVLogger(tmp_path))
     t.fit(model, loader())
     layer = model.features[3].layer
-    assert isinstance(layer, StandInPBEDropout2d) and cb.layers == {"features.3": layer}
+    assert isinstance(layer, impl) and cb.layers == {"features.3": layer}
     assert rec.frozen == [False, False, True]
+    assert layer.ema_mask.shape == (8, 2, 2)
     assert not torch.equal(layer.ema_mask, torch.ones_like(layer.ema_mask))  # EMA updated
-    import csv
-
     rows = list(csv.DictReader(open(t.logger.log_dir + "/metrics.csv")))
     rate = float(rows[0]["pbedropout/features.3/drop_rate"])  # epoch 0, not frozen
     assert 0.2 < rate < 0.8  # p = 0.5
     assert "pbedropout/features.3/energy" in t.logged_metrics
 
 
-def test_resume_keeps_ema_masks(stand_in, tmp_path):
+def test_resume_keeps_ema_masks(impl, tmp_path):
     def run(epochs, ckpt=None):
         pl.seed_everything(0)
         model = Net()
+        cb = PBEDropoutCallback("features.3", p=0.3, patch_size=2)
         t = trainer(max_epochs=epochs, deterministic=True, enable_checkpointing=True,
-                    default_root_dir=tmp_path, callbacks=[PBEDropoutCallback("features.3", p=0.3)])
+                    default_root_dir=tmp_path, callbacks=[cb])
         t.fit(model, loader(), ckpt_path=ckpt)
         return model, t
 
@@ -179,25 +198,21 @@ class NoSyncCallback(StandInCallback):
         pass
 
 
-def _ddp_masks(tmp_path, callback):
+def test_ddp_ranks_end_with_identical_masks(tmp_path):
+    """One 2-process run: synced stand-in, unsynced control, and the real layer if installed."""
+    callbacks = [StandInCallback("features.3", p=0.5), NoSyncCallback("features.2", p=0.5)]
+    real = importlib.util.find_spec("energymask.pbedropout") is not None
+    if real:
+        callbacks.append(PBEDropoutCallback("features.1", p=0.5, patch_size=2))
     pl.seed_everything(0)
     t = trainer(strategy="ddp_spawn", devices=2, max_epochs=1, limit_train_batches=2,
-                callbacks=[callback, RankMasks(tmp_path)])
+                callbacks=[*callbacks, RankMasks(tmp_path)])
     t.fit(Net(), loader(n=16))
-    return torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
-
-
-def test_ddp_ranks_end_with_identical_masks(tmp_path):
-    a, b = _ddp_masks(tmp_path, StandInCallback("features.3", p=0.5))
-    assert a.keys() == b.keys() == {"features.3.layer.ema_mask"}
-    torch.testing.assert_close(a["features.3.layer.ema_mask"], b["features.3.layer.ema_mask"])
-    a, b = _ddp_masks(tmp_path, NoSyncCallback("features.3", p=0.5))  # the test can fail
-    assert not torch.equal(a["features.3.layer.ema_mask"], b["features.3.layer.ema_mask"])
-
-
-def test_ddp_with_real_pbedropout(tmp_path):
-    pytest.importorskip("energymask.pbedropout")
-    a, b = _ddp_masks(tmp_path, PBEDropoutCallback("features.3"))
-    assert a.keys() == b.keys() and a
-    for name in a:
-        torch.testing.assert_close(a[name], b[name])
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    synced = ["features.3.layer.ema_mask"] + (["features.1.layer.ema_mask"] if real else [])
+    assert set(a) == set(b) == {*synced, "features.2.layer.ema_mask"}
+    for name in synced:
+        assert a[name].numel() and not torch.equal(a[name], torch.ones_like(a[name]))
+        torch.testing.assert_close(a[name], b[name], msg=name)
+    control = "features.2.layer.ema_mask"  # not synced: the ranks differ, so the test can fail
+    assert not torch.equal(a[control], b[control])
