@@ -199,6 +199,15 @@ class InsertingCallback(pl.Callback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._unwrap()
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._unwrap()  # Lightning skips teardown after a crash
+
+    def _unwrap(self) -> None:
         # Drop the instance wrappers so the module pickles and can be fitted again.
         for module, hook in self._wrapped_hooks:
             if hook in vars(module):

@@ -192,8 +192,10 @@ def test_no_loss_returned():
             self(batch[0])
             return None
 
+    model = NoLoss()
     with pytest.raises(ValueError, match="needs training_step to return the loss"):
-        trainer(callbacks=[ERSMCallback("features.2")]).fit(NoLoss(), loader())
+        trainer(callbacks=[ERSMCallback("features.2")]).fit(model, loader())
+    assert "training_step" not in vars(model)  # wrapper removed after the crash
 
 
 def test_manual_optimization_refused():
