@@ -1,1 +1,23 @@
-"""Lightning shell over the core: callbacks, modules, data modules."""
+"""Lightning shell over the core: callbacks, modules, data modules.
+
+Built on the ``pytorch_lightning`` package (a ``lightning.pytorch`` Trainer is
+refused with a message saying what to do).
+"""
+
+from .checkpoint import load_for_inference
+from .classifier import FrozenBackboneERSM, ImageClassifier
+from .datamodules import TensorDataModule
+from .ersm_callback import ERSMCallback
+from .mask_logger import MaskLoggerCallback, plot_keep_masks
+from .pbedropout_callback import PBEDropoutCallback
+
+__all__ = [
+    "ERSMCallback",
+    "FrozenBackboneERSM",
+    "ImageClassifier",
+    "MaskLoggerCallback",
+    "PBEDropoutCallback",
+    "TensorDataModule",
+    "load_for_inference",
+    "plot_keep_masks",
+]

@@ -1,0 +1,139 @@
+"""PBEDropoutCallback: add PB-EDropout (patch-based energy dropout) to any LightningModule.
+
+``Trainer(callbacks=[PBEDropoutCallback("backbone.layer2", freeze_at_epoch=5, p=0.3)])``
+inserts a ``PBEDropout2d`` after each named block at ``setup``, freezes the
+masks (train with the EMA masks, DESIGN.md §4) from ``freeze_at_epoch`` on, logs
+the realised drop rate and the mask energy, and under DDP averages the EMA masks
+over the processes at the end of every training epoch, so that every rank ends
+with the same masks. On one process its state also carries the CPU random
+state, so a run resumed from a checkpoint draws the same masks as a straight one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from ._inserting import InsertingCallback, override
+
+
+def _pbedropout_class() -> type[nn.Module]:
+    try:
+        return importlib.import_module("energymask.pbedropout").PBEDropout2d
+    except (ImportError, AttributeError) as err:
+        raise ImportError(
+            "PBEDropoutCallback needs energymask.pbedropout.PBEDropout2d, which this "
+            f"installation does not have ({err})"
+        ) from err
+
+
+def make_pbedropout(channels: int, settings: dict[str, Any]) -> nn.Module:
+    return _pbedropout_class()(channels, **settings)
+
+
+class PBEDropoutCallback(InsertingCallback):
+    """Insert PB-EDropout layers, freeze their masks on schedule, sync them under DDP.
+
+    Args:
+        layers: submodule names (as in ``named_modules()``) to put a layer after;
+            ``None`` picks the last submodule with a 4D output for
+            ``pl_module.example_input_array``.
+        freeze_at_epoch: from this epoch on, call ``layer.freeze()`` (masks fixed to
+            the EMA); None never freezes. Default: None.
+        log_stats: log ``pbedropout/<layer>/drop_rate`` (realised share of dropped
+            patches; ``1[EMA < 0.5]`` once frozen) and ``energy`` (mean energy of the
+            applied masks, from the layer's ``last_drop_rate`` / ``last_energy``),
+            averaged over each epoch. Default: True.
+        **pbedropout_kwargs: passed to ``PBEDropout2d(channels, **kwargs)``.
+    """
+
+    kind = "pbedropout"
+
+    def __init__(
+        self,
+        layers: str | list[str] | None = None,
+        freeze_at_epoch: int | None = None,
+        log_stats: bool = True,
+        **pbedropout_kwargs: Any,
+    ) -> None:
+        if freeze_at_epoch is not None and (
+            not isinstance(freeze_at_epoch, int) or freeze_at_epoch < 0
+        ):
+            raise ValueError(
+                f"freeze_at_epoch must be None or an int >= 0, but got {freeze_at_epoch!r}"
+            )
+        self.freeze_at_epoch = freeze_at_epoch
+        self.log_stats = log_stats
+        super().__init__(layers, pbedropout_kwargs)
+        self._world_size: int = 1
+
+    @override
+    def make_layer(self, channels: int) -> nn.Module:
+        return make_pbedropout(channels, self._settings)
+
+    @override
+    def after_insert(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        rank_zero_info(f"PBEDropoutCallback: inserted PB-EDropout after {', '.join(self._layers)}")
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._world_size = trainer.world_size
+        super().setup(trainer, pl_module, stage)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self._world_size == 1:  # masks are random: resume exactly on one process
+            state["rng_state"] = torch.get_rng_state().tolist()
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "rng_state" in state_dict and self._world_size == 1:
+            torch.set_rng_state(torch.tensor(state_dict["rng_state"], dtype=torch.uint8))
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        frozen = self.freeze_at_epoch is not None and trainer.current_epoch >= self.freeze_at_epoch
+        for layer in self._layers.values():
+            layer.freeze() if frozen else layer.unfreeze()
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if not self.log_stats:
+            return
+        for name, layer in self._layers.items():
+            stats = {"drop_rate": layer.last_drop_rate, "energy": layer.last_energy}
+            if layer.frozen and layer.ema_mask.numel():  # masks fixed to 1[EMA >= 0.5]
+                stats = {"drop_rate": float((layer.ema_mask < 0.5).float().mean())}
+            for key, value in stats.items():
+                if value is not None:
+                    pl_module.log(f"pbedropout/{name}/{key}", float(value),
+                                  on_step=False, on_epoch=True)
+            layer.last_drop_rate = layer.last_energy = None  # log each forward once
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.sync_masks(trainer)
+
+    def sync_masks(self, trainer: pl.Trainer) -> None:
+        """Average every layer's ``ema_mask`` over the processes (no-op on one process)."""
+        if trainer.world_size < 2:
+            return
+        for layer in self._layers.values():
+            ema: Tensor = layer.ema_mask
+            if not ema.numel():
+                continue  # allocated at the first training forward
+            ema.copy_(trainer.strategy.reduce(ema.detach().clone(), reduce_op="mean"))
+
+
+__all__ = ["PBEDropoutCallback", "make_pbedropout"]

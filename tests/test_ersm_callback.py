@@ -1,0 +1,250 @@
+"""ERSMCallback: insertion, training, regulariser exactness, errors, resume."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from energymask.lightning_modules.ersm_callback import ERSMCallback
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from energymask.ersm import EnergyMask2d, collect_regularizer
+from energymask.surgery import insert_after
+
+torch.set_num_threads(1)
+
+
+class Net(pl.LightningModule):
+    def __init__(self, manual_reg: bool = False, example: bool = True) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(4, 8, 3, padding=1, stride=2))
+        self.head = nn.Linear(8, 3)
+        self.manual_reg = manual_reg
+        if example:
+            self.example_input_array = torch.zeros(2, 1, 8, 8)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        if self.manual_reg:
+            loss = loss + collect_regularizer(self)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def loader(n=8, batch_size=4):
+    g = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(torch.randn(n, 1, 8, 8, generator=g),
+                                    torch.randint(0, 3, (n,), generator=g)), batch_size=batch_size)
+
+
+def trainer(**kw):
+    base = dict(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                enable_model_summary=False, enable_checkpointing=False)
+    return pl.Trainer(**{**base, **kw})
+
+
+class GradRecorder(pl.Callback):
+    def __init__(self):
+        self.grads = {}
+
+    def setup(self, trainer, pl_module, stage):  # same ERSM weights in every mode
+        for m in pl_module.modules():
+            if isinstance(m, EnergyMask2d):
+                m.weight.data = torch.linspace(-0.3, 0.3, m.weight.numel())
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters()
+                      if ".layer." in n}
+
+
+def test_inserts_and_trains_layer():
+    pl.seed_everything(0)
+    model = Net()
+    cb = ERSMCallback(layers="features.2", lam=1.0, gamma=1.0, bias_init=0.0)
+    trainer(max_epochs=2, callbacks=[cb]).fit(model, loader())
+    layer = model.features[2].layer
+    assert isinstance(layer, EnergyMask2d) and cb.layers["features.2"] is layer
+    assert layer.bias.item() != 0.0  # trained
+    assert "training_step" not in vars(model)  # wrapper removed at teardown
+
+
+def test_automatic_layer_choice_and_logged_stats(tmp_path):
+    pl.seed_everything(0)
+    model = Net()
+    cb = ERSMCallback(bias_init=0.0)
+    t = trainer(callbacks=[cb], logger=pl.loggers.CSVLogger(tmp_path))
+    t.fit(model, loader())
+    assert list(cb.layers) == ["features.2"]  # last submodule with a 4D output
+    for key in ("keep", "sparsity", "energy", "reg"):
+        assert f"ersm/features.2/{key}" in t.logged_metrics
+    assert 0 <= t.logged_metrics["ersm/features.2/keep"] <= 1
+
+
+def _grads(mode: str, **trainer_kw) -> dict:
+    pl.seed_everything(0)
+    model = Net(manual_reg=mode == "by_hand")
+    kwargs = dict(lam=1.0, gamma=1.0, bias_init=0.0)
+    callbacks = [rec := GradRecorder()]
+    if mode == "callback":
+        callbacks.insert(0, ERSMCallback(layers="features.2", **kwargs))
+    else:  # by hand, or the layer without its regulariser
+        insert_after(model, ["features.2"], lambda _n, c: EnergyMask2d(c, **kwargs))
+    trainer(limit_train_batches=2, max_steps=1, callbacks=callbacks, **trainer_kw).fit(
+        model, loader())
+    return rec.grads
+
+
+@pytest.mark.parametrize("trainer_kw", [dict(accumulate_grad_batches=2),
+                                        dict(accumulate_grad_batches=2, precision="bf16-mixed")])
+def test_regularizer_gradient_equals_manual(trainer_kw):
+    by_callback = _grads("callback", **trainer_kw)
+    by_hand = _grads("by_hand", **trainer_kw)
+    without = _grads("none", **trainer_kw)
+    assert by_callback.keys() == by_hand.keys() and by_callback
+    for name in by_hand:
+        torch.testing.assert_close(by_callback[name], by_hand[name])
+    assert any(not torch.allclose(without[n], by_hand[n]) for n in by_hand)
+
+
+def test_resume_gives_identical_weights(tmp_path):
+    def run(epochs, ckpt=None):
+        pl.seed_everything(0)
+        model = Net()
+        t = trainer(max_epochs=epochs, deterministic=True, enable_checkpointing=True,
+                    default_root_dir=tmp_path, callbacks=[ERSMCallback("features.2", lam=0.5)])
+        t.fit(model, loader(), ckpt_path=ckpt)
+        return model, t
+
+    straight, _ = run(2)
+    _, first = run(1)
+    ckpt = first.checkpoint_callback.best_model_path
+    resumed, _ = run(2, ckpt)
+    assert straight.state_dict().keys() == resumed.state_dict().keys()
+    for name, value in straight.state_dict().items():
+        torch.testing.assert_close(value, resumed.state_dict()[name], msg=name)
+
+    for other in (ERSMCallback("features.2", lam=0.1), ERSMCallback("features.0", lam=0.5)):
+        with pytest.raises(ValueError, match=r"checkpoint was made with ERSMCallback\(layers="
+                                             r"\['features.2'\], \*\*\{'lam': 0.5\}\)"):
+            trainer(max_epochs=2, callbacks=[other]).fit(Net(), loader(), ckpt_path=ckpt)
+
+    plain = trainer(max_epochs=1, enable_checkpointing=True, default_root_dir=tmp_path / "p")
+    plain.fit(Net(), loader())
+    with pytest.raises(ValueError, match="checkpoint has no ERSMCallback state"):
+        trainer(max_epochs=2, callbacks=[ERSMCallback("features.2")]).fit(
+            Net(), loader(), ckpt_path=plain.checkpoint_callback.best_model_path)
+
+
+def test_state_dict_is_plain_and_checked():
+    cb = ERSMCallback("features.2", lam=0.5)
+    trainer(max_steps=1, callbacks=[cb]).fit(Net(), loader())
+    state = cb.state_dict()
+    assert state == {"kind": "ersm", "layers": ["features.2"], "settings": {"lam": 0.5},
+                     "channels": {"features.2": 8}}
+    cb.load_state_dict(state)
+    with pytest.raises(ValueError, match="checkpoint was made with ERSMCallback"):
+        cb.load_state_dict({**state, "settings": {"lam": 0.1}})
+
+
+def test_bad_settings_fail_at_init():
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        ERSMCallback("features.2", temperature=0.0)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        ERSMCallback("features.2", lamda=1.0)
+    with pytest.raises(TypeError, match="layers must be None, a str or a list"):
+        ERSMCallback(3)
+    with pytest.raises(ValueError, match="layers must be distinct"):
+        ERSMCallback(["a", "a"])
+
+
+def test_unknown_layer_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown layer name 'nope'.*valid names are: features"):
+        trainer(callbacks=[ERSMCallback("nope")]).fit(Net(), loader())
+
+
+def test_layer_without_4d_output():
+    with pytest.raises(ValueError, match="'head' does not output a 4D"):
+        trainer(callbacks=[ERSMCallback("head")]).fit(Net(), loader())
+
+
+def test_no_example_input_needs_names():
+    with pytest.raises(ValueError, match="needs `pl_module.example_input_array`"):
+        trainer(callbacks=[ERSMCallback()]).fit(Net(example=False), loader())
+
+
+def test_attached_twice_to_same_layer():
+    cbs = [ERSMCallback("features.2"), ERSMCallback(["features.2"], lam=0.1)]
+    with pytest.raises(ValueError, match="already inserted after 'features.2'"):
+        trainer(callbacks=cbs).fit(Net(), loader())
+
+
+def test_no_loss_returned():
+    class NoLoss(Net):
+        def training_step(self, batch, batch_idx):
+            self(batch[0])
+            return None
+
+    model = NoLoss()
+    with pytest.raises(ValueError, match="needs training_step to return the loss"):
+        trainer(callbacks=[ERSMCallback("features.2")]).fit(model, loader())
+    assert "training_step" not in vars(model)  # wrapper removed after the crash
+
+
+def test_manual_optimization_refused():
+    class Manual(Net):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+    with pytest.raises(ValueError, match="manual optimisation ignores"):
+        trainer(callbacks=[ERSMCallback("features.2")]).fit(Manual(), loader())
+
+
+def test_lightning_package_trainer_refused():
+    from energymask.lightning_modules._inserting import check_trainer
+
+    fake = type("Trainer", (), {"__module__": "lightning.pytorch.trainer.trainer"})()
+    with pytest.raises(TypeError, match="built on `pytorch_lightning`"):
+        check_trainer(fake, "ERSMCallback")
+
+
+def test_dict_loss_gets_regularizer():
+    cb = ERSMCallback("features.2", log_stats=False)
+    layer = EnergyMask2d(8, lam=1.0, gamma=1.0, bias_init=0.0)
+    cb._layers = {"features.2": layer}
+    layer(torch.randn(2, 8, 4, 4))
+    reg = layer.regularizer.detach().clone()
+    out = cb._add_regularizer(Net(), {"loss": torch.tensor(1.0), "extra": 3})
+    torch.testing.assert_close(out["loss"], 1.0 + reg)
+    assert out["extra"] == 3
+
+
+class RankWeights(pl.Callback):
+    def __init__(self, folder):
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module):
+        state = {n: p.detach().clone() for n, p in pl_module.named_parameters() if ".layer." in n}
+        torch.save(state, f"{self.folder}/rank{trainer.global_rank}.pt")
+
+
+def test_ddp_spawn_two_cpu_processes(tmp_path):
+    pl.seed_everything(0)
+    t = trainer(strategy="ddp_spawn", devices=2, max_epochs=1, limit_train_batches=2,
+                callbacks=[ERSMCallback("features.2", lam=1.0, bias_init=0.0),
+                           RankWeights(tmp_path)])
+    model = Net()
+    t.fit(model, loader(n=16))
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert a.keys() == {"features.2.layer.weight", "features.2.layer.bias"}
+    for name in a:
+        torch.testing.assert_close(a[name], b[name])
+    assert a["features.2.layer.bias"].item() != 0.0  # trained
