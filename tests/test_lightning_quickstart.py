@@ -1,4 +1,4 @@
-"""examples/lightning_quickstart.py runs, and is the code shown in README_SECTION.md."""
+"""examples/lightning_quickstart.py runs, and is the code shown in README.md."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ EXAMPLE = ROOT / "examples" / "lightning_quickstart.py"
 
 
 def test_readme_section_shows_the_example():
-    section = (ROOT / "lightning_modules" / "README_SECTION.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## With PyTorch Lightning", 1)[1]
     block = section.split("```python\n", 1)[1].split("```", 1)[0]
     assert block == EXAMPLE.read_text()
 
