@@ -43,26 +43,35 @@ def insertable_names(model: nn.Module, example_input: Tensor | None = None) -> l
     names = [name for name, _ in model.named_modules() if name and not _inside_wrapper(model, name)]
     if example_input is None:
         return names
-    four_d: list[str] = []
+    four_d = output_shapes(model, names, example_input)
+    return [n for n in names if n in four_d]
+
+
+def output_shapes(model: nn.Module, names: Iterable[str], x: Tensor) -> dict[str, torch.Size]:
+    """Shapes of the 4D outputs of the named submodules for input ``x``.
+
+    One forward pass in eval mode without gradients; names whose output is not a
+    4D tensor are left out. The model's train/eval mode is restored.
+    """
+    found: dict[str, torch.Size] = {}
     hooks = []
     for name in names:
-        module = model.get_submodule(name)
 
         def hook(_m, _i, out, name=name):
             if isinstance(out, Tensor) and out.dim() == 4:
-                four_d.append(name)
+                found[name] = out.shape
 
-        hooks.append(module.register_forward_hook(hook))
+        hooks.append(model.get_submodule(name).register_forward_hook(hook))
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            model(example_input)
+            model(x)
     finally:
         model.train(was_training)
         for h in hooks:
             h.remove()
-    return [n for n in names if n in set(four_d)]
+    return found
 
 
 def _inside_wrapper(model: nn.Module, name: str) -> bool:

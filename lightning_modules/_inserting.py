@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from energymask.surgery import insert_after, insertable_names, inserted_layers
+from energymask.surgery import insert_after, insertable_names, inserted_layers, output_shapes
 
 try:
     from typing_extensions import override
@@ -48,25 +48,7 @@ def example_input(pl_module: pl.LightningModule, trainer: Any) -> Tensor | None:
 
 def output_channels(model: nn.Module, names: list[str], x: Tensor) -> dict[str, int]:
     """Channels (dim 1) of the 4D outputs of the named submodules for input ``x``."""
-    found: dict[str, int] = {}
-    hooks = []
-    for name in names:
-
-        def hook(_m, _i, out, name=name):
-            if isinstance(out, Tensor) and out.dim() == 4:
-                found[name] = out.shape[1]
-
-        hooks.append(model.get_submodule(name).register_forward_hook(hook))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return found
+    return {name: shape[1] for name, shape in output_shapes(model, names, x).items()}
 
 
 def checkpoint_states(path: str | os.PathLike) -> dict[str, dict]:

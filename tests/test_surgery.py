@@ -12,6 +12,7 @@ from energymask import (
     remove_inserted,
     small_cnn,
 )
+from energymask.surgery import output_shapes
 
 
 def ersm_factory(name, channels):
@@ -89,3 +90,11 @@ def test_non_4d_output_is_a_clear_error(model):
     insert_after(model, "head", ersm_factory, channels={"head": 3})
     with pytest.raises(ValueError, match=r"needs a 4D \(B, C, H, W\) output .* but got \(2, 3\)"):
         model(torch.randn(2, 1, 64, 64))
+
+
+def test_output_shapes_of_4d_outputs_only_and_mode_restored(model):
+    model.train()
+    shapes = output_shapes(model, ["backbone.layer1", "backbone.layer3", "head"],
+                           torch.randn(2, 1, 64, 64))
+    assert shapes == {"backbone.layer1": (2, 4, 32, 32), "backbone.layer3": (2, 8, 8, 8)}
+    assert model.training
