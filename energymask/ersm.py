@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from energymask.kernels import ersm_energy
-from energymask.kernels.reference import EPS, expand_tokens
+from energymask.kernels.reference import EPS, expand_tokens, token_norm
 
 
 class EnergyMaskOutput(NamedTuple):
@@ -162,8 +162,7 @@ def token_logits(x: Tensor, weight: Tensor, bias: Tensor, token_size: int = 1) -
     xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     tokens = F.pixel_unshuffle(xf, token_size) if token_size > 1 else xf
     projected = torch.einsum("bdhw,d->bhw", tokens, weight.to(tokens.dtype))
-    norm = torch.linalg.vector_norm(tokens, dim=1)
-    return projected / (norm + EPS) + bias.to(tokens.dtype)
+    return projected / (token_norm(tokens)[:, 0] + EPS) + bias.to(tokens.dtype)
 
 
 def energy_mask_2d_inference(

@@ -36,14 +36,24 @@ class ErsmEnergy(NamedTuple):
 def unit_tokens(x: Tensor, token_size: int) -> Tensor:
     """(B, C, H, W) -> unit tokens (B, C·p², H/p, W/p), channel order (c, dy, dx)."""
     tokens = F.pixel_unshuffle(x, token_size) if token_size > 1 else x
-    norm = torch.linalg.vector_norm(tokens, dim=1, keepdim=True)
-    return tokens / (norm + EPS)
+    return tokens / (token_norm(tokens) + EPS)
+
+
+def token_norm(tokens: Tensor) -> Tensor:
+    """‖x_i‖ over dim 1: (B, D, h, w) -> (B, 1, h, w).
+
+    Not ``linalg.vector_norm``: over dim 1 of an NCHW tensor it is ~30x slower on
+    CPU. The clamp keeps the gradient of a zero token finite (0, as vector_norm's).
+    """
+    return tokens.square().sum(1, keepdim=True).clamp_min(torch.finfo(tokens.dtype).tiny).sqrt()
 
 
 def neighbour_similarity(unit: Tensor) -> Tensor:
     """Σ_{j∈N8(i)} ⟨x̂_i, x̂_j⟩ for unit tokens (B, D, h, w); off-grid neighbours give 0."""
-    box = F.avg_pool2d(unit, 3, stride=1, padding=1, count_include_pad=True) * 9.0
-    return (unit * (box - unit)).sum(dim=1)
+    d = unit.shape[1]
+    # 3x3 box sum per channel; a depthwise conv is ~5x faster than avg_pool2d on CPU.
+    box = F.conv2d(unit, unit.new_ones(d, 1, 3, 3), padding=1, groups=d)
+    return (unit * box).sum(dim=1) - unit.square().sum(dim=1)
 
 
 def expand_tokens(token_map: Tensor, token_size: int) -> Tensor:

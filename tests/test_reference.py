@@ -130,3 +130,16 @@ def test_boltzmann_check_detects_wrong_temperature(boltzmann_pvalue):
         ref.gibbs_sweep, unary, 0.5, 1.0, chains=20000, sweeps=10, seed=0, exact_temperature=1.5
     )
     assert pvalue < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_token_norm_matches_vector_norm_with_zero_gradient_at_zero(dtype):
+    tokens = torch.randn(2, 5, 3, 4, dtype=dtype)
+    tokens[1, :, 2, 3] = 0.0
+    tokens.requires_grad_()
+    got = ref.token_norm(tokens)
+    torch.testing.assert_close(got, torch.linalg.vector_norm(tokens, dim=1, keepdim=True))
+    assert got[1, 0, 2, 3] == 0
+    (grad,) = torch.autograd.grad(got.sum(), tokens)
+    assert torch.isfinite(grad).all()
+    assert (grad[1, :, 2, 3] == 0).all()
