@@ -213,8 +213,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.data == "image-folder":
             data["image_size"] = args.image_size
     dm = _runs.build_datamodule(data, args.batch_size, args.seed)
-    out = _runs.prepare_out(args.out)
-    _quiet_lightning()
     pl.seed_everything(args.seed, workers=True, verbose=False)
     model_spec = {"backbone": args.backbone, "in_channels": dm.in_channels,
                   "num_classes": dm.num_classes}
@@ -236,6 +234,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         spec["pbedropout"] = {"layers": layers, "freeze_at_epoch": args.pb_freeze_epoch,
                               **settings}
     module = ImageClassifier(net, dm.num_classes, lr=args.lr, max_epochs=args.epochs)
+    out = _runs.prepare_out(args.out)  # after the settings are checked
+    _quiet_lightning()
     trainer = pl.Trainer(
         max_epochs=args.epochs, callbacks=callbacks, logger=CSVLogger(out, name="logs", version=""),
         enable_checkpointing=False, enable_progress_bar=not args.no_progress,
