@@ -12,7 +12,7 @@ import pytest
 import torch
 from energymask.lightning_modules import cli
 from energymask.lightning_modules.cli import main
-from test_datamodules import write_image_tree
+from test_datamodules import write_cifar, write_image_tree
 
 TINY = ["--num-train", "48", "--num-val", "16", "--num-test", "16", "--epochs", "1",
         "--batch-size", "16", "--no-progress"]
@@ -164,6 +164,22 @@ def test_train_on_an_image_folder(tmp_path, capsys):
     assert main(["plot", "--run", str(out)]) == 0  # no evaluation.json, no ERSM: log only
     assert "run `energymask evaluate" in capsys.readouterr().out
     assert (out / "figures" / "training.png").is_file()
+
+
+def test_train_is_deterministic_by_seed(tmp_path):
+    cifar = write_cifar(tmp_path / "cifar-10-batches-py")
+    weights = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        argv = ["train", "--data", "cifar10", "--data-dir", cifar, "--epochs", "1",
+                "--batch-size", "4", "--ersm", "layer3", "--seed", seed, "--no-progress",
+                "--out", tmp_path / name]
+        assert main([str(a) for a in argv]) == 0
+        weights.append(torch.load(tmp_path / name / "model.ckpt", weights_only=True)["state_dict"])
+    assert weights[0].keys() == weights[2].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+    spec = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert spec["model"]["in_channels"] == 3 and spec["data"]["name"] == "cifar10"
 
 
 # -- input errors: a message, exit 2, no traceback --------------------------------------------
