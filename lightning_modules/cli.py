@@ -258,6 +258,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace):
     """(run folder, run.json, model in eval mode, test loader) from ``--run``/``--checkpoint``."""
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, but got {args.num_samples}")
     folder, spec = _runs.read_run(args.run or args.checkpoint)
     checkpoint = args.checkpoint or folder / spec.get("checkpoint", _runs.CHECKPOINT)
     if not Path(checkpoint).is_file():
@@ -268,8 +270,6 @@ def _load(args: argparse.Namespace):
     dm.setup("test")
     test = dm.test_set
     if args.num_samples is not None:
-        if args.num_samples < 1:
-            raise ValueError(f"--num-samples must be >= 1, but got {args.num_samples}")
         test = Subset(test, range(min(args.num_samples, len(test))))
     loader = DataLoader(test, batch_size=args.batch_size)
     return folder, spec, module, loader, dm.has_object_masks

