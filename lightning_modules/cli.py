@@ -80,6 +80,8 @@ def _train_parser(sub) -> None:
                    help="seed of data, init and training (default: %(default)s)")
     m.add_argument("--out", type=Path, default=Path("runs/train"), metavar="DIR",
                    help="run folder (default: %(default)s)")
+    m.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="Lightning accelerator (default: %(default)s)")
     m.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     e = p.add_argument_group("ERSM (Energy-Regularized Spatial Masking)")
@@ -237,7 +239,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = _runs.prepare_out(args.out)  # after the settings are checked
     _quiet_lightning()
     trainer = pl.Trainer(
-        max_epochs=args.epochs, callbacks=callbacks, logger=CSVLogger(out, name="logs", version=""),
+        max_epochs=args.epochs, accelerator=args.accelerator, devices=1, callbacks=callbacks,
+        logger=CSVLogger(out, name="logs", version=""),
         enable_checkpointing=False, enable_progress_bar=not args.no_progress,
         enable_model_summary=False, log_every_n_steps=1,
     )  # fmt: skip
@@ -246,7 +249,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     tested = trainer.test(module, datamodule=dm, verbose=False)
     spec.update(
         training={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                  "seed": args.seed},
+                  "seed": args.seed, "accelerator": args.accelerator},
         checkpoint=_runs.CHECKPOINT, metrics_csv=_runs.METRICS,
         test={k: float(v) for k, v in (tested[0] if tested else {}).items()},
     )  # fmt: skip

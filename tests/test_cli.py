@@ -15,7 +15,7 @@ from energymask.lightning_modules.cli import main
 from test_datamodules import write_cifar, write_image_tree
 
 TINY = ["--num-train", "48", "--num-val", "16", "--num-test", "16", "--epochs", "1",
-        "--batch-size", "16", "--no-progress"]
+        "--batch-size", "16", "--no-progress", "--accelerator", "cpu"]
 
 
 @pytest.fixture(autouse=True)
@@ -156,6 +156,7 @@ def test_train_on_an_image_folder(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--data", "image-folder", "--data-dir", tree, "--image-size", "16",
             "--backbone", "shallow_cnn", "--epochs", "1", "--batch-size", "4", "--no-progress",
+            "--accelerator", "cpu",
             "--out", out]
     assert main([str(a) for a in argv]) == 0
     spec = json.loads((out / "run.json").read_text())
@@ -172,6 +173,7 @@ def test_train_is_deterministic_by_seed(tmp_path):
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         argv = ["train", "--data", "cifar10", "--data-dir", cifar, "--epochs", "1",
                 "--batch-size", "4", "--ersm", "layer3", "--seed", seed, "--no-progress",
+                "--accelerator", "cpu",
                 "--out", tmp_path / name]
         assert main([str(a) for a in argv]) == 0
         weights.append(torch.load(tmp_path / name / "model.ckpt", weights_only=True)["state_dict"])
