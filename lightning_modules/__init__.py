@@ -6,14 +6,22 @@ refused with a message saying what to do).
 
 from .checkpoint import load_for_inference
 from .classifier import FrozenBackboneERSM, ImageClassifier
-from .datamodules import TensorDataModule
+from .datamodules import (
+    CIFAR10DataModule,
+    ClutteredDigitsDataModule,
+    ImageFolderDataModule,
+    TensorDataModule,
+)
 from .ersm_callback import ERSMCallback
 from .mask_logger import MaskLoggerCallback, plot_keep_masks
 from .pbedropout_callback import PBEDropoutCallback
 
 __all__ = [
+    "CIFAR10DataModule",
+    "ClutteredDigitsDataModule",
     "ERSMCallback",
     "FrozenBackboneERSM",
+    "ImageFolderDataModule",
     "ImageClassifier",
     "MaskLoggerCallback",
     "PBEDropoutCallback",

@@ -1,10 +1,19 @@
-"""TensorDataModule."""
+"""TensorDataModule, ClutteredDigitsDataModule, CIFAR10DataModule, ImageFolderDataModule."""
 
 from __future__ import annotations
 
+import pickle
+
+import numpy as np
 import pytest
 import torch
-from energymask.lightning_modules.datamodules import TensorDataModule
+from energymask.lightning_modules.datamodules import (
+    CIFAR10DataModule,
+    ClutteredDigitsDataModule,
+    ImageFolderDataModule,
+    TensorDataModule,
+)
+from PIL import Image
 from torch.utils.data import TensorDataset
 
 
@@ -33,3 +42,108 @@ def test_bad_input():
         TensorDataModule((x, torch.zeros(3)))
     with pytest.raises(TypeError, match="train must be a Dataset, a tuple of tensors"):
         TensorDataModule("data")
+
+
+
+# -- dataset DataModules --------------------------------------------------------------------
+
+
+def write_cifar(root, per_batch=3):
+    """A tiny cifar-10-batches-py folder: 5 x ``per_batch`` train images, 4 test images."""
+    root.mkdir(parents=True)
+    gen = np.random.default_rng(1)
+    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", 4)]:
+        batch = {b"data": gen.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8),
+                 b"labels": gen.integers(0, 10, size=n).tolist()}
+        (root / name).write_bytes(pickle.dumps(batch))
+    return root
+
+
+def write_image_tree(root, per_class=5, side=9):
+    """``root/{a,b,c}/k.png``: ``per_class`` random RGB images of ``side`` x ``side``."""
+    gen = np.random.default_rng(2)
+    for label in "abc":
+        (root / label).mkdir(parents=True)
+        for k in range(per_class):
+            pixels = gen.integers(0, 256, size=(side, side, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{k}.png")
+    return root
+
+
+def _labels(loader):
+    return [b[1].tolist() for b in loader]
+
+
+def test_cluttered_digits_batches_and_determinism():
+    dm = ClutteredDigitsDataModule(num_train=12, num_val=6, num_test=5, batch_size=4, seed=3)
+    assert (dm.num_classes, dm.in_channels, dm.has_object_masks) == (10, 1, True)
+    assert dm.train_set is None  # built in setup
+    x, y, obj = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 1, 64, 64) and y.shape == (4,) and obj.shape == (4, 1, 64, 64)
+    assert set(obj.unique().tolist()) <= {0.0, 1.0}
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (12, 6, 5)
+    same = ClutteredDigitsDataModule(num_train=12, num_val=6, num_test=5, batch_size=4, seed=3)
+    other = ClutteredDigitsDataModule(num_train=12, num_val=6, num_test=5, batch_size=4, seed=4)
+    assert _labels(dm.train_dataloader()) == _labels(same.train_dataloader())
+    assert torch.equal(dm.test_set.images, same.test_set.images)
+    other.setup()
+    assert not torch.equal(dm.test_set.images, other.test_set.images)
+    assert _labels(dm.val_dataloader()) == [dm.val_set.labels[i:i + 4].tolist() for i in (0, 4)]
+
+
+def test_cluttered_digits_spurious_and_kwargs():
+    dm = ClutteredDigitsDataModule(num_train=8, num_val=4, num_test=4, spurious=True,
+                                   spurious_strength=1.0, canvas=32, digit_size=(12, 14),
+                                   clutter_size=6)
+    dm.setup()
+    assert dm.train_set.images.shape[-1] == 32
+    assert torch.equal(dm.train_set.background, dm.train_set.labels)
+
+
+def test_cifar10_module(tmp_path):
+    root = write_cifar(tmp_path / "cifar-10-batches-py")
+    dm = CIFAR10DataModule(root, val_fraction=0.2, batch_size=5, seed=0)
+    assert (dm.num_classes, dm.in_channels, dm.has_object_masks) == (10, 3, False)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (5, 3, 32, 32) and 0 <= x.min() and x.max() <= 1
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (12, 3, 4)
+    again = CIFAR10DataModule(root, val_fraction=0.2, batch_size=5, seed=0)
+    assert _labels(dm.train_dataloader()) == _labels(again.train_dataloader())
+    assert _labels(dm.val_dataloader()) == _labels(again.val_dataloader())
+
+
+def test_image_folder_module(tmp_path):
+    root = write_image_tree(tmp_path / "tree")
+    dm = ImageFolderDataModule(root, size=(16, 16), val_fraction=0.2, test_fraction=0.2,
+                               batch_size=3, seed=1)
+    assert dm.classes == ["a", "b", "c"] and (dm.num_classes, dm.in_channels) == (3, 3)
+    x, y = next(iter(dm.test_dataloader()))
+    assert x.shape == (3, 3, 16, 16)
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (9, 3, 3)
+    gray = ImageFolderDataModule(root, size=(8, 8), mode="L", seed=1, batch_size=3,
+                                 val_fraction=0.2, test_fraction=0.2)
+    assert gray.in_channels == 1 and next(iter(gray.train_dataloader()))[0].shape[1] == 1
+    assert _labels(dm.train_dataloader()) == _labels(gray.train_dataloader())  # same seed
+
+
+def test_dataset_modules_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="num_train must be a positive int"):
+        ClutteredDigitsDataModule(num_train=0)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        ClutteredDigitsDataModule(batch_size=0)
+    with pytest.raises(ValueError, match="cifar-10-batches-py.*is not a folder"):
+        CIFAR10DataModule(tmp_path / "nowhere")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(ValueError, match=r"lacks \['data_batch_1'"):
+        CIFAR10DataModule(tmp_path / "half")
+    with pytest.raises(ValueError, match="val_fraction must be in"):
+        CIFAR10DataModule(write_cifar(tmp_path / "c"), val_fraction=1.0)
+    with pytest.raises(ValueError, match="one sub-folder per class.*is not a folder"):
+        ImageFolderDataModule(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="has no class sub-folders"):
+        ImageFolderDataModule(tmp_path / "half")
+    tree = write_image_tree(tmp_path / "t", per_class=1)
+    with pytest.raises(ValueError, match="mode must be 'RGB' or 'L'"):
+        ImageFolderDataModule(tree, mode="CMYK")
+    with pytest.raises(ValueError, match="val_fraction and test_fraction"):
+        ImageFolderDataModule(tree, val_fraction=0.5, test_fraction=0.5)
