@@ -38,8 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from energymask.genetic import MUTATIONS, draw_seed, full_sweep, refine
-from energymask.kernels import population_energy
+from energymask.genetic import MUTATIONS, draw_seed, evolve, gather_masks, potts, sample
 
 EPS = 1e-6
 
@@ -119,12 +118,12 @@ def sample_population(
     generator: torch.Generator,
     seeds: torch.Generator,
 ) -> Tensor:
-    """K masks (K, B, C, h, w) by ``sweeps`` checkerboard Gibbs sweeps from random starts."""
-    shape = (population, *unary.shape)
-    masks = (torch.rand(shape, generator=generator, device=unary.device) < 0.5).float()
-    for _ in range(sweeps):
-        masks = full_sweep(masks, unary, beta, temperature, seeds)
-    return masks
+    """K masks (K, B, C, h, w) float32 by ``sweeps`` checkerboard Gibbs sweeps from random starts.
+
+    Grid-layout wrapper of :func:`energymask.genetic.sample`.
+    """
+    model = potts(unary, beta, temperature)
+    return model.grid(sample(model, population, sweeps, generator, seeds))
 
 
 def apply_patch_mask(x: Tensor, mask: Tensor, patch_size: int, rescale: bool = True) -> Tensor:
@@ -188,16 +187,15 @@ def pb_edropout_2d(
     seeds = torch.Generator().manual_seed(call_seed)
     device_gen = torch.Generator(device=x.device).manual_seed(call_seed)
     with torch.no_grad():
-        unary = patch_unary(x, patch_size, p)
-        masks = sample_population(unary, population, sweeps, beta, temperature, device_gen, seeds)
-        masks, scores = refine(
-            masks, unary, beta, temperature, generations, device_gen, seeds,
+        model = potts(patch_unary(x, patch_size, p), beta, temperature)
+        masks = sample(model, population, sweeps, device_gen, seeds)
+        masks, scores = evolve(
+            masks, model, generations, device_gen, seeds,
             elite_fraction, tournament_size, mutation_rate, mutation, fitness,
         )  # fmt: skip
-        best = scores.argmax(dim=0, keepdim=True)
-        index = best[..., None, None].expand(1, b, c, h, w)
-        mask = torch.gather(masks, 0, index).squeeze(0)
-        energy = population_energy(mask.unsqueeze(0), unary, beta).squeeze(0)
+        best = gather_masks(masks, scores.max(dim=0, keepdim=True).indices)
+        mask = model.grid(best)[0]
+        energy = model.energy(best)[0].view(b, c)
     return PBEDropoutOutput(apply_patch_mask(x, mask, patch_size, rescale), mask, energy)
 
 
