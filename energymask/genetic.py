@@ -38,6 +38,7 @@ Every operator works on all planes at once (no Python loop over K, B or C).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -64,7 +65,11 @@ class Lattice(NamedTuple):
     of each grid index; ``rows``, ``cols`` (n,): grid coordinates of each site;
     ``split`` = n0, the number of colour-0 sites; ``adjacency`` (n − n0, n0)
     float32, 1 where a colour-1 site neighbours a colour-0 site (dense: the
-    patch grids of PB-EDropout are small); ``degree`` (n,) in-grid neighbours.
+    patch grids of PB-EDropout are small); ``degree`` (n,) in-grid neighbours;
+    ``row_spans`` ((h + 1)², n) uint8, row a·(h+1) + b: 1 at the sites with
+    min(a, b) <= row < max(a, b), for the grid lines a, b in 0..h (and
+    ``col_spans`` ((w + 1)², n) the same for columns): the sides of crossover
+    rectangles.
     """
 
     height: int
@@ -76,6 +81,8 @@ class Lattice(NamedTuple):
     cols: Tensor
     adjacency: Tensor
     degree: Tensor
+    row_spans: Tensor
+    col_spans: Tensor
 
 
 def lattice(height: int, width: int, device: torch.device | str | None = None) -> Lattice:
@@ -87,9 +94,19 @@ def lattice(height: int, width: int, device: torch.device | str | None = None) -
     near = (rows[:, None] - rows).abs() + (cols[:, None] - cols).abs() == 1
     split = int(colour0.sum())
     degree = near.sum(dim=1).float()
+    adjacency = near[split:, :split].float()
+    row_spans, col_spans = spans(rows, height), spans(cols, width)
     return Lattice(
-        height, width, split, order, inverse, rows, cols, near[split:, :split].float(), degree
+        height, width, split, order, inverse, rows, cols, adjacency, degree, row_spans, col_spans
     )
+
+
+def spans(coords: Tensor, size: int) -> Tensor:
+    """((size + 1)², n) uint8: [min(a, b) <= coords < max(a, b)] for lines a, b in 0..size."""
+    lines = torch.arange(size + 1, device=coords.device)
+    lo = torch.minimum(lines[:, None], lines).flatten()
+    hi = torch.maximum(lines[:, None], lines).flatten()
+    return ((coords >= lo[:, None]) & (coords < hi[:, None])).to(torch.uint8)
 
 
 class Potts(NamedTuple):
@@ -206,34 +223,53 @@ def gather_masks(masks: Tensor, index: Tensor) -> Tensor:
     return masks.reshape(k * planes, n).index_select(0, rows.flatten()).view(-1, planes, n)
 
 
-def random_interval(size: int, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-    """(*shape, size) bool: a random [lo, hi) of 0..size−1, ends uniform over the size+1 lines."""
-    ends = torch.randint(0, size + 1, (2, *shape, 1), generator=generator, device=generator.device)
-    lo, hi = ends.aminmax(dim=0)
-    line = torch.arange(size, device=generator.device)
-    return (line >= lo) & (line < hi)
-
-
 def rectangle_crossover(
     first: Tensor, second: Tensor, lat: Lattice, generator: torch.Generator
 ) -> Tensor:
     """Children (m, P, n): a random rectangle of ``first``, the rest of ``second``.
 
-    Rectangle corners are uniform over the grid lines; empty rectangles are
-    allowed (the child is then a copy of ``second``). uint8 masks in site layout.
+    Rectangle corners are uniform over the grid lines (one uniform pair of row
+    lines, one of column lines: rows of ``lat.row_spans`` / ``lat.col_spans``);
+    empty rectangles are allowed (the child is then a copy of ``second``).
+    uint8 masks in site layout.
     """
-    shape = first.shape[:-1]
-    rows = random_interval(lat.height, shape, generator).index_select(-1, lat.rows)
-    cols = random_interval(lat.width, shape, generator).index_select(-1, lat.cols)
-    return second ^ ((first ^ second) & rows & cols)
+    count = first.numel() // first.shape[-1]
+    dev = first.device
+    row_pick = torch.randint(0, lat.row_spans.shape[0], (count,), generator=generator, device=dev)
+    col_pick = torch.randint(0, lat.col_spans.shape[0], (count,), generator=generator, device=dev)
+    rows = lat.row_spans.index_select(0, row_pick)
+    cols = lat.col_spans.index_select(0, col_pick)
+    return second ^ ((first ^ second) & (rows & cols).view_as(first))
 
 
 def flip_mutation(masks: Tensor, rate: float, generator: torch.Generator) -> Tensor:
-    """Flip every site of uint8 masks independently with probability ``rate``."""
+    """Flip every site of uint8 masks independently with probability ``rate``.
+
+    The flipped positions (in ``masks.flatten()``) are drawn by their gaps,
+    i.i.d. Geometric(rate) by inversion of float64 uniforms, G = 1 + ⌊log(1 − U) /
+    log(1 − rate)⌋: exactly independent Bernoulli(rate) flips, from about
+    rate · numel uniforms instead of numel.
+    """
     if rate <= 0:
         return masks
-    flips = torch.rand(masks.shape, generator=generator, device=masks.device) < rate
-    return masks ^ flips
+    if rate >= 1:
+        return 1 - masks
+    total = masks.numel()
+    scale = 1.0 / math.log1p(-rate)
+    flips = []
+    last = -1  # position of the last flip drawn so far
+    while last < total:
+        expected = rate * (total - last)
+        count = int(expected + 6.0 * math.sqrt(expected) + 16)  # almost always enough
+        uniform = torch.rand(count, dtype=torch.float64, generator=generator, device=masks.device)
+        gaps = torch.floor(torch.log1p(-uniform) * scale) + 1
+        positions = (last + gaps.cumsum(0)).long()
+        flips.append(positions[positions < total])
+        last = int(positions[-1])
+    out = masks.flatten().clone()
+    where = torch.cat(flips)
+    out[where] = 1 - out[where]
+    return out.view_as(masks)
 
 
 def evolve(

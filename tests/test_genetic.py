@@ -35,6 +35,10 @@ def test_lattice_orders_colours_and_links_neighbours():
     linked = lat.order[lat.split + lat.adjacency[:, corner].nonzero().flatten()]
     assert sorted(linked.tolist()) == [1, 4]
     assert lat.degree[corner] == 2 and lat.degree.sum() == 2 * lat.adjacency.sum()
+    assert lat.row_spans.shape == (16, 12) and lat.col_spans.shape == (25, 12)
+    span = lat.row_spans[3 * 4 + 1]  # grid lines 3 and 1: rows 1 and 2
+    assert torch.equal(span.bool(), (lat.rows >= 1) & (lat.rows < 3))
+    assert torch.equal(lat.col_spans[2 * 5 + 2], torch.zeros(12, dtype=torch.uint8))
 
 
 def test_site_layout_round_trip_and_energy_match_the_reference():
@@ -121,6 +125,15 @@ def test_flip_mutation_rate():
     assert abs(flipped.float().mean().item() - 0.2) < 0.02
     assert torch.equal(flip_mutation(masks, 0.0, torch.Generator()), masks)
     assert (flip_mutation(masks, 1.0, torch.Generator()) == 1).all()
+
+
+def test_flip_mutation_is_independent_per_site():
+    # Geometric gaps must not favour any position: per-column flip rates and
+    # the pair rate of neighbouring sites match Bernoulli(0.3).
+    masks = torch.ones(4000, 6, dtype=torch.uint8)
+    flipped = 1 - flip_mutation(masks, 0.3, torch.Generator().manual_seed(1)).float()
+    assert (flipped.mean(dim=0) - 0.3).abs().max() < 0.03
+    assert abs((flipped[:, 1:] * flipped[:, :-1]).mean().item() - 0.09) < 0.01
 
 
 def test_gather_masks_shape():
