@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from energymask.genetic import MUTATIONS, draw_seed, evolve, gather_masks, potts, sample
 
@@ -187,16 +188,21 @@ def pb_edropout_2d(
     seeds = torch.Generator().manual_seed(call_seed)
     device_gen = torch.Generator(device=x.device).manual_seed(call_seed)
     with torch.no_grad():
-        model = potts(patch_unary(x, patch_size, p), beta, temperature)
-        masks = sample(model, population, sweeps, device_gen, seeds)
-        masks, scores = evolve(
-            masks, model, generations, device_gen, seeds,
-            elite_fraction, tournament_size, mutation_rate, mutation, fitness,
-        )  # fmt: skip
-        best = gather_masks(masks, scores.max(dim=0, keepdim=True).indices)
-        mask = model.grid(best)[0]
-        energy = model.energy(best)[0].view(b, c)
-    return PBEDropoutOutput(apply_patch_mask(x, mask, patch_size, rescale), mask, energy)
+        with record_function("pbedropout.unary"):
+            model = potts(patch_unary(x, patch_size, p), beta, temperature)
+        with record_function("pbedropout.sample"):
+            masks = sample(model, population, sweeps, device_gen, seeds)
+        with record_function("pbedropout.refine"):
+            masks, scores = evolve(
+                masks, model, generations, device_gen, seeds,
+                elite_fraction, tournament_size, mutation_rate, mutation, fitness,
+            )  # fmt: skip
+            best = gather_masks(masks, scores.max(dim=0, keepdim=True).indices)
+            mask = model.grid(best)[0]
+            energy = model.energy(best)[0].view(b, c)
+    with record_function("pbedropout.apply"):
+        output = apply_patch_mask(x, mask, patch_size, rescale)
+    return PBEDropoutOutput(output, mask, energy)
 
 
 class PBEDropout2d(nn.Module):
