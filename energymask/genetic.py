@@ -138,8 +138,8 @@ class Potts(NamedTuple):
         lat = self.lattice
         m = masks.float()
         count = m[..., lat.split :] @ lat.adjacency
-        pairs = (m[..., : lat.split] * count).sum(dim=-1)
-        return (m * self.field).sum(dim=-1) - 2.0 * self.beta * pairs
+        pairs = torch.einsum("kpn,kpn->kp", m[..., : lat.split], count)
+        return torch.einsum("kpn,pn->kp", m, self.field) - 2.0 * self.beta * pairs
 
     def sweep(self, masks: Tensor, generator: torch.Generator, seeds: torch.Generator) -> Tensor:
         """One checkerboard Gibbs sweep (colour 0 then colour 1) of a population (K, P, n).

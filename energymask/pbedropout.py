@@ -131,17 +131,23 @@ def apply_patch_mask(x: Tensor, mask: Tensor, patch_size: int, rescale: bool = T
     """x (B, C, H, W) times the patch mask (B or 1, C, h, w) upsampled and cropped.
 
     With ``rescale`` the result is divided by the kept pixel fraction of each
-    (b, c) plane (0 where nothing is kept). Output dtype = input dtype.
+    (b, c) plane (0 where nothing is kept), computed on the patch grid from the
+    pixel area of each (possibly partial) patch. Output dtype = input dtype.
     """
     height, width = x.shape[-2:]
-    pixels = mask.float()
-    if patch_size > 1:
-        pixels = pixels.repeat_interleave(patch_size, -2).repeat_interleave(patch_size, -1)
-    pixels = pixels[..., :height, :width]
+    h, w = mask.shape[-2:]
+    mask = mask.float()
     if rescale:
-        keep = pixels.mean(dim=(-2, -1), keepdim=True)
+        starts = torch.arange(max(h, w), device=x.device) * patch_size
+        rows = (height - starts[:h]).clamp(max=patch_size)
+        cols = (width - starts[:w]).clamp(max=patch_size)
+        area = (rows[:, None] * cols).float()
+        keep = (mask * area).sum(dim=(-2, -1), keepdim=True) / (height * width)
         scale = torch.where(keep > 0, 1.0 / keep.clamp_min(EPS), torch.zeros_like(keep))
-        pixels = pixels * scale
+        mask = mask * scale
+    lead = mask.shape[:-2]
+    pixels = mask[..., :, None, :, None].expand(*lead, h, patch_size, w, patch_size)
+    pixels = pixels.reshape(*lead, h * patch_size, w * patch_size)[..., :height, :width]
     return x * pixels.to(x.dtype)
 
 
