@@ -154,15 +154,16 @@ class Potts(NamedTuple):
                     grid, self.unary, self.beta, self.temperature, parity, draw_seed(seeds)
                 )
             return self.sites(grid)
-        lat = self.lattice
+        lat, k = self.lattice, masks.shape[0]
         out = masks.clone()
-        drive = self.field / -self.temperature
+        drive = (self.field / -self.temperature).expand(k, -1, -1)  # −(u + β deg)/T
         step = 2.0 * self.beta / self.temperature
         colours = (slice(0, lat.split), slice(lat.split, None))
-        adjacencies = (lat.adjacency, lat.adjacency.T)
+        adjacencies = (lat.adjacency.expand(k, -1, -1), lat.adjacency.T.expand(k, -1, -1))
         for this, other, adjacency in zip(colours, colours[::-1], adjacencies, strict=True):
-            count = out[..., other].float() @ adjacency
-            prob = torch.add(drive[..., this], count, alpha=step).sigmoid_()
+            # −f/T = −(u + β deg)/T + (2β/T) · (kept neighbours), one batched matmul
+            kept = out[..., other].float()
+            prob = torch.baddbmm(drive[..., this], kept, adjacency, alpha=step).sigmoid_()
             uniform = torch.rand(prob.shape, generator=generator, device=prob.device)
             out[..., this] = uniform < prob
         return out
