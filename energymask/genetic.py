@@ -141,32 +141,36 @@ class Potts(NamedTuple):
         pairs = torch.einsum("kpn,kpn->kp", m[..., : lat.split], count)
         return torch.einsum("kpn,pn->kp", m, self.field) - 2.0 * self.beta * pairs
 
-    def sweep(self, masks: Tensor, generator: torch.Generator, seeds: torch.Generator) -> Tensor:
-        """One checkerboard Gibbs sweep (colour 0 then colour 1) of a population (K, P, n).
+    def sweep(
+        self, masks: Tensor, generator: torch.Generator, seeds: torch.Generator, sweeps: int = 1
+    ) -> Tensor:
+        """``sweeps`` checkerboard Gibbs sweeps (colour 0 then colour 1) of a population (K, P, n).
 
         ``generator`` draws the uniforms (device generator); ``seeds`` (CPU) the
         seeds of the Triton kernel. Returns new masks.
         """
         if use_triton(masks):
             grid = self.grid(masks)
-            for parity in (0, 1):
-                grid = gibbs_sweep(
-                    grid, self.unary, self.beta, self.temperature, parity, draw_seed(seeds)
-                )
+            for _ in range(sweeps):
+                for parity in (0, 1):
+                    grid = gibbs_sweep(
+                        grid, self.unary, self.beta, self.temperature, parity, draw_seed(seeds)
+                    )
             return self.sites(grid)
         lat, k = self.lattice, masks.shape[0]
-        out = masks.clone()
         drive = (self.field / -self.temperature).expand(k, -1, -1)  # −(u + β deg)/T
+        drives = drive[..., : lat.split], drive[..., lat.split :]
+        adjacencies = lat.adjacency.T.expand(k, -1, -1), lat.adjacency.expand(k, -1, -1)
         step = 2.0 * self.beta / self.temperature
-        colours = (slice(0, lat.split), slice(lat.split, None))
-        adjacencies = (lat.adjacency.expand(k, -1, -1), lat.adjacency.T.expand(k, -1, -1))
-        for this, other, adjacency in zip(colours, colours[::-1], adjacencies, strict=True):
-            # −f/T = −(u + β deg)/T + (2β/T) · (kept neighbours), one batched matmul
-            kept = out[..., other].float()
-            prob = torch.baddbmm(drive[..., this], kept, adjacency, alpha=step).sigmoid_()
-            uniform = torch.rand(prob.shape, generator=generator, device=prob.device)
-            out[..., this] = uniform < prob
-        return out
+        colours = list(masks.float().split([lat.split, masks.shape[-1] - lat.split], dim=-1))
+        for _ in range(sweeps):
+            for this, other in ((0, 1), (1, 0)):
+                # −f/T = −(u + β deg)/T + (2β/T) · (kept neighbours): one batched matmul
+                kept, adjacency = colours[other], adjacencies[other]
+                neg_field = torch.baddbmm(drives[this], kept, adjacency, alpha=step)
+                uniform = torch.rand(neg_field.shape, generator=generator, device=masks.device)
+                colours[this] = uniform.lt_(neg_field.sigmoid_())  # float 0/1
+        return torch.cat(colours, dim=-1).to(torch.uint8)
 
 
 def potts(unary: Tensor, beta: float, temperature: float) -> Potts:
@@ -196,10 +200,7 @@ def sample(
 ) -> Tensor:
     """K masks (K, P, n) uint8 by ``sweeps`` Gibbs sweeps from Bernoulli(½) starts."""
     shape = (population, model.field.shape[0], model.field.shape[1])
-    masks = random_masks(shape, generator)
-    for _ in range(sweeps):
-        masks = model.sweep(masks, generator, seeds)
-    return masks
+    return model.sweep(random_masks(shape, generator), generator, seeds, sweeps)
 
 
 def tournament_select(fitness: Tensor, count: int, size: int, generator: torch.Generator) -> Tensor:

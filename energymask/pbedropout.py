@@ -132,23 +132,25 @@ def apply_patch_mask(x: Tensor, mask: Tensor, patch_size: int, rescale: bool = T
 
     With ``rescale`` the result is divided by the kept pixel fraction of each
     (b, c) plane (0 where nothing is kept), computed on the patch grid from the
-    pixel area of each (possibly partial) patch. Output dtype = input dtype.
+    pixel area of each (possibly partial) patch. The product is one broadcast
+    over the (h, s, w, s) view of x (zero-padded to whole patches when needed).
+    Output dtype = input dtype.
     """
     height, width = x.shape[-2:]
     h, w = mask.shape[-2:]
+    s = patch_size
     mask = mask.float()
     if rescale:
-        starts = torch.arange(max(h, w), device=x.device) * patch_size
-        rows = (height - starts[:h]).clamp(max=patch_size)
-        cols = (width - starts[:w]).clamp(max=patch_size)
-        area = (rows[:, None] * cols).float()
+        starts = torch.arange(max(h, w), device=x.device) * s
+        area = (height - starts[:h]).clamp(max=s)[:, None] * (width - starts[:w]).clamp(max=s)
         keep = (mask * area).sum(dim=(-2, -1), keepdim=True) / (height * width)
         scale = torch.where(keep > 0, 1.0 / keep.clamp_min(EPS), torch.zeros_like(keep))
         mask = mask * scale
-    lead = mask.shape[:-2]
-    pixels = mask[..., :, None, :, None].expand(*lead, h, patch_size, w, patch_size)
-    pixels = pixels.reshape(*lead, h * patch_size, w * patch_size)[..., :height, :width]
-    return x * pixels.to(x.dtype)
+    if (h * s, w * s) != (height, width):
+        x = F.pad(x, (0, w * s - width, 0, h * s - height))
+    b, c = x.shape[:2]
+    patches = x.view(b, c, h, s, w, s) * mask.to(x.dtype)[:, :, :, None, :, None]
+    return patches.reshape(b, c, h * s, w * s)[..., :height, :width]
 
 
 def pb_edropout_2d(

@@ -64,6 +64,16 @@ def test_sweep_follows_the_conditional_field():
     assert torch.equal(swept, want)
 
 
+def test_single_site_grid_samples_its_marginal():
+    # 1x1 grid: one colour-0 site, no neighbours, P(m = 1) = sigmoid(−u/T).
+    unary = torch.tensor([-0.3, 0.0, 0.8]).view(1, 3, 1, 1)
+    model = potts(unary, 0.5, 0.7)
+    masks = sample(model, 20000, 1, *gens(5))
+    assert masks.shape == (20000, 3, 1)
+    want = torch.sigmoid(-unary.flatten() / 0.7)
+    assert (masks.float().mean(dim=0).flatten() - want).abs().max() < 0.015
+
+
 def test_random_masks_are_fair_bits():
     masks = random_masks((50, 41, 10), torch.Generator().manual_seed(0))
     assert masks.shape == (50, 41, 10) and masks.dtype == torch.uint8

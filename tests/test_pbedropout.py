@@ -226,3 +226,13 @@ def test_bad_inputs():
     layer.train()(torch.zeros(1, 3, 8, 8))
     with pytest.raises(ValueError, match="patch grid of x must be"):
         layer(torch.zeros(1, 3, 16, 16))
+
+
+def test_apply_patch_mask_any_memory_format():
+    x = make_input(2, 3, 8, 8)
+    mask = (torch.rand(2, 3, 2, 2, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    want = apply_patch_mask(x, mask, 4)
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    column_major = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert torch.equal(apply_patch_mask(channels_last, mask, 4), want)
+    assert torch.equal(apply_patch_mask(column_major, mask, 4), want)
