@@ -31,6 +31,7 @@ keeps the input dtype (float16 / bfloat16 under autocast work).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -100,14 +101,30 @@ def grid_shape(height: int, width: int, patch_size: int) -> tuple[int, int]:
     return -(-height // patch_size), -(-width // patch_size)
 
 
+def row_quantile(values: Tensor, q: float) -> Tensor:
+    """q-quantile along the last dim, linear interpolation (``torch.quantile``'s default).
+
+    Reads the two order statistics it needs from a partial sort (``topk``). (..., n) -> (..., 1).
+    """
+    n = values.shape[-1]
+    position = q * (n - 1)
+    lo = math.floor(position)
+    hi = min(lo + 1, n - 1)
+    smallest = values.topk(hi + 1, dim=-1, largest=False).values
+    return torch.lerp(smallest[..., lo : lo + 1], smallest[..., hi : hi + 1], position - lo)
+
+
 def patch_unary(x: Tensor, patch_size: int, p: float) -> Tensor:
-    """Unary energy u = t − â of DESIGN.md §4, float32 (B, C, h, w)."""
+    """Unary energy u = t − â of DESIGN.md §4, float32 (B, C, h, w).
+
+    Computed as u = (t' − (a − mean)) / (std + ε) with t' the p-quantile of
+    a − mean: the same value, since the quantile commutes with the affine map.
+    """
     activity = F.avg_pool2d(x.detach().float().abs(), patch_size, patch_size, ceil_mode=True)
     flat = activity.flatten(-2)
-    std, mean = torch.std_mean(flat, dim=-1, keepdim=True, correction=0)
-    standard = (flat - mean) / (std + EPS)
-    threshold = torch.quantile(standard, p, dim=-1, keepdim=True)
-    return (threshold - standard).view_as(activity)
+    centred = flat - flat.mean(dim=-1, keepdim=True)
+    std = centred.square().mean(dim=-1, keepdim=True).sqrt_()
+    return ((row_quantile(centred, p) - centred) / (std + EPS)).view_as(activity)
 
 
 def sample_population(

@@ -11,6 +11,7 @@ from energymask.pbedropout import (
     grid_shape,
     patch_unary,
     pb_edropout_2d,
+    row_quantile,
     sample_population,
 )
 
@@ -24,6 +25,14 @@ def test_p_zero_is_identity():
     layer = PBEDropout2d(3, p=0.0, seed=0).train()
     assert layer(x) is x
     assert pb_edropout_2d(x, p=0.0).output is x
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64])
+@pytest.mark.parametrize("q", [0.0, 0.1, 0.5, 0.93])
+def test_row_quantile_matches_torch_quantile(n, q):
+    values = torch.randn(5, 3, n, generator=torch.Generator().manual_seed(n))
+    want = torch.quantile(values, q, dim=-1, keepdim=True)
+    torch.testing.assert_close(row_quantile(values, q), want)
 
 
 def test_unary_has_fraction_p_positive():
