@@ -248,30 +248,24 @@ def flip_mutation(masks: Tensor, rate: float, generator: torch.Generator) -> Ten
     """Flip every site of uint8 masks independently with probability ``rate``.
 
     The flipped positions (in ``masks.flatten()``) are drawn by their gaps,
-    i.i.d. Geometric(rate) by inversion of float64 uniforms, G = 1 + ⌊log(1 − U) /
-    log(1 − rate)⌋: exactly independent Bernoulli(rate) flips, from about
-    rate · numel uniforms instead of numel.
+    i.i.d. Geometric(rate) (``Tensor.geometric_``): exactly independent
+    Bernoulli(rate) flips, from about rate · numel draws instead of numel.
     """
     if rate <= 0:
         return masks
     if rate >= 1:
         return 1 - masks
     total = masks.numel()
-    scale = 1.0 / math.log1p(-rate)
-    flips = []
-    last = -1  # position of the last flip drawn so far
+    flips = torch.zeros(total, dtype=torch.uint8, device=masks.device)
+    last = -1.0  # position of the last flip drawn so far
     while last < total:
         expected = rate * (total - last)
         count = int(expected + 6.0 * math.sqrt(expected) + 16)  # almost always enough
-        uniform = torch.rand(count, dtype=torch.float64, generator=generator, device=masks.device)
-        gaps = torch.floor(torch.log1p(-uniform) * scale) + 1
-        positions = (last + gaps.cumsum(0)).long()
-        flips.append(positions[positions < total])
-        last = int(positions[-1])
-    out = masks.flatten().clone()
-    where = torch.cat(flips)
-    out[where] = 1 - out[where]
-    return out.view_as(masks)
+        gaps = torch.empty(count, dtype=torch.float64, device=masks.device)
+        positions = gaps.geometric_(rate, generator=generator).cumsum_(0).add_(last)
+        flips[positions[positions < total].long()] = 1
+        last = float(positions[-1])
+    return masks ^ flips.view_as(masks)
 
 
 def evolve(

@@ -222,9 +222,11 @@ def pb_edropout_2d(
                 masks, model, generations, device_gen, seeds,
                 elite_fraction, tournament_size, mutation_rate, mutation, fitness,
             )  # fmt: skip
-            best = gather_masks(masks, scores.max(dim=0, keepdim=True).indices)
+            top = scores.max(dim=0, keepdim=True)
+            best = gather_masks(masks, top.indices)
             mask = model.grid(best)[0]
-            energy = model.energy(best)[0].view(b, c)
+            energy = -top.values if fitness is None else model.energy(best)
+            energy = energy.view(b, c)
     with record_function("pbedropout.apply"):
         output = apply_patch_mask(x, mask, patch_size, rescale)
     return PBEDropoutOutput(output, mask, energy)

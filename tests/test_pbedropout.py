@@ -189,6 +189,15 @@ def test_custom_fitness_is_used():
     assert out.mask.mean() > default.mask.mean()
 
 
+@pytest.mark.parametrize("fitness", [None, lambda m: m.sum(dim=(-2, -1))])
+def test_output_energy_is_energy_of_applied_mask(fitness):
+    x = make_input()
+    out = pb_edropout_2d(x, 0.4, fitness=fitness, generator=torch.Generator().manual_seed(0))
+    unary = patch_unary(x, 4, 0.4)
+    want = population_energy(out.mask.unsqueeze(0), unary, 0.1)[0]
+    torch.testing.assert_close(out.energy, want, atol=1e-5, rtol=1e-5)
+
+
 def test_stats_and_repr():
     layer = PBEDropout2d(3, p=0.5, seed=0).train()
     layer(make_input())
