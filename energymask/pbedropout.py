@@ -13,8 +13,9 @@ X (B, C, H, W) and patch size s, the patch grid is h = ⌈H/s⌉, w = ⌈W/s⌉
 
 Training step, for every (b, c) plane at once:
 
-1. sample K masks by ``sweeps`` checkerboard Gibbs sweeps from Bernoulli(½) starts;
-2. refine them for G generations (``energymask.genetic.refine``, fitness −E or
+1. sample K masks by ``sweeps`` checkerboard Gibbs sweeps from Bernoulli(½) starts
+   (``energymask.genetic.sample``);
+2. refine them for G generations (``energymask.genetic.evolve``, fitness −E or
    a user ``fitness``);
 3. apply the fittest mask m* of the final population (lowest energy for the
    default fitness), upsampled to pixels and cropped to H×W, with inverted
@@ -25,8 +26,13 @@ Training step, for every (b, c) plane at once:
 Inference: ``m = 1[M_c ≥ 0.5]`` per channel, input independent, same rescaling.
 Frozen: train with the inference masks, no sampling, no EMA update.
 
-Masks and energies are float32 and built under ``torch.no_grad()``; the output
-keeps the input dtype (float16 / bfloat16 under autocast work).
+Implementation: steps 1–2 run under ``torch.no_grad()`` on uint8 populations
+(K, B·C, h·w) with the patches in checkerboard order (``energymask.genetic``:
+a Gibbs half-sweep is one batched matmul, a sigmoid and one uniform per site of
+that colour; energies from the same adjacency matrix; flips by geometric gaps);
+the applied mask and the energies are returned as float32, the output keeps the
+input dtype (float16 / bfloat16 under autocast work). The ``pbedropout.*``
+profiler ranges (unary, sample, refine, apply) time the phases.
 """
 
 from __future__ import annotations
