@@ -139,7 +139,7 @@ class Potts(NamedTuple):
         m = masks.float()
         count = m[..., lat.split :] @ lat.adjacency
         pairs = torch.einsum("kpn,kpn->kp", m[..., : lat.split], count)
-        return torch.einsum("kpn,pn->kp", m, self.field) - 2.0 * self.beta * pairs
+        return torch.einsum("kpn,pn->kp", m, self.field).sub_(pairs, alpha=2.0 * self.beta)
 
     def sweep(
         self, masks: Tensor, generator: torch.Generator, seeds: torch.Generator, sweeps: int = 1
@@ -221,7 +221,7 @@ def tournament_select(fitness: Tensor, count: int, size: int, generator: torch.G
 def gather_masks(masks: Tensor, index: Tensor) -> Tensor:
     """masks (K, P, n), index (m, P) -> masks[index[i, p], p] as (m, P, n)."""
     k, planes, n = masks.shape
-    rows = index * planes + torch.arange(planes, device=index.device)
+    rows = torch.arange(planes, device=index.device).add(index, alpha=planes)
     return masks.reshape(k * planes, n).index_select(0, rows.flatten()).view(-1, planes, n)
 
 
@@ -256,16 +256,16 @@ def flip_mutation(masks: Tensor, rate: float, generator: torch.Generator) -> Ten
     if rate >= 1:
         return 1 - masks
     total = masks.numel()
-    flips = torch.zeros(total, dtype=torch.uint8, device=masks.device)
+    flips = torch.zeros(total + 1, dtype=torch.uint8, device=masks.device)  # [total]: overflow
     last = -1.0  # position of the last flip drawn so far
     while last < total:
         expected = rate * (total - last)
         count = int(expected + 6.0 * math.sqrt(expected) + 16)  # almost always enough
         gaps = torch.empty(count, dtype=torch.float64, device=masks.device)
         positions = gaps.geometric_(rate, generator=generator).cumsum_(0).add_(last)
-        flips[positions[positions < total].long()] = 1
+        flips[positions.clamp_(max=total).long()] = 1
         last = float(positions[-1])
-    return masks ^ flips.view_as(masks)
+    return masks ^ flips[:total].view_as(masks)
 
 
 def evolve(
