@@ -2,24 +2,32 @@
 
 Model: ``shallow_cnn`` (3 conv blocks) + GAP + linear, 64x64 inputs, batch 128;
 the dropout layer sits after block 1 and block 2. Steps are forward + backward
-+ SGD step. Variants are interleaved repeat by repeat; medians are reported.
++ SGD step. Variants are interleaved step by step (``_timing.interleaved_medians``);
+medians are reported with the load average seen during the run.
 Goal (DESIGN.md §8): PB-EDropout step <= 1.5x the Dropout2d step.
 
-    python benchmarks/bench_pbedropout.py [--quick] [--json PATH]
+``--split`` then profiles a few PB-EDropout steps and reports the time in the
+``pbedropout.*`` profiler ranges of ``pb_edropout_2d`` (unary energies, Gibbs
+sampling, genetic refinement, mask application; profiler overhead included).
+
+    python benchmarks/bench_pbedropout.py [--quick] [--split] [--threads N] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
+import os
 
 import torch
+from _timing import interleaved_medians, machine, write_json
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 from energymask.models import Classifier, shallow_cnn
 from energymask.pbedropout import PBEDropout2d
+
+KINDS = ("none", "dropout2d", "pbedropout")
+PHASES = ("unary", "sample", "refine", "apply")
 
 
 def build(kind: str, p: float, population: int, generations: int) -> nn.Module:
@@ -38,45 +46,56 @@ def build(kind: str, p: float, population: int, generations: int) -> nn.Module:
         else:
             drop = nn.Identity()
         block.append(drop)
-    return Classifier(backbone, backbone.out_channels, 10)
+    return Classifier(backbone, backbone.out_channels, 10).train()
 
 
-def step_time(model: nn.Module, opt: torch.optim.Optimizer, x, y) -> float:
-    start = time.perf_counter()
-    opt.zero_grad(set_to_none=True)
-    loss = nn.functional.cross_entropy(model(x), y)
-    loss.backward()
-    opt.step()
-    return time.perf_counter() - start
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def phase_split(step, steps: int) -> dict[str, float]:
+    """Mean ms per step in each ``pbedropout.<phase>`` range (both layers together)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    totals = {e.key: e.cpu_time_total for e in prof.key_averages()}
+    return {ph: totals.get(f"pbedropout.{ph}", 0.0) / 1e3 / steps for ph in PHASES}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repeats, batch 32")
+    parser.add_argument("--split", action="store_true", help="profile the PB-EDropout phases")
     parser.add_argument("--json", type=str, default=None, help="write the figures here")
     parser.add_argument("--population", type=int, default=16)
     parser.add_argument("--generations", type=int, default=2)
     parser.add_argument("--p", type=float, default=0.2)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     batch = 32 if args.quick else 128
-    repeats = 3 if args.quick else 10
+    repeats = args.repeats or (3 if args.quick else 10)
     warmup = 1 if args.quick else 2
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 1, 64, 64, generator=gen)
     y = torch.randint(0, 10, (batch,), generator=gen)
-    kinds = ("none", "dropout2d", "pbedropout")
-    models = {k: build(k, args.p, args.population, args.generations).train() for k in kinds}
-    opts = {k: torch.optim.SGD(m.parameters(), lr=0.01) for k, m in models.items()}
-    times: dict[str, list[float]] = {k: [] for k in kinds}
-    for r in range(warmup + repeats):
-        for k in kinds:
-            t = step_time(models[k], opts[k], x, y)
-            if r >= warmup:
-                times[k].append(t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    models = {k: build(k, args.p, args.population, args.generations) for k in KINDS}
+    steps = {k: train_step(model, x, y) for k, model in models.items()}
+    load_before = os.getloadavg()
+    med = interleaved_medians(steps, repeats, warmup)
+    load_after = os.getloadavg()
     result = {
-        "device": "cpu",
-        "threads": torch.get_num_threads(),
+        "machine": machine(),
+        "load_average_1min": [load_before[0], load_after[0]],
         "batch": batch,
         "population": args.population,
         "generations": args.generations,
@@ -88,14 +107,22 @@ def main() -> None:
         "ratio_dropout2d_vs_none": med["dropout2d"] / med["none"],
         "goal_ratio_vs_dropout2d": 1.5,
     }
-    for k in kinds:
-        print(f"{k:>11}: {med[k] * 1e3:8.1f} ms/step (median of {repeats})")
+    threads = torch.get_num_threads()
+    print(f"batch {batch}, {repeats} interleaved repeats, medians, {threads} threads")
+    print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}")
+    for k in KINDS:
+        print(f"{k:>11}: {med[k] * 1e3:8.1f} ms/step")
     print(f"PB-EDropout / Dropout2d: {result['ratio_pbedropout_vs_dropout2d']:.2f}x (goal <= 1.5x)")
     print(f"PB-EDropout / none:      {result['ratio_pbedropout_vs_none']:.2f}x")
     print(f"Dropout2d / none:        {result['ratio_dropout2d_vs_none']:.2f}x")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    if args.split:
+        split = phase_split(steps["pbedropout"], max(2, repeats // 2))
+        result["pbedropout_phase_ms_per_step"] = split
+        total = sum(split.values())
+        print("PB-EDropout phases (profiled, ms/step, both layers):")
+        for ph, ms in split.items():
+            print(f"  {ph:>7}: {ms:7.1f} ms ({100 * ms / total:4.1f}%)")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

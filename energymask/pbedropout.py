@@ -13,8 +13,9 @@ X (B, C, H, W) and patch size s, the patch grid is h = ⌈H/s⌉, w = ⌈W/s⌉
 
 Training step, for every (b, c) plane at once:
 
-1. sample K masks by ``sweeps`` checkerboard Gibbs sweeps from Bernoulli(½) starts;
-2. refine them for G generations (``energymask.genetic.refine``, fitness −E or
+1. sample K masks by ``sweeps`` checkerboard Gibbs sweeps from Bernoulli(½) starts
+   (``energymask.genetic.sample``);
+2. refine them for G generations (``energymask.genetic.evolve``, fitness −E or
    a user ``fitness``);
 3. apply the fittest mask m* of the final population (lowest energy for the
    default fitness), upsampled to pixels and cropped to H×W, with inverted
@@ -25,21 +26,27 @@ Training step, for every (b, c) plane at once:
 Inference: ``m = 1[M_c ≥ 0.5]`` per channel, input independent, same rescaling.
 Frozen: train with the inference masks, no sampling, no EMA update.
 
-Masks and energies are float32 and built under ``torch.no_grad()``; the output
-keeps the input dtype (float16 / bfloat16 under autocast work).
+Implementation: steps 1–2 run under ``torch.no_grad()`` on uint8 populations
+(K, B·C, h·w) with the patches in checkerboard order (``energymask.genetic``:
+a Gibbs half-sweep is one batched matmul, a sigmoid and one uniform per site of
+that colour; energies from the same adjacency matrix; flips by geometric gaps);
+the applied mask and the energies are returned as float32, the output keeps the
+input dtype (float16 / bfloat16 under autocast work). The ``pbedropout.*``
+profiler ranges (unary, sample, refine, apply) time the phases.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
-from energymask.genetic import MUTATIONS, draw_seed, full_sweep, refine
-from energymask.kernels import population_energy
+from energymask.genetic import MUTATIONS, draw_seed, evolve, gather_masks, potts, sample
 
 EPS = 1e-6
 
@@ -100,14 +107,30 @@ def grid_shape(height: int, width: int, patch_size: int) -> tuple[int, int]:
     return -(-height // patch_size), -(-width // patch_size)
 
 
+def row_quantile(values: Tensor, q: float) -> Tensor:
+    """q-quantile along the last dim, linear interpolation (``torch.quantile``'s default).
+
+    Reads the two order statistics it needs from a partial sort (``topk``). (..., n) -> (..., 1).
+    """
+    n = values.shape[-1]
+    position = q * (n - 1)
+    lo = math.floor(position)
+    hi = min(lo + 1, n - 1)
+    smallest = values.topk(hi + 1, dim=-1, largest=False).values
+    return torch.lerp(smallest[..., lo : lo + 1], smallest[..., hi : hi + 1], position - lo)
+
+
 def patch_unary(x: Tensor, patch_size: int, p: float) -> Tensor:
-    """Unary energy u = t − â of DESIGN.md §4, float32 (B, C, h, w)."""
+    """Unary energy u = t − â of DESIGN.md §4, float32 (B, C, h, w).
+
+    Computed as u = (t' − (a − mean)) / (std + ε) with t' the p-quantile of
+    a − mean: the same value, since the quantile commutes with the affine map.
+    """
     activity = F.avg_pool2d(x.detach().float().abs(), patch_size, patch_size, ceil_mode=True)
     flat = activity.flatten(-2)
-    std, mean = torch.std_mean(flat, dim=-1, keepdim=True, correction=0)
-    standard = (flat - mean) / (std + EPS)
-    threshold = torch.quantile(standard, p, dim=-1, keepdim=True)
-    return (threshold - standard).view_as(activity)
+    centred = flat - flat.mean(dim=-1, keepdim=True)
+    std = centred.square().mean(dim=-1, keepdim=True).sqrt_()
+    return ((row_quantile(centred, p) - centred) / (std + EPS)).view_as(activity)
 
 
 def sample_population(
@@ -119,30 +142,38 @@ def sample_population(
     generator: torch.Generator,
     seeds: torch.Generator,
 ) -> Tensor:
-    """K masks (K, B, C, h, w) by ``sweeps`` checkerboard Gibbs sweeps from random starts."""
-    shape = (population, *unary.shape)
-    masks = (torch.rand(shape, generator=generator, device=unary.device) < 0.5).float()
-    for _ in range(sweeps):
-        masks = full_sweep(masks, unary, beta, temperature, seeds)
-    return masks
+    """K masks (K, B, C, h, w) float32 by ``sweeps`` checkerboard Gibbs sweeps from random starts.
+
+    Grid-layout wrapper of :func:`energymask.genetic.sample`.
+    """
+    model = potts(unary, beta, temperature)
+    return model.grid(sample(model, population, sweeps, generator, seeds))
 
 
 def apply_patch_mask(x: Tensor, mask: Tensor, patch_size: int, rescale: bool = True) -> Tensor:
     """x (B, C, H, W) times the patch mask (B or 1, C, h, w) upsampled and cropped.
 
     With ``rescale`` the result is divided by the kept pixel fraction of each
-    (b, c) plane (0 where nothing is kept). Output dtype = input dtype.
+    (b, c) plane (0 where nothing is kept), computed on the patch grid from the
+    pixel area of each (possibly partial) patch. The product is one broadcast
+    over the (h, s, w, s) view of x (zero-padded to whole patches when needed).
+    Output dtype = input dtype.
     """
     height, width = x.shape[-2:]
-    pixels = mask.float()
-    if patch_size > 1:
-        pixels = pixels.repeat_interleave(patch_size, -2).repeat_interleave(patch_size, -1)
-    pixels = pixels[..., :height, :width]
+    h, w = mask.shape[-2:]
+    s = patch_size
+    mask = mask.float()
     if rescale:
-        keep = pixels.mean(dim=(-2, -1), keepdim=True)
+        starts = torch.arange(max(h, w), device=x.device) * s
+        area = (height - starts[:h]).clamp(max=s)[:, None] * (width - starts[:w]).clamp(max=s)
+        keep = (mask * area).sum(dim=(-2, -1), keepdim=True) / (height * width)
         scale = torch.where(keep > 0, 1.0 / keep.clamp_min(EPS), torch.zeros_like(keep))
-        pixels = pixels * scale
-    return x * pixels.to(x.dtype)
+        mask = mask * scale
+    if (h * s, w * s) != (height, width):
+        x = F.pad(x, (0, w * s - width, 0, h * s - height))
+    b, c = x.shape[:2]
+    patches = x.view(b, c, h, s, w, s) * mask.to(x.dtype)[:, :, :, None, :, None]
+    return patches.reshape(b, c, h * s, w * s)[..., :height, :width]
 
 
 def pb_edropout_2d(
@@ -188,17 +219,23 @@ def pb_edropout_2d(
     seeds = torch.Generator().manual_seed(call_seed)
     device_gen = torch.Generator(device=x.device).manual_seed(call_seed)
     with torch.no_grad():
-        unary = patch_unary(x, patch_size, p)
-        masks = sample_population(unary, population, sweeps, beta, temperature, device_gen, seeds)
-        masks, scores = refine(
-            masks, unary, beta, temperature, generations, device_gen, seeds,
-            elite_fraction, tournament_size, mutation_rate, mutation, fitness,
-        )  # fmt: skip
-        best = scores.argmax(dim=0, keepdim=True)
-        index = best[..., None, None].expand(1, b, c, h, w)
-        mask = torch.gather(masks, 0, index).squeeze(0)
-        energy = population_energy(mask.unsqueeze(0), unary, beta).squeeze(0)
-    return PBEDropoutOutput(apply_patch_mask(x, mask, patch_size, rescale), mask, energy)
+        with record_function("pbedropout.unary"):
+            model = potts(patch_unary(x, patch_size, p), beta, temperature)
+        with record_function("pbedropout.sample"):
+            masks = sample(model, population, sweeps, device_gen, seeds)
+        with record_function("pbedropout.refine"):
+            masks, scores = evolve(
+                masks, model, generations, device_gen, seeds,
+                elite_fraction, tournament_size, mutation_rate, mutation, fitness,
+            )  # fmt: skip
+            top = scores.max(dim=0, keepdim=True)
+            best = gather_masks(masks, top.indices)
+            mask = model.grid(best)[0]
+            energy = -top.values if fitness is None else model.energy(best)
+            energy = energy.view(b, c)
+    with record_function("pbedropout.apply"):
+        output = apply_patch_mask(x, mask, patch_size, rescale)
+    return PBEDropoutOutput(output, mask, energy)
 
 
 class PBEDropout2d(nn.Module):

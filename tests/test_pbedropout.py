@@ -11,6 +11,7 @@ from energymask.pbedropout import (
     grid_shape,
     patch_unary,
     pb_edropout_2d,
+    row_quantile,
     sample_population,
 )
 
@@ -24,6 +25,14 @@ def test_p_zero_is_identity():
     layer = PBEDropout2d(3, p=0.0, seed=0).train()
     assert layer(x) is x
     assert pb_edropout_2d(x, p=0.0).output is x
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64])
+@pytest.mark.parametrize("q", [0.0, 0.1, 0.5, 0.93])
+def test_row_quantile_matches_torch_quantile(n, q):
+    values = torch.randn(5, 3, n, generator=torch.Generator().manual_seed(n))
+    want = torch.quantile(values, q, dim=-1, keepdim=True)
+    torch.testing.assert_close(row_quantile(values, q), want)
 
 
 def test_unary_has_fraction_p_positive():
@@ -180,6 +189,15 @@ def test_custom_fitness_is_used():
     assert out.mask.mean() > default.mask.mean()
 
 
+@pytest.mark.parametrize("fitness", [None, lambda m: m.sum(dim=(-2, -1))])
+def test_output_energy_is_energy_of_applied_mask(fitness):
+    x = make_input()
+    out = pb_edropout_2d(x, 0.4, fitness=fitness, generator=torch.Generator().manual_seed(0))
+    unary = patch_unary(x, 4, 0.4)
+    want = population_energy(out.mask.unsqueeze(0), unary, 0.1)[0]
+    torch.testing.assert_close(out.energy, want, atol=1e-5, rtol=1e-5)
+
+
 def test_stats_and_repr():
     layer = PBEDropout2d(3, p=0.5, seed=0).train()
     layer(make_input())
@@ -226,3 +244,13 @@ def test_bad_inputs():
     layer.train()(torch.zeros(1, 3, 8, 8))
     with pytest.raises(ValueError, match="patch grid of x must be"):
         layer(torch.zeros(1, 3, 16, 16))
+
+
+def test_apply_patch_mask_any_memory_format():
+    x = make_input(2, 3, 8, 8)
+    mask = (torch.rand(2, 3, 2, 2, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    want = apply_patch_mask(x, mask, 4)
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    column_major = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert torch.equal(apply_patch_mask(channels_last, mask, 4), want)
+    assert torch.equal(apply_patch_mask(column_major, mask, 4), want)
