@@ -5,6 +5,7 @@ See DESIGN.md; the core needs neither Lightning nor matplotlib.
 
 from energymask.attribution import attribution_maps
 from energymask.deletion import DeletionResult, deletion_curve, insertion_curve
+from energymask.dropblock import DropBlock2d, drop_block_2d
 from energymask.ersm import (
     EnergyMask2d,
     EnergyMaskOutput,
@@ -35,6 +36,7 @@ __all__ = [
     "mask_quality",
     "occlusion_robustness",
     "Classifier",
+    "DropBlock2d",
     "EnergyMask2d",
     "EnergyMaskOutput",
     "FrozenBackboneClassifier",
@@ -42,6 +44,7 @@ __all__ = [
     "PBEDropout2d",
     "PBEDropoutOutput",
     "collect_regularizer",
+    "drop_block_2d",
     "energy_mask_2d",
     "energy_mask_layers",
     "insert_after",
