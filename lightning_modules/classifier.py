@@ -16,7 +16,8 @@ class ImageClassifier(pl.LightningModule):
     """Any ``model`` (B, C, H, W) -> (B, classes), trained with cross-entropy.
 
     AdamW with a cosine learning-rate schedule over ``max_epochs`` (the
-    Trainer's when None). Logs ``{train,val,test}_loss`` and ``{train,val,test}_acc``.
+    Trainer's when None). Logs ``{train,val,test}_loss`` and ``{train,val,test}_acc``
+    (top-1 accuracy over samples).
 
     Args:
         model: the network.
@@ -48,9 +49,9 @@ class ImageClassifier(pl.LightningModule):
         self.save_hyperparameters(ignore=["model", "example_input_array", "backbone", "head"])
         self.model = model
         self.example_input_array = example_input_array
-        self.train_acc = MulticlassAccuracy(num_classes)
-        self.val_acc = MulticlassAccuracy(num_classes)
-        self.test_acc = MulticlassAccuracy(num_classes)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)

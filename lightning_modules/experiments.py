@@ -1,0 +1,256 @@
+"""The experiments of DESIGN.md §7/§8 as recipes: one function per trained model.
+
+``energymask demo`` and ``benchmarks/results_*.py`` are built from these, so the
+demo's numbers and the results tables come from the same code. Every recipe
+trains with a Lightning ``Trainer`` on CPU (the callbacks are the product's own
+path), is seeded, and returns the trained ``nn.Module`` in eval mode together
+with its test accuracy.
+
+Models (cluttered digits, 64x64, 10 classes):
+
+- ``baseline``: ``small_cnn`` -> GAP -> linear.
+- ``frozen_ersm``: the authors' protocol, stage 2 on the baseline's frozen
+  backbone: ERSM -> GAP -> the baseline's head, ERSM and head trained.
+- ``ersm_inside``: ``small_cnn`` trained from scratch with
+  :class:`ERSMCallback` inserting ERSM after ``layer2``.
+- ``regularised(kind)``: ``shallow_cnn`` with nothing, ``nn.Dropout``,
+  ``nn.Dropout2d``, DropBlock or PB-EDropout (:class:`PBEDropoutCallback`,
+  optionally frozen from mid-training) after ``layer2``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader
+
+from energymask.deletion import deletion_curve, eval_mode
+from energymask.dropblock import DropBlock2d
+from energymask.ersm import energy_mask_layers
+from energymask.mask_quality import mask_quality
+from energymask.models import Classifier, FrozenBackboneClassifier, shallow_cnn, small_cnn
+from energymask.occlusion import occlusion_robustness
+from energymask.surgery import insert_after
+
+from .classifier import FrozenBackboneERSM, ImageClassifier
+from .datamodules import ClutteredDigitsDataModule
+from .ersm_callback import ERSMCallback
+from .pbedropout_callback import PBEDropoutCallback
+
+REGULARISERS = ("none", "dropout", "dropout2d", "dropblock", "pbedropout")
+ORDERINGS = ("energy", "magnitude", "random", "gradcam", "feature_ablation")
+OCCLUSION_FRACTIONS = (0.0, 0.1, 0.25, 0.5)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Data sizes and epochs of one experiment (defaults: minutes on 2 CPU cores)."""
+
+    num_train: int = 3000
+    num_val: int = 500
+    num_test: int = 1000
+    epochs: int = 6
+    ersm_epochs: int = 4
+    batch_size: int = 64
+    lr: float = 2e-3
+    deletion_steps: int = 17
+    deletion_samples: int = 500
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+QUICK = Budget(num_train=256, num_val=64, num_test=128, epochs=1, ersm_epochs=1,
+               deletion_steps=5, deletion_samples=64)  # fmt: skip
+
+
+def datamodule(budget: Budget, seed: int, spurious: bool = False) -> ClutteredDigitsDataModule:
+    """Cluttered digits of ``budget``'s sizes; splits depend on ``seed`` only."""
+    dm = ClutteredDigitsDataModule(budget.num_train, budget.num_val, budget.num_test,
+                                   spurious=spurious, seed=seed, batch_size=budget.batch_size)
+    dm.setup()
+    return dm
+
+
+def _quiet() -> None:
+    for pattern in (".*does not have many workers.*", ".*log_every_n_steps.*",
+                    ".*LeafSpec.*", ".*GPU available but not used.*",
+                    ".*module\\(s\\) in eval mode.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def fit(module: ImageClassifier, dm: pl.LightningDataModule, epochs: int, seed: int,
+        callbacks: Sequence[pl.Callback] = (), progress: bool = True,
+        log_dir: Path | None = None) -> float:
+    """Train ``module`` on CPU for ``epochs`` and return its test accuracy.
+
+    With ``log_dir`` the Lightning log goes to ``log_dir/metrics.csv`` (CSVLogger).
+    """
+    _quiet()
+    pl.seed_everything(seed, workers=True, verbose=False)
+    logger = False
+    if log_dir is not None:
+        logger = CSVLogger(log_dir.parent, name=log_dir.name, version="")
+    trainer = pl.Trainer(
+        max_epochs=epochs, accelerator="cpu", devices=1, callbacks=list(callbacks),
+        logger=logger, enable_checkpointing=False, enable_progress_bar=progress,
+        enable_model_summary=False, log_every_n_steps=10,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    tested = trainer.test(module, datamodule=dm, verbose=False)
+    module.eval()
+    return float(tested[0]["test_acc"])
+
+
+def train_baseline(dm, budget: Budget, seed: int, progress: bool = True
+                   ) -> tuple[Classifier, float]:
+    """``small_cnn`` -> GAP -> linear, trained from scratch."""
+    torch.manual_seed(seed)
+    net = small_cnn(dm.in_channels)
+    model = Classifier(net, net.out_channels, dm.num_classes)
+    module = ImageClassifier(model, dm.num_classes, lr=budget.lr, max_epochs=budget.epochs)
+    return model, fit(module, dm, budget.epochs, seed, progress=progress)
+
+
+def train_frozen_ersm(baseline: Classifier, dm, budget: Budget, seed: int,
+                      progress: bool = True, **ersm_kwargs: Any
+                      ) -> tuple[FrozenBackboneClassifier, float]:
+    """Stage 2 of the authors' protocol on a copy of ``baseline``'s backbone and head."""
+    import copy
+
+    torch.manual_seed(seed)
+    backbone, head = copy.deepcopy(baseline.backbone), copy.deepcopy(baseline.head)
+    module = FrozenBackboneERSM(backbone, backbone.out_channels, dm.num_classes, head=head,
+                                lr=budget.lr, max_epochs=budget.ersm_epochs, **ersm_kwargs)
+    accuracy = fit(module, dm, budget.ersm_epochs, seed, progress=progress)
+    return module.model, accuracy
+
+
+def train_ersm_inside(dm, budget: Budget, seed: int, layer: str = "layer2",
+                      progress: bool = True, log_dir: Path | None = None,
+                      **ersm_kwargs: Any) -> tuple[Classifier, float]:
+    """``small_cnn`` with ERSM after ``layer`` (inserted by :class:`ERSMCallback`)."""
+    torch.manual_seed(seed)
+    net = small_cnn(dm.in_channels)
+    model = Classifier(net, net.out_channels, dm.num_classes)
+    module = ImageClassifier(model, dm.num_classes, lr=budget.lr, max_epochs=budget.epochs)
+    callback = ERSMCallback(f"model.backbone.{layer}", log_stats=log_dir is not None,
+                            **ersm_kwargs)
+    return model, fit(module, dm, budget.epochs, seed, [callback], progress, log_dir)
+
+
+def train_regularised(dm, budget: Budget, seed: int, kind: str = "pbedropout",
+                      p: float = 0.1, layer: str = "layer2", freeze_at_epoch: int | None = None,
+                      progress: bool = True, **pbedropout_kwargs: Any
+                      ) -> tuple[Classifier, float]:
+    """``shallow_cnn`` with the regulariser ``kind`` (of :data:`REGULARISERS`) after ``layer``.
+
+    ``p`` is the drop rate of every kind; ``freeze_at_epoch`` and
+    ``pbedropout_kwargs`` (``beta``, ``generations``, ...) apply to PB-EDropout.
+    """
+    if kind not in REGULARISERS:
+        raise ValueError(f"kind must be one of {list(REGULARISERS)}, but got {kind!r}")
+    torch.manual_seed(seed)
+    net = shallow_cnn(dm.in_channels)
+    model = Classifier(net, net.out_channels, dm.num_classes)
+    simple = {"dropout": lambda name, c: nn.Dropout(p),
+              "dropout2d": lambda name, c: nn.Dropout2d(p),
+              "dropblock": lambda name, c: DropBlock2d(p, block_size=3)}
+    callbacks: list[pl.Callback] = []
+    if kind in simple:
+        insert_after(net, layer, simple[kind])
+    elif kind == "pbedropout":
+        callbacks.append(PBEDropoutCallback(f"model.backbone.{layer}", log_stats=False, p=p,
+                                            freeze_at_epoch=freeze_at_epoch,
+                                            **pbedropout_kwargs))
+    module = ImageClassifier(model, dm.num_classes, lr=budget.lr, max_epochs=budget.epochs)
+    return model, fit(module, dm, budget.epochs, seed, callbacks, progress)
+
+
+def eval_loader(dm, num_samples: int | None = None) -> DataLoader:
+    """The test split (its first ``num_samples``), in order."""
+    test = dm.test_set
+    if num_samples is not None and num_samples < len(test):
+        test = torch.utils.data.Subset(test, range(num_samples))
+    return DataLoader(test, batch_size=dm.batch_size)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, loader: Iterable) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) over ``loader``."""
+    correct = total = 0
+    with eval_mode(model):
+        for batch in loader:
+            correct += int((model(batch[0]).argmax(-1) == batch[1]).sum())
+            total += len(batch[1])
+    return correct / total
+
+
+@torch.no_grad()
+def ersm_mask_scores(model: nn.Module, loader: Iterable) -> dict[str, float]:
+    """Mean keep ratio, hard sparsity, IoU, pointing game and entropy of the ERSM masks."""
+    (layer,) = energy_mask_layers(model).values()
+    sums: dict[str, float] = {}
+    total = 0
+    with eval_mode(model):
+        for batch in loader:
+            model(batch[0])
+            keep = layer.last_keep
+            scores = mask_quality(keep, batch[2])
+            scores["hard_sparsity"] = (keep < 0.5).float().flatten(1).mean(1)
+            for k, v in scores.items():
+                sums[k] = sums.get(k, 0.0) + float(v.sum())
+            total += len(batch[1])
+    return {k: v / total for k, v in sums.items()}
+
+
+def evaluate_ersm(model: nn.Module, dm, budget: Budget, seed: int, progress: bool = True,
+                  orderings: Sequence[str] = ORDERINGS) -> dict[str, Any]:
+    """Mask scores over the test split and the deletion test (every ordering)."""
+    loader = eval_loader(dm)
+    deletion = deletion_curve(model, eval_loader(dm, budget.deletion_samples),
+                              orderings=list(orderings), steps=budget.deletion_steps, seed=seed,
+                              progress=progress)
+    return {
+        "masks": ersm_mask_scores(model, loader),
+        "deletion": deletion.to_dict(),
+    }
+
+
+def occlusion(models: nn.Module | dict[str, nn.Module], dm, seed: int, progress: bool = True
+              ) -> dict[str, dict[str, list[float]]]:
+    """Accuracy under random and on-object occlusion at :data:`OCCLUSION_FRACTIONS`."""
+    loader = eval_loader(dm)
+    out = {}
+    for placement in ("random", "object"):
+        result = occlusion_robustness(models, loader, OCCLUSION_FRACTIONS, patch_size=8,
+                                      placement=placement, seed=seed, progress=progress)
+        out[placement] = result.accuracy
+    return out
+
+
+__all__ = [
+    "Budget",
+    "ORDERINGS",
+    "QUICK",
+    "REGULARISERS",
+    "accuracy",
+    "datamodule",
+    "eval_loader",
+    "ersm_mask_scores",
+    "evaluate_ersm",
+    "fit",
+    "occlusion",
+    "train_baseline",
+    "train_ersm_inside",
+    "train_frozen_ersm",
+    "train_regularised",
+]
