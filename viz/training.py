@@ -26,16 +26,17 @@ def read_metrics_csv(path: str | Path) -> dict[str, list[tuple[float, float]]]:
     return out
 
 
-def plot_training_log(path: str | Path, metrics: tuple[str, ...] = ("keep_ratio", "val_acc"),
+def plot_training_log(path: str | Path, metrics: tuple[str, ...] = ("keep", "val_acc"),
                       axes=None):
     """One panel per metric over training steps.
 
-    A metric matches the column of that name and any column starting with
-    ``name/`` or ``name_`` (e.g. ``keep_ratio/layer2``, ``val_acc_epoch``).
+    A metric matches the column of that name, any column starting with
+    ``name/`` or ``name_`` (``val_acc_epoch``) and any ending in ``/name``: the
+    callbacks log ``ersm/<layer>/keep``, ``pbedropout/<layer>/drop_rate``.
 
     Args:
         path: the ``metrics.csv`` written by ``CSVLogger``.
-        metrics: names to draw. Default: ("keep_ratio", "val_acc").
+        metrics: names to draw. Default: ("keep", "val_acc").
         axes: optional axes, one per metric. Default: a new figure.
 
     Returns:
@@ -44,7 +45,8 @@ def plot_training_log(path: str | Path, metrics: tuple[str, ...] = ("keep_ratio"
     data = read_metrics_csv(path)
     fig, ax = new_axes(1, len(metrics), scale=3.2, axes=axes)
     for a, m in zip(ax[0], metrics, strict=True):
-        cols = [k for k in data if k == m or k.startswith((m + "/", m + "_"))]
+        cols = [k for k in data
+                if k == m or k.startswith((m + "/", m + "_")) or k.endswith("/" + m)]
         if not cols:
             raise ValueError(f"metrics must name columns of {str(path)!r}; {m!r} matches none "
                              f"of {sorted(data)}")

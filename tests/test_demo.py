@@ -1,0 +1,54 @@
+import json
+
+import pytest
+from energymask.lightning_modules import demo
+from energymask.lightning_modules import experiments as ex
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, demo.run_demo(out, quick=True, seed=0, progress=False)
+
+
+def test_writes_report_metrics_and_figures(run):
+    out, metrics = run
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    report = (out / "report.md").read_text()
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert figures == sorted([
+        "masks_frozen_ersm.png", "masks_ersm_inside.png",
+        "energies_frozen_ersm.png", "energies_ersm_inside.png",
+        "deletion_frozen_ersm.png", "deletion_ersm_inside.png",
+        "occlusion.png", "pbedropout_ema_masks.png", "training_ersm_inside.png",
+    ])  # fmt: skip
+    for name in figures:
+        assert f"](figures/{name})" in report
+        assert (out / "figures" / name).stat().st_size > 1000
+    assert (out / "logs" / "metrics.csv").is_file()
+
+
+def test_metrics_hold_every_model_and_test(run):
+    _, metrics = run
+    assert metrics["quick"] is True and metrics["budget"] == ex.QUICK.to_dict()
+    assert set(metrics["test_accuracy"]) == {"baseline", "frozen_ersm", "ersm_inside",
+                                             "dropout2d", "pbedropout"}
+    assert all(0.0 <= a <= 1.0 for a in metrics["test_accuracy"].values())
+    for key in ("frozen_ersm", "ersm_inside"):
+        assert set(metrics[key]["deletion"]["auc"]) == set(ex.ORDERINGS)
+        assert 0.0 <= metrics[key]["masks"]["iou"] <= 1.0
+    for placement in ("random", "object"):
+        table = metrics["occlusion"][placement]
+        assert set(table) == {"baseline", "frozen_ersm", "ersm_inside"}
+    # accuracy at f = 0 is the clean test accuracy of the same model
+    assert metrics["occlusion"]["random"]["baseline"][0] == pytest.approx(
+        metrics["test_accuracy"]["baseline"], abs=0.1)
+
+
+def test_report_table_shows_the_numbers(run):
+    out, metrics = run
+    report = (out / "report.md").read_text()
+    for name, acc in metrics["test_accuracy"].items():
+        assert f"| {name} | {acc:.3f} |" in report
+    auc = metrics["ersm_inside"]["deletion"]["auc"]["energy"]
+    assert f"{auc:.3f}" in report
