@@ -62,7 +62,7 @@ class Budget:
     batch_size: int = 64
     lr: float = 2e-3
     deletion_steps: int = 17
-    deletion_samples: int = 500
+    deletion_samples: int = 300
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,7 +218,7 @@ def evaluate_ersm(model: nn.Module, dm, budget: Budget, seed: int, progress: boo
     loader = eval_loader(dm)
     deletion = deletion_curve(model, eval_loader(dm, budget.deletion_samples),
                               orderings=list(orderings), steps=budget.deletion_steps, seed=seed,
-                              progress=progress)
+                              progress=progress, perturbations_per_eval=16)
     return {
         "masks": ersm_mask_scores(model, loader),
         "deletion": deletion.to_dict(),

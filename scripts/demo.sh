@@ -6,4 +6,4 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c .ci/constraints.txt torch==2.13.0
 .venv/bin/python -m pip install -q -c .ci/constraints.txt -e .
-.venv/bin/python examples/quickstart.py "$@"
+.venv/bin/energymask demo "$@"
