@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from energymask.ersm import energy_mask_layers
+from energymask.pbedropout import PBEDropout2d
 from energymask.viz import (
     plot_curves,
     plot_ema_masks,
@@ -33,9 +36,6 @@ from energymask.viz import (
     plot_occlusion,
     plot_training_log,
 )
-
-from energymask.ersm import energy_mask_layers
-from energymask.pbedropout import PBEDropout2d
 
 from . import experiments as ex
 

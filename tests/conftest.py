@@ -30,8 +30,9 @@ def _boltzmann_pvalue(
     run ``sweeps`` red+black sweeps from random starts. Bins with expected count
     below 5 are merged into one.
     """
-    from energymask.kernels.reference import population_energy
     from scipy.stats import chisquare
+
+    from energymask.kernels.reference import population_energy
 
     h, w = unary.shape[-2:]
     configs = torch.tensor(list(itertools.product((0.0, 1.0), repeat=h * w)))

@@ -8,13 +8,13 @@ import types
 import pytest
 import pytorch_lightning as pl
 import torch
+
+from energymask.ersm import EnergyMask2d
 from energymask.lightning_modules.checkpoint import load_for_inference
 from energymask.lightning_modules.classifier import ImageClassifier
 from energymask.lightning_modules.datamodules import TensorDataModule
 from energymask.lightning_modules.ersm_callback import ERSMCallback
 from energymask.lightning_modules.pbedropout_callback import PBEDropoutCallback
-
-from energymask.ersm import EnergyMask2d
 from energymask.models import Classifier, small_cnn
 
 torch.set_num_threads(1)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
-from energymask.lightning_modules.classifier import FrozenBackboneERSM, ImageClassifier
-from energymask.lightning_modules.datamodules import TensorDataModule
 from torch import nn
 
+from energymask.lightning_modules.classifier import FrozenBackboneERSM, ImageClassifier
+from energymask.lightning_modules.datamodules import TensorDataModule
 from energymask.models import Classifier, small_cnn
 
 torch.set_num_threads(1)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_datamodules import write_cifar, write_image_tree
+
 from energymask.lightning_modules import cli
 from energymask.lightning_modules.cli import main
-from test_datamodules import write_cifar, write_image_tree
 
 TINY = ["--num-train", "48", "--num-val", "16", "--num-test", "16", "--epochs", "1",
         "--batch-size", "16", "--no-progress", "--accelerator", "cpu"]

@@ -7,14 +7,15 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torch.utils.data import TensorDataset
+
 from energymask.lightning_modules.datamodules import (
     CIFAR10DataModule,
     ClutteredDigitsDataModule,
     ImageFolderDataModule,
     TensorDataModule,
 )
-from PIL import Image
-from torch.utils.data import TensorDataset
 
 
 def test_tensors_and_datasets_give_loaders():

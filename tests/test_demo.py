@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 from energymask.lightning_modules import demo
 from energymask.lightning_modules import experiments as ex
 

@@ -3,9 +3,10 @@
 import subprocess
 import sys
 
-import energymask.kernels as kernels
 import pytest
 import torch
+
+import energymask.kernels as kernels
 from energymask.kernels import dispatch, reference
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
-from energymask.lightning_modules.ersm_callback import ERSMCallback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from energymask.ersm import EnergyMask2d, collect_regularizer
+from energymask.lightning_modules.ersm_callback import ERSMCallback
 from energymask.surgery import insert_after
 
 torch.set_num_threads(1)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from energymask.kernels import reference as ref
 
 pytest.importorskip("triton")

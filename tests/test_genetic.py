@@ -1,9 +1,7 @@
-import energymask.kernels as kernels
 import pytest
 import torch
-from energymask.kernels import population_energy
-from energymask.kernels.reference import checkerboard, conditional_field
 
+import energymask.kernels as kernels
 from energymask.genetic import (
     flip_mutation,
     gather_masks,
@@ -15,6 +13,8 @@ from energymask.genetic import (
     sample,
     tournament_select,
 )
+from energymask.kernels import population_energy
+from energymask.kernels.reference import checkerboard, conditional_field
 
 
 def gens(seed: int = 0) -> tuple[torch.Generator, torch.Generator]:

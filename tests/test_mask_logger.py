@@ -8,11 +8,12 @@ import os
 import pytest
 import pytorch_lightning as pl
 import torch
-from energymask.lightning_modules.ersm_callback import ERSMCallback
-from energymask.lightning_modules.mask_logger import MaskLoggerCallback, plot_keep_masks
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from energymask.lightning_modules.ersm_callback import ERSMCallback
+from energymask.lightning_modules.mask_logger import MaskLoggerCallback, plot_keep_masks
 
 torch.set_num_threads(1)
 

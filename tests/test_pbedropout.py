@@ -2,9 +2,9 @@ import itertools
 
 import pytest
 import torch
-from energymask.kernels import population_energy
 from scipy import stats
 
+from energymask.kernels import population_energy
 from energymask.pbedropout import (
     PBEDropout2d,
     apply_patch_mask,

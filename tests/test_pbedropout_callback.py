@@ -16,9 +16,10 @@ import types
 import pytest
 import pytorch_lightning as pl
 import torch
-from energymask.lightning_modules.pbedropout_callback import PBEDropoutCallback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from energymask.lightning_modules.pbedropout_callback import PBEDropoutCallback
 
 torch.set_num_threads(1)
 

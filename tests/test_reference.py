@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+
 from energymask.kernels import reference as ref
 
 UNARY_3X3 = torch.tensor([[0.8, -0.5, 0.3], [-1.0, 0.2, 0.6], [0.4, -0.3, -0.7]])

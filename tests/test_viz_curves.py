@@ -2,6 +2,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
 from energymask.viz import curve_auc, plot_curves, plot_occlusion
 
 

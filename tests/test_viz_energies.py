@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+
 from energymask.viz import plot_energy_maps
 
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
-from energymask.viz import plot_ema_masks, plot_mask_grid
 from matplotlib.figure import Figure
+
+from energymask.viz import plot_ema_masks, plot_mask_grid
 
 
 def _saved(fig, tmp_path, name):

@@ -1,4 +1,5 @@
 import pytest
+
 from energymask.viz import plot_training_log, read_metrics_csv
 
 CSV = """epoch,step,ersm/model.layer2/keep,train_loss,val_acc
