@@ -1,8 +1,9 @@
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from energymask.lightning_modules import ERSMCallback, TensorDataModule, load_for_inference
 from torch import nn
+
+from energymask.lightning_modules import ERSMCallback, TensorDataModule, load_for_inference
 
 
 class MyNet(pl.LightningModule):  # your own module: nothing ERSM-specific in it

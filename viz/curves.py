@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from energymask.viz._common import to_numpy
 
 __all__ = ["curve_auc", "plot_curves", "plot_occlusion"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from energymask.viz._common import as_image, new_axes, to_numpy, upsample
 
 __all__ = ["plot_mask_grid", "plot_ema_masks"]
