@@ -1,0 +1,291 @@
+"""PB-EDropout vs no dropout, nn.Dropout, nn.Dropout2d and DropBlock: test accuracy.
+
+Every regulariser sits after ``layer2`` of ``shallow_cnn`` (cluttered digits,
+64x64, 10 classes), all with the same drop rate ``p``, trained by
+``experiments.train_regularised`` (Lightning, CPU). Rows: no dropout,
+``nn.Dropout``, ``nn.Dropout2d``, DropBlock (timm-style, block 3), PB-EDropout
+with its defaults, PB-EDropout with masks frozen from mid-training
+(``freeze_at_epoch = epochs // 2``), and the ablations PB-EDropout with β = 0
+(no Gibbs coupling between patches) and with G = 0 (no genetic refinement).
+Each row is the mean ± sample std over the seeds; a seed fixes the data split,
+the initialisation and the dropout draws, so rows of one seed share their data.
+
+The two claims of the papers, "PB-EDropout beats standard dropout" and "frozen
+masks still effective", are tested on these numbers: the lines under the table
+are computed from them, never written by hand.
+
+Budget. With the default ``Budget()`` (3000 training images, 6 epochs) the plain
+model already reaches ~0.99 test accuracy, a ceiling where regularisers cannot
+differ. The default here is 500 training images and 14 epochs: in a short
+exploration (seed 0, p = 0.1, 2 busy CPU cores) no dropout reached 0.624 after
+10 epochs and 0.746 after 15, PB-EDropout 0.736 after 15, at 48-76 s per run.
+That is far from the ceiling (and still rising with epochs), so a regulariser
+has room to help or hurt; 14 rather than 15 epochs to aim at 8 rows x 3 seeds of
+~60 s, ~25 minutes on 2 cores. Measured: the full run took 52.6 min on 2 cores
+shared with another training (load 3-7), ~105 s per baseline run and ~130-195 s
+per PB-EDropout run. ``--num-train`` / ``--epochs`` change the budget.
+
+    python benchmarks/results_pbedropout.py [--quick] [--seeds 0 1 2] [--p 0.1]
+        [--num-train N] [--epochs E] [--json PATH] [--md PATH] [--from-json PATH]
+
+Without ``--quick`` and without ``--json`` / ``--md`` it writes
+``benchmarks/results/pbedropout.{json,md}``; ``--quick`` (``experiments.QUICK``
+sizes, one epoch, 2 seeds) writes only what it is asked to. ``--from-json``
+trains nothing and rebuilds the table and claims from an earlier JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from _timing import machine, write_json
+
+from energymask.lightning_modules import experiments as ex
+from energymask.pbedropout import PBEDropout2d
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_BUDGET = replace(ex.Budget(), num_train=500, epochs=14)
+_PB_DEFAULTS = {k: v.default for k, v in inspect.signature(PBEDropout2d).parameters.items()
+                if v.default is not inspect.Parameter.empty}
+
+
+def rows(epochs: int) -> list[dict[str, Any]]:
+    """Every row: key, label, regulariser kind and its extra settings."""
+    beta, gens = _PB_DEFAULTS["beta"], _PB_DEFAULTS["generations"]
+    freeze = epochs // 2
+    return [
+        {"key": "none", "label": "no dropout", "kind": "none", "kwargs": {}},
+        {"key": "dropout", "label": "nn.Dropout", "kind": "dropout", "kwargs": {}},
+        {"key": "dropout2d", "label": "nn.Dropout2d", "kind": "dropout2d", "kwargs": {}},
+        {"key": "dropblock", "label": "DropBlock (block 3)", "kind": "dropblock",
+         "kwargs": {}},
+        {"key": "pbedropout", "label": f"PB-EDropout (β={beta}, G={gens})",
+         "kind": "pbedropout", "kwargs": {}},
+        {"key": "pbedropout_frozen", "label": f"PB-EDropout, frozen from epoch {freeze}",
+         "kind": "pbedropout", "kwargs": {"freeze_at_epoch": freeze}},
+        {"key": "pbedropout_beta0", "label": f"PB-EDropout β=0 (G={gens})",
+         "kind": "pbedropout", "kwargs": {"beta": 0.0}},
+        {"key": "pbedropout_g0", "label": f"PB-EDropout G=0 (β={beta})",
+         "kind": "pbedropout", "kwargs": {"generations": 0}},
+    ]
+
+
+def run_all(budget: ex.Budget, seeds: list[int], p: float) -> dict[str, dict[str, list]]:
+    """Train every row for every seed (seeds outer, so rows share the machine's noise)."""
+    table = rows(budget.epochs)
+    raw: dict[str, dict[str, list]] = {r["key"]: {"accuracy": [], "seconds": []}
+                                       for r in table}
+    for seed in seeds:
+        dm = ex.datamodule(budget, seed)
+        for r in table:
+            start = time.perf_counter()
+            _, acc = ex.train_regularised(dm, budget, seed, r["kind"], p=p, progress=False,
+                                          **r["kwargs"])
+            secs = time.perf_counter() - start
+            raw[r["key"]]["accuracy"].append(acc)
+            raw[r["key"]]["seconds"].append(secs)
+            print(f"[{r['key']:>17}] seed {seed}: test accuracy {acc:.4f} ({secs:.1f} s)",
+                  file=sys.stderr, flush=True)
+    return raw
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(raw: dict[str, dict[str, list]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for key, r in raw.items():
+        out[key] = {"mean": statistics.fmean(r["accuracy"]), "std": _std(r["accuracy"]),
+                    "seconds_mean": statistics.fmean(r["seconds"])}
+    for key in out:
+        for ref in ("none", "dropout2d"):
+            diffs = _paired(raw, key, ref)
+            out[key][f"diff_{ref}"] = statistics.fmean(diffs)
+            out[key][f"diff_{ref}_std"] = _std(diffs)
+    return out
+
+
+def _paired(raw: dict[str, dict[str, list]], a: str, b: str) -> list[float]:
+    """Per-seed differences ``a - b`` (rows of one seed share data split and init)."""
+    return [x - y for x, y in zip(raw[a]["accuracy"], raw[b]["accuracy"], strict=True)]
+
+
+def _ms(s: dict[str, float]) -> str:
+    return f"{s['mean']:.3f} ± {s['std']:.3f}"
+
+
+def _gap(diff: float, spread: float) -> str:
+    where = "outside" if abs(diff) > spread else "within"
+    return f"difference {diff:+.3f}, {where} one std ({spread:.3f})"
+
+
+def _wins(raw: dict[str, dict[str, list]], a: str, b: str) -> str:
+    diffs = _paired(raw, a, b)
+    return (f"paired per seed {statistics.fmean(diffs):+.3f} ± {_std(diffs):.3f}, "
+            f"ahead on {sum(d > 0 for d in diffs)}/{len(diffs)} seeds")
+
+
+def claims(summary: dict[str, dict[str, float]], raw: dict[str, dict[str, list]],
+           freeze_epoch: int) -> list[dict[str, Any]]:
+    """The papers' two claims and the two ablations, each decided by the numbers."""
+    s = summary
+    pb = s["pbedropout"]
+    best = max(("dropout", "dropout2d"), key=lambda k: s[k]["mean"])
+    diff = pb["mean"] - s[best]["mean"]
+    spread = max(pb["std"], s[best]["std"])
+    held = diff > 0
+    names = {"dropout": "Dropout", "dropout2d": "Dropout2d"}
+    beats = (
+        f"PB-EDropout beats standard dropout: {'held' if held else 'did not hold'}: "
+        f"PB-EDropout {_ms(pb)} vs Dropout {_ms(s['dropout'])}, Dropout2d "
+        f"{_ms(s['dropout2d'])}, DropBlock {_ms(s['dropblock'])}, no dropout "
+        f"{_ms(s['none'])} (vs the better of "
+        f"Dropout/Dropout2d, {names[best]}: {_gap(diff, spread)}; "
+        f"{_wins(raw, 'pbedropout', best)})"
+    )
+
+    fr = s["pbedropout_frozen"]
+    d_pb = fr["mean"] - pb["mean"]
+    d_none = fr["mean"] - s["none"]["mean"]
+    spread_pb = max(fr["std"], pb["std"])
+    held_frozen = d_none > 0 and d_pb >= -spread_pb
+    failed = [why for why, bad in (
+        ("frozen does not beat no dropout", d_none <= 0),
+        ("frozen loses more than one std to PB-EDropout", d_pb < -spread_pb)) if bad]
+    frozen = (
+        f"Frozen masks still effective (frozen from epoch {freeze_epoch}; held = above no "
+        f"dropout and within one std of un-frozen PB-EDropout): "
+        f"{'held' if held_frozen else 'did not hold (' + '; '.join(failed) + ')'}: "
+        f"frozen {_ms(fr)} vs PB-EDropout "
+        f"{_ms(pb)} ({_gap(d_pb, spread_pb)}; {_wins(raw, 'pbedropout_frozen', 'pbedropout')}) "
+        f"and vs no dropout {_ms(s['none'])} ({_gap(d_none, max(fr['std'], s['none']['std']))}; "
+        f"{_wins(raw, 'pbedropout_frozen', 'none')})"
+    )
+
+    ablations = []
+    for key, what in (("pbedropout_beta0", f"Gibbs coupling (β={_PB_DEFAULTS['beta']} vs 0)"),
+                      ("pbedropout_g0",
+                       f"genetic refinement (G={_PB_DEFAULTS['generations']} vs 0)")):
+        d = pb["mean"] - s[key]["mean"]
+        sp = max(pb["std"], s[key]["std"])
+        ablations.append({
+            "claim": what, "held": d > 0, "difference": d, "spread": sp,
+            "line": f"Ablation, what the {what} adds: {d:+.3f} "
+                    f"(PB-EDropout {_ms(pb)} vs {_ms(s[key])}; "
+                    f"{'outside' if abs(d) > sp else 'within'} one std ({sp:.3f}); "
+                    f"{_wins(raw, 'pbedropout', key)})",
+        })
+    return [
+        {"claim": "PB-EDropout beats standard dropout", "held": held, "difference": diff,
+         "spread": spread, "compared_with": best, "line": beats},
+        {"claim": "frozen masks still effective", "held": held_frozen,
+         "difference_vs_pbedropout": d_pb, "difference_vs_none": d_none,
+         "spread": spread_pb, "line": frozen},
+        *ablations,
+    ]
+
+
+def markdown(summary: dict[str, dict[str, float]], raw: dict[str, dict[str, list]],
+             table: list[dict[str, Any]], found: list[dict[str, Any]], header: str) -> str:
+    lines = [header, "",
+             "| regulariser | test accuracy | Δ vs none | Δ vs Dropout2d | per seed | s / run |",
+             "|---|---:|---:|---:|---|---:|"]
+    for r in table:
+        s = summary[r["key"]]
+        seeds = ", ".join(f"{a:.3f}" for a in raw[r["key"]]["accuracy"])
+        lines.append(f"| {r['label']} | {_ms(s)} | {s['diff_none']:+.3f} ± "
+                     f"{s['diff_none_std']:.3f} | {s['diff_dropout2d']:+.3f} ± "
+                     f"{s['diff_dropout2d_std']:.3f} | {seeds} | {s['seconds_mean']:.0f} |")
+    lines += ["", "Δ: mean ± std of the per-seed differences (a seed's rows share their "
+                  "data split and initialisation). s / run: wall seconds per training run.",
+              ""]
+    lines.extend(f"- {c['line']}" for c in found)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="experiments.QUICK sizes (1 epoch), 2 seeds; writes nothing "
+                             "unless --json/--md")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="default 0 1 2 (0 1 with --quick)")
+    parser.add_argument("--p", type=float, default=0.1, help="drop rate of every kind")
+    parser.add_argument("--num-train", type=int, default=None,
+                        help=f"training images (default {DEFAULT_BUDGET.num_train}, "
+                             f"{ex.QUICK.num_train} with --quick)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=f"epochs (default {DEFAULT_BUDGET.epochs}, "
+                             f"{ex.QUICK.epochs} with --quick)")
+    parser.add_argument("--json", metavar="PATH", default=None, help="write the numbers here")
+    parser.add_argument("--md", metavar="PATH", default=None, help="write the markdown here")
+    parser.add_argument("--from-json", metavar="PATH", default=None,
+                        help="train nothing: rebuild the table and claims from the raw "
+                             "numbers of an earlier --json (writes only --json/--md)")
+    args = parser.parse_args()
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    logging.getLogger("lightning").setLevel(logging.WARNING)
+    budget = ex.QUICK if args.quick else DEFAULT_BUDGET
+    if args.num_train is not None:
+        budget = replace(budget, num_train=args.num_train)
+    if args.epochs is not None:
+        budget = replace(budget, epochs=args.epochs)
+    seeds = args.seeds if args.seeds is not None else ([0, 1] if args.quick else [0, 1, 2])
+    p, quick, run_machine = args.p, args.quick, machine()
+    json_path, md_path = args.json, args.md
+    if not (quick or args.from_json) and json_path is None and md_path is None:
+        json_path = str(HERE / "results" / "pbedropout.json")
+        md_path = str(HERE / "results" / "pbedropout.md")
+
+    if args.from_json:
+        old = json.loads(Path(args.from_json).read_text())
+        budget, seeds, p = ex.Budget(**old["budget"]), old["seeds"], old["p"]
+        raw, wall, quick, run_machine = old["raw"], old["wall_seconds"], old["quick"], \
+            old["machine"]
+    else:
+        start = time.perf_counter()
+        raw = run_all(budget, seeds, p)
+        wall = time.perf_counter() - start
+    table = rows(budget.epochs)
+    summary = summarise(raw)
+    found = claims(summary, raw, budget.epochs // 2)
+    header = (f"PB-EDropout vs dropout baselines, shallow_cnn, cluttered digits: "
+              f"{budget.num_train} training / {budget.num_test} test images, "
+              f"{budget.epochs} epochs, p = {p}, seeds {seeds} "
+              f"(mean ± std over seeds); total {wall / 60:.1f} min"
+              f"{' (--quick)' if quick else ''}")
+    md = markdown(summary, raw, table, found, header)
+    print(md)
+    if md_path:
+        Path(md_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(md_path).write_text(md + "\n")
+        print(f"wrote {md_path}")
+    write_json(json_path, {
+        "machine": run_machine,
+        "quick": quick,
+        "budget": budget.to_dict(),
+        "seeds": seeds,
+        "p": p,
+        "pbedropout_defaults": {k: v for k, v in _PB_DEFAULTS.items()
+                                if isinstance(v, int | float | str | bool)},
+        "rows": [{k: r[k] for k in ("key", "label", "kind", "kwargs")} for r in table],
+        "raw": raw,
+        "summary": summary,
+        "claims": found,
+        "wall_seconds": wall,
+    })
+
+
+if __name__ == "__main__":
+    main()
