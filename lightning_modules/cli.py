@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -188,18 +187,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quiet_lightning() -> None:
-    for pattern in (".*does not have many workers.*", ".*log_every_n_steps.*",
-                    ".*LeafSpec.*", ".*GPU available but not used.*"):
-        warnings.filterwarnings("ignore", message=pattern)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
 
     from .classifier import ImageClassifier
     from .ersm_callback import ERSMCallback
+    from .experiments import quiet_lightning
     from .pbedropout_callback import PBEDropoutCallback
 
     for flag in ("epochs", "batch_size"):
@@ -237,7 +231,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                               **settings}
     module = ImageClassifier(net, dm.num_classes, lr=args.lr, max_epochs=args.epochs)
     out = _runs.prepare_out(args.out)  # after the settings are checked
-    _quiet_lightning()
+    quiet_lightning()
     trainer = pl.Trainer(
         max_epochs=args.epochs, accelerator=args.accelerator, devices=1, callbacks=callbacks,
         logger=CSVLogger(out, name="logs", version=""),
@@ -245,7 +239,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         enable_model_summary=False, log_every_n_steps=1,
     )  # fmt: skip
     trainer.fit(module, datamodule=dm)
-    trainer.save_checkpoint(out / _runs.CHECKPOINT)
+    trainer.save_checkpoint(out / _runs.CHECKPOINT, weights_only=False)  # + callback states
     tested = trainer.test(module, datamodule=dm, verbose=False)
     spec.update(
         training={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,

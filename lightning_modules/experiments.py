@@ -80,7 +80,8 @@ def datamodule(budget: Budget, seed: int, spurious: bool = False) -> ClutteredDi
     return dm
 
 
-def _quiet() -> None:
+def quiet_lightning() -> None:
+    """Silence Lightning's warnings that do not apply to small CPU runs."""
     for pattern in (".*does not have many workers.*", ".*log_every_n_steps.*",
                     ".*LeafSpec.*", ".*GPU available but not used.*",
                     ".*module\\(s\\) in eval mode.*"):
@@ -94,7 +95,7 @@ def fit(module: ImageClassifier, dm: pl.LightningDataModule, epochs: int, seed: 
 
     With ``log_dir`` the Lightning log goes to ``log_dir/metrics.csv`` (CSVLogger).
     """
-    _quiet()
+    quiet_lightning()
     pl.seed_everything(seed, workers=True, verbose=False)
     logger = False
     if log_dir is not None:
@@ -249,6 +250,7 @@ __all__ = [
     "evaluate_ersm",
     "fit",
     "occlusion",
+    "quiet_lightning",
     "train_baseline",
     "train_ersm_inside",
     "train_frozen_ersm",
