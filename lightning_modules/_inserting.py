@@ -16,6 +16,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from energymask.surgery import insert_after, insertable_names, inserted_layers, output_shapes
@@ -164,6 +165,8 @@ class InsertingCallback(pl.Callback):
                 ) from err
             self._channels = {n: int(self._channel_count(m)) for n, m in self._layers.items()}
             self._layer_names = names
+            kind = type(next(iter(self._layers.values()))).__name__
+            rank_zero_info(f"{type(self).__name__}: inserted {kind} after {', '.join(names)}")
         original = pl_module.on_load_checkpoint
 
         def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 from energymask.ersm import EnergyMask2d
@@ -82,7 +81,6 @@ class ERSMCallback(InsertingCallback):
             return self._add_regularizer(pl_module, out)
 
         self._wrap(pl_module, "training_step", training_step)
-        rank_zero_info(f"ERSMCallback: inserted EnergyMask2d after {', '.join(self._layers)}")
 
     def _add_regularizer(self, pl_module: pl.LightningModule, out: Any) -> Any:
         loss = out.get("loss") if isinstance(out, dict) else out

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from ._inserting import InsertingCallback, override
@@ -75,10 +74,6 @@ class PBEDropoutCallback(InsertingCallback):
     @override
     def make_layer(self, channels: int) -> nn.Module:
         return make_pbedropout(channels, self._settings)
-
-    @override
-    def after_insert(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        rank_zero_info(f"PBEDropoutCallback: inserted PB-EDropout after {', '.join(self._layers)}")
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

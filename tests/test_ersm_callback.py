@@ -248,3 +248,13 @@ def test_ddp_spawn_two_cpu_processes(tmp_path):
     for name in a:
         torch.testing.assert_close(a[name], b[name])
     assert a["features.2.layer.bias"].item() != 0.0  # trained
+
+
+def test_insertion_is_logged_once_over_two_fits(caplog):
+    model, cb = Net(), ERSMCallback("features.2")
+    with caplog.at_level("INFO", logger="pytorch_lightning"):
+        trainer(callbacks=[cb]).fit(model, loader())
+        trainer(callbacks=[cb]).fit(model, loader())  # the layer is already there
+    inserted = [r for r in caplog.records if "inserted" in r.getMessage()]
+    assert [r.getMessage() for r in inserted] == [
+        "ERSMCallback: inserted EnergyMask2d after features.2"]
