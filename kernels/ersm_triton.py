@@ -251,71 +251,117 @@ def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-class _ErsmTokenEnergy(torch.autograd.Function):
-    """(tokens (B, D, h, w), weight (D,), bias () or (h, w)) -> (out, z, keep, U, P)."""
+# Registered as torch.library custom ops (KERNELS.md, "Registering with PyTorch"):
+# a forward op, a backward op and ``register_autograd`` linking them, with fake
+# (meta) implementations, so ``torch.compile(fullgraph=True)`` traces through the
+# layer (the ops stay opaque to Inductor) instead of breaking the graph.
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, lam, gamma, temperature):
-        x = x.contiguous()
-        bsz, d, h, w = x.shape
-        hw = h * w
-        sd = _stat_dtype(x.dtype)
-        weight_c = weight.detach().to(sd).contiguous()
-        bias_c = bias.detach().to(sd).contiguous()
-        r, z, keep, unary, sim, pair = (
-            torch.empty(bsz, h, w, device=x.device, dtype=sd) for _ in range(6)
-        )
-        out = torch.empty_like(x)
-        block_d, block_s = _blocks(d, hw)
-        grid = (bsz, triton.cdiv(hw, block_s))
-        acc = _acc(x.dtype)
-        _norm_fwd[grid](
-            x, weight_c, bias_c, r, z, keep, unary, d, hw, float(lam), 1.0 / float(temperature),
-            BIAS_PER_POS=bias.dim() > 0, ACC=acc, BLOCK_D=block_d, BLOCK_S=block_s,
-        )  # fmt: skip
-        _pair_fwd[grid](
-            x, r, keep, sim, pair, out, d, h, w, hw, float(gamma),
-            ACC=acc, BLOCK_D=block_d, BLOCK_S=block_s,
-        )  # fmt: skip
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, weight_c, r, z, keep, sim)
-        ctx.settings = (float(lam), float(gamma), float(temperature), bias.shape, bias.dtype)
-        ctx.weight_dtype = weight.dtype
-        return out, z, keep, unary, pair
 
-    @staticmethod
-    def backward(ctx, g_out, g_z, g_keep, g_u, g_p):
-        x, weight, r, z, keep, sim = ctx.saved_tensors
-        lam, gamma, temperature, bias_shape, bias_dtype = ctx.settings
-        bsz, d, h, w = x.shape
-        hw = h * w
+@torch.library.custom_op("energymask::ersm_token_energy", mutates_args=())
+def ersm_token_energy(
+    x: Tensor, weight: Tensor, bias: Tensor, lam: float, gamma: float, temperature: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(tokens (B, D, h, w), weight (D,), bias () or (h, w)) -> (out, z, keep, U, P, r, s).
 
-        def token_grad(g: Tensor | None) -> Tensor:
-            return torch.zeros_like(z) if g is None else g.to(z.dtype).contiguous()
+    ``r`` (1 / (‖x_i‖ + eps)) and ``s`` (neighbour similarity) are what backward needs.
+    """
+    x = x.contiguous()
+    bsz, d, h, w = x.shape
+    hw = h * w
+    sd = _stat_dtype(x.dtype)
+    weight_c = weight.detach().to(sd).contiguous()
+    bias_c = bias.detach().to(sd).contiguous()
+    r, z, keep, unary, sim, pair = (
+        torch.empty(bsz, h, w, device=x.device, dtype=sd) for _ in range(6)
+    )
+    out = torch.empty_like(x)
+    block_d, block_s = _blocks(d, hw)
+    grid = (bsz, triton.cdiv(hw, block_s))
+    acc = _acc(x.dtype)
+    _norm_fwd[grid](
+        x, weight_c, bias_c, r, z, keep, unary, d, hw, float(lam), 1.0 / float(temperature),
+        BIAS_PER_POS=bias.dim() > 0, ACC=acc, BLOCK_D=block_d, BLOCK_S=block_s,
+    )  # fmt: skip
+    _pair_fwd[grid](
+        x, r, keep, sim, pair, out, d, h, w, hw, float(gamma),
+        ACC=acc, BLOCK_D=block_d, BLOCK_S=block_s,
+    )  # fmt: skip
+    return out, z, keep, unary, pair, r, sim
 
-        g_z, g_keep, g_u, g_p = (token_grad(g) for g in (g_z, g_keep, g_u, g_p))
-        has_go = g_out is not None
-        g_out = g_out.contiguous() if has_go else x  # dummy pointer when absent
-        gzt = torch.empty_like(z)
-        gs = torch.empty_like(z)
-        block_d, block_s = _blocks(d, hw)
-        n_tiles = triton.cdiv(hw, block_s)
-        grid = (bsz, n_tiles)
-        acc = _acc(x.dtype)
-        _grad_token[grid](
-            x, g_out, z, keep, sim, g_z, g_keep, g_u, g_p, gzt, gs,
-            d, hw, lam, gamma, 1.0 / temperature,
-            HAS_GO=has_go, ACC=acc, BLOCK_D=block_d, BLOCK_S=block_s,
-        )  # fmt: skip
-        dx = torch.empty_like(x)
-        dw_part = torch.empty(bsz, n_tiles, d, device=x.device, dtype=z.dtype)
-        _grad_x[grid](
-            x, g_out, weight, r, keep, gzt, gs, dx, dw_part, d, h, w, hw, n_tiles,
-            HAS_GO=has_go, ACC=acc, BLOCK_D=block_d, BLOCK_S=block_s,
-        )  # fmt: skip
-        dw = dw_part.sum(dim=(0, 1)).to(ctx.weight_dtype)
-        db = gzt.sum(dim=0) if len(bias_shape) > 0 else gzt.sum()
-        return dx, dw, db.reshape(bias_shape).to(bias_dtype), None, None, None
+
+@ersm_token_energy.register_fake
+def _(x, weight, bias, lam, gamma, temperature):
+    bsz, _, h, w = x.shape
+    stats = [x.new_empty(bsz, h, w, dtype=_stat_dtype(x.dtype)) for _ in range(6)]
+    z, keep, unary, pair, r, sim = stats
+    return torch.empty_like(x, memory_format=torch.contiguous_format), z, keep, unary, pair, r, sim
+
+
+@torch.library.custom_op("energymask::ersm_token_energy_backward", mutates_args=())
+def ersm_token_energy_backward(
+    x: Tensor, weight: Tensor, r: Tensor, z: Tensor, keep: Tensor, sim: Tensor,
+    g_out: Tensor | None, g_z: Tensor, g_keep: Tensor, g_u: Tensor, g_p: Tensor,
+    lam: float, gamma: float, temperature: float, per_position: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (dx, dw, db) of :func:`ersm_token_energy`; dw and db in float32/64."""  # fmt: skip
+    x = x.contiguous()
+    weight = weight.detach().to(z.dtype).contiguous()
+    bsz, d, h, w = x.shape
+    hw = h * w
+    g_z, g_keep, g_u, g_p = (g.to(z.dtype).contiguous() for g in (g_z, g_keep, g_u, g_p))
+    has_go = g_out is not None
+    g_out = g_out.contiguous() if has_go else x  # dummy pointer when absent
+    gzt = torch.empty_like(z)
+    gs = torch.empty_like(z)
+    block_d, block_s = _blocks(d, hw)
+    n_tiles = triton.cdiv(hw, block_s)
+    grid = (bsz, n_tiles)
+    acc = _acc(x.dtype)
+    _grad_token[grid](
+        x, g_out, z, keep, sim, g_z, g_keep, g_u, g_p, gzt, gs,
+        d, hw, lam, gamma, 1.0 / temperature,
+        HAS_GO=has_go, ACC=acc, BLOCK_D=block_d, BLOCK_S=block_s,
+    )  # fmt: skip
+    dx = torch.empty_like(x)
+    dw_part = torch.empty(bsz, n_tiles, d, device=x.device, dtype=z.dtype)
+    _grad_x[grid](
+        x, g_out, weight, r, keep, gzt, gs, dx, dw_part, d, h, w, hw, n_tiles,
+        HAS_GO=has_go, ACC=acc, BLOCK_D=block_d, BLOCK_S=block_s,
+    )  # fmt: skip
+    db = gzt.sum(dim=0) if per_position else gzt.sum()
+    return dx, dw_part.sum(dim=(0, 1)), db
+
+
+@ersm_token_energy_backward.register_fake
+def _(x, weight, r, z, keep, sim, g_out, g_z, g_keep, g_u, g_p, lam, gamma, temperature,
+      per_position):
+    db = z.new_empty(z.shape[1:]) if per_position else z.new_empty(())
+    return torch.empty_like(x, memory_format=torch.contiguous_format), z.new_empty(x.shape[1]), db
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, bias, lam, gamma, temperature = inputs
+    _, z, keep, _, _, r, sim = output
+    ctx.save_for_backward(x, weight, r, z, keep, sim)
+    ctx.settings = (float(lam), float(gamma), float(temperature))
+    ctx.bias_meta = (bias.dim() > 0, bias.shape, bias.dtype)
+
+
+def _backward(ctx, g_out, g_z, g_keep, g_u, g_p, _g_r, _g_sim):
+    x, weight, r, z, keep, sim = ctx.saved_tensors
+    per_position, bias_shape, bias_dtype = ctx.bias_meta
+
+    def token_grad(g: Tensor | None) -> Tensor:
+        return torch.zeros_like(z) if g is None else g
+
+    dx, dw, db = ersm_token_energy_backward(
+        x, weight, r, z, keep, sim, g_out, token_grad(g_z), token_grad(g_keep),
+        token_grad(g_u), token_grad(g_p), *ctx.settings, per_position,
+    )  # fmt: skip
+    return dx, dw.to(weight.dtype), db.reshape(bias_shape).to(bias_dtype), None, None, None
+
+
+ersm_token_energy.register_autograd(_backward, setup_context=_setup_context)
 
 
 def ersm_energy(
@@ -331,8 +377,8 @@ def ersm_energy(
     from .reference import ErsmEnergy
 
     tokens = F.pixel_unshuffle(x, token_size) if token_size > 1 else x
-    out, z, keep, unary, pair = _ErsmTokenEnergy.apply(
-        tokens, weight, bias, lam, gamma, temperature
+    out, z, keep, unary, pair, _, _ = ersm_token_energy(
+        tokens, weight, bias, float(lam), float(gamma), float(temperature)
     )
     if token_size > 1:
         out = F.pixel_shuffle(out, token_size)

@@ -116,3 +116,53 @@ def test_tiled_launch_matches_reference(monkeypatch, blocks):
     got, got_grads = run(ersm_triton.ersm_energy, x, weight, bias, 1, upstream)
     for g, e in zip(got + got_grads, want + want_grads, strict=True):
         torch.testing.assert_close(g, e, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("per_position", [False, True])
+def test_custom_ops_pass_opcheck(per_position):
+    x, weight, bias = inputs((2, 3, 4, 5, 1), torch.float32, per_position)
+    args = (x, weight, bias, 0.5, 0.8, 1.3)
+    torch.library.opcheck(ersm_triton.ersm_token_energy, args)
+    with torch.no_grad():
+        out, z, keep, _, _, r, sim = ersm_triton.ersm_token_energy(*args)
+    grads = [torch.randn_like(t) for t in (out, z, z, z, z)]
+    backward_args = (x.detach(), weight.detach(), r, z, keep, sim, *grads,
+                     0.5, 0.8, 1.3, per_position)  # fmt: skip
+    torch.library.opcheck(ersm_triton.ersm_token_energy_backward, backward_args)
+
+
+def test_compiles_without_graph_breaks():
+    x, weight, bias = inputs((2, 3, 4, 6, 2), torch.float32, per_position=False)
+
+    def loss(x, weight, bias):
+        res = ersm_triton.ersm_energy(x, weight, bias, 2, 0.5, 0.8, 1.3)
+        return res.output.sum() + (res.keep * (res.unary + res.pairwise)).mean()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    got = compiled(x, weight, bias)
+    got_grads = torch.autograd.grad(got, (x, weight, bias))
+    want = loss(x, weight, bias)
+    want_grads = torch.autograd.grad(want, (x, weight, bias))
+    torch.testing.assert_close(got, want)
+    for g, e in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, e)
+
+
+def test_layer_on_triton_backend_compiles_without_graph_breaks():
+    from energymask import EnergyMask2d
+    from energymask.kernels import use_backend
+
+    torch.manual_seed(0)
+    layer = EnergyMask2d(3, bias_init=0.0, check_finite=False)  # the check is data-dependent
+    x = torch.randn(2, 3, 5, 4, requires_grad=True)
+
+    def loss(x):
+        return layer(x).sum() + layer.pop_regularizer()
+
+    with use_backend("triton"):
+        got = torch.compile(loss, fullgraph=True, backend="aot_eager")(x)
+        (got_dx,) = torch.autograd.grad(got, x)
+    want = loss(x)  # reference backend, eager
+    (want_dx,) = torch.autograd.grad(want, x)
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
+    torch.testing.assert_close(got_dx, want_dx, **TOL[torch.float32])
