@@ -85,9 +85,12 @@ def _blocks(n_planes: int, hw: int) -> tuple[int, int]:
     return block_p, block
 
 
-def population_energy(masks: Tensor, unary: Tensor, beta: float) -> Tensor:
-    """Triton version of the reference ``population_energy``: (K, B, C) float32."""
-    _check(masks, unary)
+# torch.library custom ops with fake implementations, so torch.compile traces
+# through them (opaque to Inductor); the checks stay in the Python wrappers.
+
+
+@torch.library.custom_op("energymask::population_energy", mutates_args=())
+def _population_energy_op(masks: Tensor, unary: Tensor, beta: float) -> Tensor:
     k, b, c, h, w = masks.shape
     m = masks.float().contiguous()
     u = unary.contiguous()
@@ -100,11 +103,15 @@ def population_energy(masks: Tensor, unary: Tensor, beta: float) -> Tensor:
     return energy
 
 
-def gibbs_sweep(
+@_population_energy_op.register_fake
+def _(masks, unary, beta):
+    return masks.new_empty(masks.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("energymask::gibbs_sweep", mutates_args=())
+def _gibbs_sweep_op(
     masks: Tensor, unary: Tensor, beta: float, temperature: float, parity: int, seed: int
 ) -> Tensor:
-    """Triton version of the reference ``gibbs_sweep``: new float32 masks (K, B, C, h, w)."""
-    _check(masks, unary)
     k, b, c, h, w = masks.shape
     m = masks.float().contiguous()
     u = unary.contiguous()
@@ -116,3 +123,22 @@ def gibbs_sweep(
         BLOCK_P=block_p, BLOCK=block,
     )  # fmt: skip
     return out
+
+
+@_gibbs_sweep_op.register_fake
+def _(masks, unary, beta, temperature, parity, seed):
+    return masks.new_empty(masks.shape, dtype=torch.float32)
+
+
+def population_energy(masks: Tensor, unary: Tensor, beta: float) -> Tensor:
+    """Triton version of the reference ``population_energy``: (K, B, C) float32."""
+    _check(masks, unary)
+    return _population_energy_op(masks, unary, float(beta))
+
+
+def gibbs_sweep(
+    masks: Tensor, unary: Tensor, beta: float, temperature: float, parity: int, seed: int
+) -> Tensor:
+    """Triton version of the reference ``gibbs_sweep``: new float32 masks (K, B, C, h, w)."""
+    _check(masks, unary)
+    return _gibbs_sweep_op(masks, unary, float(beta), float(temperature), int(parity), int(seed))

@@ -63,3 +63,21 @@ def test_gibbs_sweep_samples_boltzmann(boltzmann_pvalue):
         potts.gibbs_sweep, UNARY_3X3, 0.5, 1.0, chains=20000, sweeps=10, seed=0
     )
     assert pvalue > 1e-3
+
+
+def test_custom_ops_pass_opcheck_and_compile_without_graph_breaks():
+    gen = torch.Generator().manual_seed(0)
+    masks = (torch.rand(3, 2, 2, 4, 5, generator=gen) < 0.5).float()
+    unary = torch.randn(2, 2, 4, 5, generator=gen)
+    torch.library.opcheck(potts._population_energy_op, (masks, unary, 0.3))
+    torch.library.opcheck(potts._gibbs_sweep_op, (masks, unary, 0.3, 0.7, 1, 11))
+
+    def step(masks, unary):
+        swept = potts.gibbs_sweep(potts.gibbs_sweep(masks, unary, 0.3, 0.7, 0, 5),
+                                  unary, 0.3, 0.7, 1, 6)
+        return swept, potts.population_energy(swept, unary, 0.3)
+
+    got = torch.compile(step, fullgraph=True, backend="aot_eager")(masks, unary)
+    want = step(masks, unary)
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g, e)
