@@ -20,6 +20,7 @@ Models (cluttered digits, 64x64, 10 classes):
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -52,7 +53,12 @@ OCCLUSION_FRACTIONS = (0.0, 0.1, 0.25, 0.5)
 
 @dataclass(frozen=True)
 class Budget:
-    """Data sizes and epochs of one experiment (defaults: minutes on 2 CPU cores)."""
+    """Data sizes and epochs of one experiment (defaults: minutes on 2 CPU cores).
+
+    ``epochs`` trains from scratch, ``ersm_epochs`` the frozen protocol's stage 2;
+    the deletion test uses the first ``deletion_samples`` test images and
+    ``deletion_steps`` evenly spaced token counts.
+    """
 
     num_train: int = 3000
     num_val: int = 500
@@ -125,8 +131,6 @@ def train_frozen_ersm(baseline: Classifier, dm, budget: Budget, seed: int,
                       progress: bool = True, **ersm_kwargs: Any
                       ) -> tuple[FrozenBackboneClassifier, float]:
     """Stage 2 of the authors' protocol on a copy of ``baseline``'s backbone and head."""
-    import copy
-
     torch.manual_seed(seed)
     backbone, head = copy.deepcopy(baseline.backbone), copy.deepcopy(baseline.head)
     module = FrozenBackboneERSM(backbone, backbone.out_channels, dm.num_classes, head=head,
