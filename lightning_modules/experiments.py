@@ -78,10 +78,16 @@ QUICK = Budget(num_train=256, num_val=64, num_test=128, epochs=1, ersm_epochs=1,
                deletion_steps=5, deletion_samples=64)  # fmt: skip
 
 
-def datamodule(budget: Budget, seed: int, spurious: bool = False) -> ClutteredDigitsDataModule:
-    """Cluttered digits of ``budget``'s sizes; splits depend on ``seed`` only."""
+def datamodule(budget: Budget, seed: int, spurious: bool = False,
+               spurious_strength: float = 0.9) -> ClutteredDigitsDataModule:
+    """Cluttered digits of ``budget``'s sizes; splits depend on ``seed`` only.
+
+    ``spurious``: backgrounds tied to the class with probability
+    ``spurious_strength`` in train and val, shuffled in test.
+    """
     dm = ClutteredDigitsDataModule(budget.num_train, budget.num_val, budget.num_test,
-                                   spurious=spurious, seed=seed, batch_size=budget.batch_size)
+                                   spurious=spurious, spurious_strength=spurious_strength,
+                                   seed=seed, batch_size=budget.batch_size)
     dm.setup()
     return dm
 
