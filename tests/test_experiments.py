@@ -112,3 +112,10 @@ def test_occlusion_side_by_side(baseline, dm):
     for table in out.values():
         assert table["a"] == table["b"] and len(table["a"]) == len(ex.OCCLUSION_FRACTIONS)
     assert out["random"]["a"][0] == pytest.approx(ex.accuracy(baseline[0], ex.eval_loader(dm)))
+
+
+def test_spurious_datamodule_passes_its_strength():
+    dm = ex.datamodule(TINY, seed=0, spurious=True, spurious_strength=0.5)
+    assert dm.spurious and dm.spurious_strength == 0.5
+    with pytest.raises(ValueError, match="spurious_strength"):
+        ex.datamodule(TINY, seed=0, spurious=True, spurious_strength=1.5)
