@@ -14,7 +14,9 @@ it held, computed from the numbers.
     python benchmarks/results_ersm.py --quick    # tiny data, 1 seed, about a minute
 
 Writes benchmarks/results/ersm.{json,md} by default (``--json``/``--md`` move them;
-``--quick`` writes only where asked).
+``--quick`` writes only where asked). Seeded runs repeat exactly at the same torch
+thread count (recorded in the JSON); CPU reductions in another order (1 vs 2
+threads) move single accuracies by up to ~0.01.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from _timing import machine
 
 from energymask.lightning_modules import experiments as ex
 
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json = args.json or RESULTS / "ersm.json"
         args.md = args.md or RESULTS / "ersm.md"
     start = time.perf_counter()
-    results = {"budget": budget.to_dict(), "seeds": seeds,
+    results = {"machine": machine(), "budget": budget.to_dict(), "seeds": seeds,
                "spurious_strength": args.spurious_strength,
                "variants": {k: {"recipe": r, **s} for k, (r, s) in VARIANTS.items()},
                "clean": [], "spurious": []}
