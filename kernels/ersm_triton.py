@@ -342,6 +342,7 @@ def _(x, weight, r, z, keep, sim, g_out, g_z, g_keep, g_u, g_p, lam, gamma, temp
 def _setup_context(ctx, inputs, output) -> None:
     x, weight, bias, lam, gamma, temperature = inputs
     _, z, keep, _, _, r, sim = output
+    ctx.set_materialize_grads(False)  # an unused output's grad stays None, not a zero tensor
     ctx.save_for_backward(x, weight, r, z, keep, sim)
     ctx.settings = (float(lam), float(gamma), float(temperature))
     ctx.bias_meta = (bias.dim() > 0, bias.shape, bias.dtype)
