@@ -66,9 +66,11 @@ def run_seed(budget: ex.Budget, seed: int, spurious: float | None, full_eval: bo
             model, acc = ex.train_frozen_ersm(baseline, dm, budget, seed, False, **settings)
         else:
             model, acc = ex.train_ersm_inside(dm, budget, seed, progress=False, **settings)
-        row = {"accuracy": acc, "masks": ex.ersm_mask_scores(model, ex.eval_loader(dm))}
-        if full_eval:
+        row = {"accuracy": acc}
+        if full_eval:  # masks and deletion
             row.update(ex.evaluate_ersm(model, dm, budget, seed, progress=False))
+        else:
+            row["masks"] = ex.ersm_mask_scores(model, ex.eval_loader(dm))
         row["seconds"] = time.perf_counter() - t
         out[name], models[name] = row, model
         _log(f"  seed {seed} {'clean' if spurious is None else 'spurious'} {name}: "
