@@ -3,7 +3,7 @@
 For each seed, on cluttered digits and on its spurious-background variant
 (class-correlated backgrounds in train, shuffled in test), trains the baseline
 ``small_cnn`` and the ERSM models of :data:`VARIANTS` with the recipes of
-``energymask.lightning_modules.experiments`` (the ones ``energymask demo`` uses),
+``energymask.lightning_modules.app.recipes`` (the ones ``energymask demo`` uses),
 and measures test accuracy, keep ratio, hard sparsity, mask-object IoU,
 pointing game, deletion AUC per ordering (energy, magnitude, random, Grad-CAM,
 FeatureAblation) and accuracy under random structured occlusion. Prints a
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from _timing import machine
 
-from energymask.lightning_modules import experiments as ex
+from energymask.lightning_modules.app import recipes as ex
 
 RESULTS = Path(__file__).parent / "results"
 FRACTIONS = (0.1, 0.25, 0.5)

@@ -49,7 +49,7 @@ from typing import Any
 
 from _timing import machine, write_json
 
-from energymask.lightning_modules import experiments as ex
+from energymask.lightning_modules.app import recipes as ex
 from energymask.pbedropout import PBEDropout2d
 
 HERE = Path(__file__).resolve().parent

@@ -16,6 +16,8 @@ Masking", IJCAI 2026, https://arxiv.org/abs/2604.06893. Maths in DESIGN.md §3:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -88,6 +90,7 @@ def energy_mask_2d(
     forced_mask: Tensor | None = None,
     hard: bool = False,
     check_finite: bool = True,
+    forced_soft: bool = False,
 ) -> EnergyMaskOutput:
     """Functional ERSM layer.
 
@@ -103,6 +106,9 @@ def energy_mask_2d(
             replaces the keep map, as in the deletion test.
         hard: replace keep by 1[keep ≥ 0.5] (inference with real sparsity).
         check_finite: raise on NaN/Inf features (one device sync). Default: True.
+        forced_soft: with ``forced_mask``, keep = soft keep × forced_mask (deleted
+            tokens go to 0, the rest keep their soft values) instead of the
+            binary mask itself. Default: False (the authors' deletion protocol).
 
     Returns:
         :class:`EnergyMaskOutput`. The regulariser is computed from the soft
@@ -120,7 +126,7 @@ def energy_mask_2d(
         return EnergyMaskOutput(
             res.output, res.keep, res.logits, res.unary, res.pairwise, energy, regularizer
         )
-    keep = _replace_keep(res.keep, forced_mask, hard)
+    keep = _replace_keep(res.keep, forced_mask, hard, forced_soft)
     output = x * expand_tokens(keep, token_size).to(x.dtype)
     return EnergyMaskOutput(output, keep, res.logits, res.unary, res.pairwise, energy, regularizer)
 
@@ -146,9 +152,12 @@ def _check_call(
         )
 
 
-def _replace_keep(keep: Tensor, forced_mask: Tensor | None, hard: bool) -> Tensor:
+def _replace_keep(
+    keep: Tensor, forced_mask: Tensor | None, hard: bool, forced_soft: bool = False
+) -> Tensor:
     if forced_mask is not None:
-        return _check_forced_mask(forced_mask, tuple(keep.shape)).to(keep.dtype)
+        mask = _check_forced_mask(forced_mask, tuple(keep.shape)).to(keep.dtype)
+        return keep * mask if forced_soft else mask
     if hard:
         return (keep >= 0.5).to(keep.dtype)
     return keep
@@ -174,6 +183,7 @@ def energy_mask_2d_inference(
     forced_mask: Tensor | None = None,
     hard: bool = False,
     check_finite: bool = True,
+    forced_soft: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The masked output without energies or regulariser: ``(output, keep, logits)``.
 
@@ -183,7 +193,7 @@ def energy_mask_2d_inference(
     logits = token_logits(x, weight, bias, token_size)
     if check_finite:
         _check_finite(logits)
-    keep = _replace_keep(torch.sigmoid(-logits / temperature), forced_mask, hard)
+    keep = _replace_keep(torch.sigmoid(-logits / temperature), forced_mask, hard, forced_soft)
     return x * expand_tokens(keep, token_size).to(x.dtype), keep, logits
 
 
@@ -252,6 +262,7 @@ class EnergyMask2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(dim).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.full(self.grid_size or (), float(bias_init)))
         self.forced_mask: Tensor | None = None
+        self.forced_soft = False
         self.regularizer: Tensor | None = None
         self.last_keep: Tensor | None = None
         self.last_logits: Tensor | None = None
@@ -263,6 +274,7 @@ class EnergyMask2d(nn.Module):
             token_size=self.token_size,
             temperature=self.temperature,
             forced_mask=self.forced_mask,
+            forced_soft=self.forced_soft,
             check_finite=self.check_finite,
         )
         if not self.training:
@@ -327,6 +339,23 @@ class EnergyMask2d(nn.Module):
             f"temperature={self.temperature}, eta={self.eta}, {bias}, "
             f"hard_inference={self.hard_inference}"
         )
+
+
+@contextmanager
+def forcing(layer: EnergyMask2d, mask: Tensor | None, soft: bool = False) -> Iterator[EnergyMask2d]:
+    """Force ``layer``'s mask inside a ``with`` block; the previous forcing comes back after it.
+
+    ``mask``: binary (B, h, w), 1 keep, 0 delete, or None (no forcing). With
+    ``soft=False`` the keep map is the mask itself (the authors' deletion
+    protocol); with ``soft=True`` it is the layer's own soft keep map times the
+    mask (deleted tokens go to 0, the others keep their soft values).
+    """
+    saved = layer.forced_mask, layer.forced_soft
+    layer.forced_mask, layer.forced_soft = mask, soft
+    try:
+        yield layer
+    finally:
+        layer.forced_mask, layer.forced_soft = saved
 
 
 def energy_mask_layers(model: nn.Module) -> dict[str, EnergyMask2d]:

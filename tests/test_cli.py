@@ -12,8 +12,8 @@ import pytest
 import torch
 from test_datamodules import write_cifar, write_image_tree
 
-from energymask.lightning_modules import cli
-from energymask.lightning_modules.cli import main
+from energymask.lightning_modules.app import cli
+from energymask.lightning_modules.app.cli import main
 
 TINY = ["--num-train", "48", "--num-val", "16", "--num-test", "16", "--epochs", "1",
         "--batch-size", "16", "--no-progress", "--accelerator", "cpu"]
@@ -74,10 +74,10 @@ def test_usage_errors_exit_2(argv, message, capsys):
 
 def test_demo_passes_arguments(tmp_path, monkeypatch, capsys):
     calls = []
-    fake = types.ModuleType("energymask.lightning_modules.demo")
+    fake = types.ModuleType("energymask.lightning_modules.app.demo")
     fake.run_demo = lambda out_dir, quick=False, seed=0, progress=True: calls.append(
         (out_dir, quick, seed, progress)) or {}
-    monkeypatch.setitem(sys.modules, "energymask.lightning_modules.demo", fake)
+    monkeypatch.setitem(sys.modules, "energymask.lightning_modules.app.demo", fake)
     assert main(["demo", "--out", str(tmp_path / "d"), "--quick", "--seed", "3",
                  "--no-progress"]) == 0
     assert calls == [(tmp_path / "d", True, 3, False)]

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from energymask.lightning_modules import demo
-from energymask.lightning_modules import experiments as ex
+from energymask.lightning_modules.app import demo
+from energymask.lightning_modules.app import recipes as ex
 
 
 @pytest.fixture(scope="module")

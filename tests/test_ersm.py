@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from energymask import EnergyMask2d, collect_regularizer, energy_mask_2d, energy_mask_layers
+from energymask.ersm import forcing
 
 
 def loop_reference(x, weight, bias, p, lam, gamma, temperature):
@@ -234,3 +235,24 @@ def test_bad_channels():
 def test_functional_temperature_error():
     with pytest.raises(ValueError, match="temperature must be > 0"):
         energy_mask_2d(torch.randn(1, 1, 2, 2), torch.ones(1), torch.tensor(0.0), temperature=-1)
+
+
+def test_forcing_binary_soft_and_restored():
+    torch.manual_seed(0)
+    layer = EnergyMask2d(4, bias_init=0.0).eval()
+    x = torch.randn(2, 4, 3, 3)
+    layer(x)
+    soft = layer.last_keep.clone()
+    mask = torch.ones(2, 3, 3)
+    mask[:, 0, 0] = 0
+    with forcing(layer, mask):
+        out = layer(x)
+        assert torch.equal(layer.last_keep, mask)
+        assert torch.equal(out, x * mask[:, None])
+    with forcing(layer, mask, soft=True):
+        layer(x)
+        assert torch.equal(layer.last_keep, soft * mask)
+    assert layer.forced_mask is None and layer.forced_soft is False
+    with pytest.raises(RuntimeError, match="boom"), forcing(layer, mask):
+        raise RuntimeError("boom")
+    assert layer.forced_mask is None

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from energymask.lightning_modules import _runs
+from energymask.lightning_modules.app import runs as _runs
 from energymask.lightning_modules.datamodules import ClutteredDigitsDataModule
 from energymask.models import Classifier
 

@@ -1,6 +1,6 @@
 """``energymask demo``: everything the project does, on cluttered digits, in minutes on a CPU.
 
-Trains (recipes of :mod:`energymask.lightning_modules.experiments`):
+Trains (recipes of :mod:`energymask.lightning_modules.app.recipes`):
 
 1. a baseline ``small_cnn``;
 2. the authors' frozen-backbone protocol: ERSM on the baseline's frozen features;
@@ -37,7 +37,7 @@ from energymask.viz import (
     plot_training_log,
 )
 
-from . import experiments as ex
+from . import recipes as ex
 
 #: ERSM settings of the demo: the authors' λ, γ, T; bias 0 starts the masks half
 #: open (the authors' bias 6 keeps them uniformly near-closed on this data, see

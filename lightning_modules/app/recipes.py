@@ -41,10 +41,10 @@ from energymask.models import Classifier, FrozenBackboneClassifier, shallow_cnn,
 from energymask.occlusion import occlusion_robustness
 from energymask.surgery import insert_after
 
-from .classifier import FrozenBackboneERSM, ImageClassifier
-from .datamodules import ClutteredDigitsDataModule
-from .ersm_callback import ERSMCallback
-from .pbedropout_callback import PBEDropoutCallback
+from ..classifier import FrozenBackboneERSM, ImageClassifier
+from ..datamodules import ClutteredDigitsDataModule
+from ..ersm_callback import ERSMCallback
+from ..pbedropout_callback import PBEDropoutCallback
 
 REGULARISERS = ("none", "dropout", "dropout2d", "dropblock", "pbedropout")
 ORDERINGS = ("energy", "magnitude", "random", "gradcam", "feature_ablation")

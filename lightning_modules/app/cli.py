@@ -1,7 +1,7 @@
 """The ``energymask`` command line: ``demo``, ``train``, ``evaluate``, ``plot``.
 
 Installed as ``energymask`` (``python -m energymask`` too); ``--help`` on every
-command. ``train`` writes a run folder (see :mod:`energymask.lightning_modules._runs`),
+command. ``train`` writes a run folder (see :mod:`energymask.lightning_modules.app.runs`),
 ``evaluate`` adds ``evaluation.json`` to it, ``plot`` draws ``figures/*.png`` from it.
 
 Expected errors (bad data folder, output folder not writable, a folder or
@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from energymask.ersm import EnergyMask2d, energy_mask_layers
 from energymask.pbedropout import PBEDropout2d
 
-from . import _runs
+from . import runs as _runs
 
 ORDERINGS_ALWAYS = ("energy", "magnitude", "random")
 ORDERINGS_EXTRA = {"gradcam": "gradcam", "ablation": "feature_ablation",
@@ -179,7 +179,7 @@ def _version() -> str:
 # -- commands ----------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from energymask.lightning_modules.demo import run_demo
+    from energymask.lightning_modules.app.demo import run_demo
 
     out = _runs.prepare_out(args.out)
     run_demo(out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
@@ -191,10 +191,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
 
-    from .classifier import ImageClassifier
-    from .ersm_callback import ERSMCallback
-    from .experiments import quiet_lightning
-    from .pbedropout_callback import PBEDropoutCallback
+    from ..classifier import ImageClassifier
+    from ..ersm_callback import ERSMCallback
+    from ..pbedropout_callback import PBEDropoutCallback
+    from .recipes import quiet_lightning
 
     for flag in ("epochs", "batch_size"):
         if getattr(args, flag) < 1:

@@ -27,9 +27,9 @@ from torch import nn
 from energymask.models import Classifier, shallow_cnn, small_cnn
 from energymask.surgery import insertable_names
 
-from .checkpoint import load_for_inference
-from .classifier import ImageClassifier
-from .datamodules import CIFAR10DataModule, ClutteredDigitsDataModule, ImageFolderDataModule
+from ..checkpoint import load_for_inference
+from ..classifier import ImageClassifier
+from ..datamodules import CIFAR10DataModule, ClutteredDigitsDataModule, ImageFolderDataModule
 
 FORMAT = "energymask-run/1"
 RUN_FILE = "run.json"

@@ -4,7 +4,7 @@ from torch import nn
 
 from energymask.dropblock import DropBlock2d
 from energymask.ersm import EnergyMask2d, energy_mask_layers
-from energymask.lightning_modules import experiments as ex
+from energymask.lightning_modules.app import recipes as ex
 from energymask.pbedropout import PBEDropout2d
 
 TINY = ex.Budget(num_train=64, num_val=32, num_test=32, epochs=1, ersm_epochs=1,
