@@ -2,9 +2,10 @@
 
 ``energymask demo`` and ``benchmarks/results_*.py`` are built from these, so the
 demo's numbers and the results tables come from the same code. Every recipe
-trains with a Lightning ``Trainer`` on CPU (the callbacks are the product's own
-path), is seeded, and returns the trained ``nn.Module`` in eval mode together
-with its test accuracy.
+trains with the application's one ``Trainer`` builder
+(:func:`~energymask.lightning_modules.app.trainer.build_trainer`, on CPU; the
+callbacks are the product's own path), is seeded, and returns the trained
+``nn.Module`` in eval mode together with its test accuracy.
 
 Models (cluttered digits, 64x64, 10 classes):
 
@@ -21,7 +22,6 @@ Models (cluttered digits, 64x64, 10 classes):
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +29,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -45,6 +44,8 @@ from ..classifier import FrozenBackboneERSM, ImageClassifier
 from ..datamodules import ClutteredDigitsDataModule
 from ..ersm_callback import ERSMCallback
 from ..pbedropout_callback import PBEDropoutCallback
+from .settings import ERSM_SETTINGS
+from .trainer import build_trainer
 
 REGULARISERS = ("none", "dropout", "dropout2d", "dropblock", "pbedropout")
 ORDERINGS = ("energy", "magnitude", "random", "gradcam", "feature_ablation")
@@ -92,14 +93,6 @@ def datamodule(budget: Budget, seed: int, spurious: bool = False,
     return dm
 
 
-def quiet_lightning() -> None:
-    """Silence Lightning's warnings that do not apply to small CPU runs."""
-    for pattern in (".*does not have many workers.*", ".*log_every_n_steps.*",
-                    ".*LeafSpec.*", ".*GPU available but not used.*",
-                    ".*module\\(s\\) in eval mode.*"):
-        warnings.filterwarnings("ignore", message=pattern)
-
-
 def fit(module: ImageClassifier, dm: pl.LightningDataModule, epochs: int, seed: int,
         callbacks: Sequence[pl.Callback] = (), progress: bool = True,
         log_dir: Path | None = None) -> float:
@@ -107,16 +100,8 @@ def fit(module: ImageClassifier, dm: pl.LightningDataModule, epochs: int, seed: 
 
     With ``log_dir`` the Lightning log goes to ``log_dir/metrics.csv`` (CSVLogger).
     """
-    quiet_lightning()
     pl.seed_everything(seed, workers=True, verbose=False)
-    logger = False
-    if log_dir is not None:
-        logger = CSVLogger(log_dir.parent, name=log_dir.name, version="")
-    trainer = pl.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, callbacks=list(callbacks),
-        logger=logger, enable_checkpointing=False, enable_progress_bar=progress,
-        enable_model_summary=False, log_every_n_steps=10,
-    )  # fmt: skip
+    trainer = build_trainer(epochs, callbacks, "cpu", progress, log_dir=log_dir)
     trainer.fit(module, datamodule=dm)
     tested = trainer.test(module, datamodule=dm, verbose=False)
     module.eval()
@@ -136,11 +121,15 @@ def train_baseline(dm, budget: Budget, seed: int, progress: bool = True
 def train_frozen_ersm(baseline: Classifier, dm, budget: Budget, seed: int,
                       progress: bool = True, **ersm_kwargs: Any
                       ) -> tuple[FrozenBackboneClassifier, float]:
-    """Stage 2 of the authors' protocol on a copy of ``baseline``'s backbone and head."""
+    """Stage 2 of the authors' protocol on a copy of ``baseline``'s backbone and head.
+
+    ``ersm_kwargs`` override :data:`~.settings.ERSM_SETTINGS` (the application's defaults).
+    """
     torch.manual_seed(seed)
     backbone, head = copy.deepcopy(baseline.backbone), copy.deepcopy(baseline.head)
     module = FrozenBackboneERSM(backbone, backbone.out_channels, dm.num_classes, head=head,
-                                lr=budget.lr, max_epochs=budget.ersm_epochs, **ersm_kwargs)
+                                lr=budget.lr, max_epochs=budget.ersm_epochs,
+                                **{**ERSM_SETTINGS, **ersm_kwargs})
     accuracy = fit(module, dm, budget.ersm_epochs, seed, progress=progress)
     return module.model, accuracy
 
@@ -148,13 +137,16 @@ def train_frozen_ersm(baseline: Classifier, dm, budget: Budget, seed: int,
 def train_ersm_inside(dm, budget: Budget, seed: int, layer: str = "layer2",
                       progress: bool = True, log_dir: Path | None = None,
                       **ersm_kwargs: Any) -> tuple[Classifier, float]:
-    """``small_cnn`` with ERSM after ``layer`` (inserted by :class:`ERSMCallback`)."""
+    """``small_cnn`` with ERSM after ``layer`` (inserted by :class:`ERSMCallback`).
+
+    ``ersm_kwargs`` override :data:`~.settings.ERSM_SETTINGS` (the application's defaults).
+    """
     torch.manual_seed(seed)
     net = small_cnn(dm.in_channels)
     model = Classifier(net, net.out_channels, dm.num_classes)
     module = ImageClassifier(model, dm.num_classes, lr=budget.lr, max_epochs=budget.epochs)
     callback = ERSMCallback(f"model.backbone.{layer}", log_stats=log_dir is not None,
-                            **ersm_kwargs)
+                            **{**ERSM_SETTINGS, **ersm_kwargs})
     return model, fit(module, dm, budget.epochs, seed, [callback], progress, log_dir)
 
 
@@ -260,7 +252,6 @@ __all__ = [
     "evaluate_ersm",
     "fit",
     "occlusion",
-    "quiet_lightning",
     "train_baseline",
     "train_ersm_inside",
     "train_frozen_ersm",
