@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -12,8 +13,8 @@ def test_build_model_and_errors():
     model = _runs.build_model("small_cnn", 1, 10)
     assert isinstance(model, Classifier)
     assert model(torch.zeros(2, 1, 64, 64)).shape == (2, 10)
-    with pytest.raises(ValueError, match=r"backbone must be one of \['shallow_cnn', 'small_cnn'\], "
-                                         r"but got 'resnet'"):
+    with pytest.raises(ValueError, match=r"--backbone must be small_cnn, shallow_cnn, "
+                                         r"torchvision:NAME or timm:NAME .*but got 'resnet'"):
         _runs.build_model("resnet", 1, 10)
 
 
@@ -32,6 +33,8 @@ def test_qualify_layers():
     model = _runs.build_model("small_cnn", 1, 10)
     assert _runs.qualify_layers(model, 1, ["layer2", "backbone.layer3"], "--ersm") == [
         "model.backbone.layer2", "model.backbone.layer3"]
+    assert _runs.qualify_layers(model, 1, ["model.backbone.layer2"], "--ersm") == [
+        "model.backbone.layer2"]  # its own answer round-trips (run.json -> --resume)
     with pytest.raises(ValueError, match=r"--ersm: unknown layer 'layer9'; choose from layer1, "
                                          r"layer2, layer3"):
         _runs.qualify_layers(model, 1, ["layer9"], "--ersm")
@@ -70,3 +73,84 @@ def test_prepare_out(tmp_path):
     a_file.write_text("")  # a folder cannot be made inside a file, even by root
     with pytest.raises(PermissionError, match=r"output folder .*run' is not writable"):
         _runs.prepare_out(a_file / "run")
+
+
+def test_claim_refuses_a_run_and_a_held_folder(tmp_path):
+    with _runs.claim(tmp_path / "run") as folder:
+        assert (folder / ".lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(ValueError, match=r"is in use by another energymask process \(pid "):
+            with _runs.claim(folder):
+                pass
+        _runs.write_run(folder, {})
+    with pytest.raises(ValueError, match=r"already holds a run \(run.json\); choose another "
+                                         r"folder, continue it with --resume, or replace it "
+                                         r"with --overwrite"):
+        with _runs.claim(folder):
+            pass
+    with _runs.claim(folder, resume=True):
+        assert (folder / "run.json").is_file()  # resume keeps the run
+    (folder / "figures").mkdir()
+    (folder / "mine.txt").write_text("")
+    with _runs.claim(folder, overwrite=True):
+        assert _runs.holds_run(folder) == [] and (folder / "mine.txt").is_file()
+
+
+def test_write_atomic_replaces_in_one_step(tmp_path, monkeypatch):
+    target = tmp_path / "a.json"
+    _runs.write_atomic(target, "old")
+
+    def crash(tmp, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_runs, "atomic_replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        _runs.write_atomic(target, "new")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_check_checkpoint(tmp_path):
+    path = tmp_path / "m.ckpt"
+    with pytest.raises(FileNotFoundError, match=r"checkpoint .*m.ckpt' does not exist"):
+        _runs.check_checkpoint(path)
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"m.ckpt' is empty"):
+        _runs.check_checkpoint(path)
+    path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match=r"m.ckpt' is not a PyTorch checkpoint \(no zip archive: "
+                                         r"truncated, or another format\)"):
+        _runs.check_checkpoint(path)
+    torch.save({"state_dict": {}}, path)
+    digest = _runs.sha256(path)
+    _runs.check_checkpoint(path, digest)
+    with pytest.raises(ValueError, match=r"m.ckpt' is not the one training wrote: its SHA-256 is "
+                                         rf"{digest[:12]}\.\.\., run.json records 000000000000"):
+        _runs.check_checkpoint(path, "0" * 64)
+
+
+def test_checkpoint_model(tmp_path):
+    path = tmp_path / "m.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"num_classes": 7}}, path)
+    assert _runs.checkpoint_model(path) == {"num_classes": 7, "frozen_backbone": False}
+    torch.save({"hyper_parameters": {"num_classes": 7, "num_features": 64}}, path)
+    assert _runs.checkpoint_model(path)["frozen_backbone"] is True
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(ValueError, match=r"is not a Lightning checkpoint of an ImageClassifier or "
+                                         r"FrozenBackboneERSM \(no num_classes hyper-parameter\)"):
+        _runs.checkpoint_model(path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_checkpoints_are_read_without_running_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "m.ckpt"
+    torch.save({"hyper_parameters": {"num_classes": 2}, "evil": _Evil()}, path)
+    with pytest.raises(ValueError, match=r"m.ckpt' cannot be read \(UnpicklingError"):
+        _runs.checkpoint_model(path)
+    spec = {"model": {"backbone": "small_cnn", "in_channels": 1, "num_classes": 10}}
+    with pytest.raises(ValueError, match="is not an energymask checkpoint of this run"):
+        _runs.load_model(spec, path)
+    assert not (tmp_path / "pwned").exists()

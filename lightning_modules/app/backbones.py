@@ -33,7 +33,7 @@ HELP = ("small_cnn, shallow_cnn, torchvision:NAME or timm:NAME (any model of the
         "timm:convnext_tiny)")
 
 
-def _torchvision(name: str, in_channels: int) -> tuple[nn.Module, str]:
+def _torchvision(name: str, in_channels: int) -> tuple[nn.Module, str, str]:
     import torchvision
 
     if in_channels != 3:
@@ -45,17 +45,17 @@ def _torchvision(name: str, in_channels: int) -> tuple[nn.Module, str]:
         raise ValueError(f"--backbone torchvision:{name}: torchvision has no model {name!r} "
                          f"(torchvision.models.list_models() lists them)") from err
     if isinstance(getattr(model, "features", None), nn.Module):  # ConvNeXt, EfficientNet, VGG
-        return model.features, "features."
+        return model.features, "features.", ""
     children = OrderedDict(model.named_children())
     if "avgpool" in children and "fc" in children:  # ResNet, ResNeXt, RegNet
         del children["avgpool"], children["fc"]
-        return nn.Sequential(children), ""
+        return nn.Sequential(children), "", "fc"
     raise ValueError(f"--backbone torchvision:{name}: no feature extractor found (supported: "
                      "models with a `features` block, and ResNet-style models ending in "
                      "`avgpool`, `fc`)")
 
 
-def _timm(name: str, in_channels: int) -> tuple[nn.Module, str]:
+def _timm(name: str, in_channels: int) -> tuple[nn.Module, str, str]:
     import timm
 
     try:
@@ -64,7 +64,7 @@ def _timm(name: str, in_channels: int) -> tuple[nn.Module, str]:
     except RuntimeError as err:
         raise ValueError(f"--backbone timm:{name}: timm has no model {name!r} "
                          "(timm.list_models() lists them)") from err
-    return model, ""
+    return model, "", model.pretrained_cfg.get("classifier", "")
 
 
 def _split(backbone: str) -> tuple[str, str]:
@@ -92,22 +92,24 @@ def build_backbone(backbone: str, in_channels: int, weights: str | Path | None =
                              f"{backbone!r} (train it from scratch, or use --resume)")
         net = SMALL[backbone](in_channels)
         return net, net.out_channels
-    net, prefix = (_torchvision if library == "torchvision" else _timm)(name, in_channels)
+    net, prefix, head = (_torchvision if library == "torchvision" else _timm)(name, in_channels)
     if weights is not None:
-        load_weights(net, prefix, weights, backbone)
+        load_weights(net, weights, backbone, prefix, head)
     was_training = net.training
     with torch.no_grad():
         channels = net.eval()(torch.zeros(1, in_channels, 64, 64)).shape[1]
     return net.train(was_training), channels
 
 
-def load_weights(net: nn.Module, prefix: str, path: str | Path, backbone: str) -> None:
+def load_weights(net: nn.Module, path: str | Path, backbone: str, prefix: str = "",
+                 head: str = "") -> None:
     """Load the local state dict ``path`` (keys ``prefix + net's keys``) into ``net``.
 
     ``path`` holds the full library model's state dict (as torchvision and timm
     publish them; a ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is
-    unwrapped), read with ``weights_only=True``; keys outside ``net`` (the head)
-    are ignored. ``backbone`` names the model in the messages.
+    unwrapped), read with ``weights_only=True``. Keys outside ``prefix`` and under
+    ``head`` (the classifier the backbone leaves out) are ignored; any other key
+    the backbone lacks is an error. ``backbone`` names the model in the messages.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -135,6 +137,12 @@ def load_weights(net: nn.Module, prefix: str, path: str | Path, backbone: str) -
         raise ValueError(f"--weights: {str(path)!r} is not a state dict of {backbone}: it lacks "
                          f"{len(missing)} of its {len(own)} keys, for example "
                          f"{', '.join(missing[:3])}")
+    extra = [k for k in state if k.startswith(prefix) and k[len(prefix):] not in own
+             and not (head and k.startswith(head + "."))]
+    if extra:
+        raise ValueError(f"--weights: {str(path)!r} is not a state dict of {backbone}: it has "
+                         f"{len(extra)} keys that the backbone lacks, for example "
+                         f"{', '.join(extra[:3])}")
     wrong = [k for k, v in mine.items() if v.shape != own[k].shape]
     if wrong:
         k = wrong[0]

@@ -30,6 +30,7 @@ import hashlib
 import inspect
 import json
 import os
+import pickle
 import shutil
 import zipfile
 from collections.abc import Iterator
@@ -245,7 +246,8 @@ def load_model(spec: dict[str, Any], checkpoint: Path) -> ImageClassifier:
             return load_for_inference(checkpoint, FrozenBackboneERSM, backbone=net)
         model = build_model(m["backbone"], m["in_channels"], m["num_classes"])
         return load_for_inference(checkpoint, ImageClassifier, model=model)
-    except (RuntimeError, KeyError, TypeError, ValueError, EOFError) as err:
+    except (pickle.UnpicklingError, RuntimeError, KeyError, TypeError, ValueError,
+            EOFError) as err:
         raise ValueError(f"{str(checkpoint)!r} is not an energymask checkpoint of this run "
                          f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
 
