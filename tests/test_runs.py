@@ -154,3 +154,14 @@ def test_checkpoints_are_read_without_running_code(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="is not an energymask checkpoint of this run"):
         _runs.load_model(spec, path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_truncate_log_keeps_the_checkpointed_epochs(tmp_path):
+    log = tmp_path / "metrics.csv"
+    log.write_text("epoch,step,val_acc\n0,2,0.5\n1,5,0.6\n1,6,\n2,8,0.7\n")
+    _runs.truncate_log(log, 2)
+    assert log.read_text().splitlines() == ["epoch,step,val_acc", "0,2,0.5", "1,5,0.6", "1,6,"]
+    _runs.truncate_log(log, 0)
+    assert log.read_text().splitlines() == ["epoch,step,val_acc"]
+    _runs.truncate_log(tmp_path / "none.csv", 0)  # no log yet: nothing to do
+    assert not (tmp_path / "none.csv").exists()

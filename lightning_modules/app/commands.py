@@ -9,8 +9,6 @@ expected errors are raised as ``ValueError`` / ``FileNotFoundError`` /
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import signal
 from pathlib import Path
@@ -139,21 +137,6 @@ def _resume_spec(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     return folder, spec
 
 
-def _truncate_log(log: Path, epoch: int) -> None:
-    """Drop the rows of ``epoch`` and later from the CSV log (the resumed run rewrites them)."""
-    if not log.is_file():
-        return
-    with open(log, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(r for r in rows if r.get("epoch", "") == "" or int(r["epoch"]) < epoch)
-    _runs.write_atomic(log, out.getvalue())
-
-
 def _last_epoch(checkpoint: Path) -> int:
     """The epoch a resumable checkpoint ends (0-based), read without running code."""
     _runs.check_checkpoint(checkpoint)
@@ -193,7 +176,7 @@ def train(args: argparse.Namespace) -> int:
         last = out / LAST_CHECKPOINT
         resume_from = last if args.resume is not None and last.exists() else None
         if args.resume is not None:  # the log keeps the epochs the checkpoint holds
-            _truncate_log(out / _runs.METRICS, _last_epoch(last) + 1 if resume_from else 0)
+            _runs.truncate_log(out / _runs.METRICS, _last_epoch(last) + 1 if resume_from else 0)
         spec.update(status="running", checkpoint=_runs.CHECKPOINT, metrics_csv=_runs.METRICS,
                     accelerator=args.accelerator)
         _runs.write_run(out, spec)

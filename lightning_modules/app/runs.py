@@ -25,9 +25,11 @@ PB-EDropout layers from the checkpoint.
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import hashlib
 import inspect
+import io
 import json
 import os
 import pickle
@@ -181,6 +183,21 @@ def write_atomic(path: Path, text: str) -> None:
 
 def write_run(path: Path, spec: dict[str, Any]) -> None:
     write_atomic(path / RUN_FILE, json.dumps({"format": FORMAT, **spec}, indent=2) + "\n")
+
+
+def truncate_log(log: Path, epoch: int) -> None:
+    """Drop the rows of ``epoch`` and later from the CSV log (the resumed run rewrites them)."""
+    if not log.is_file():
+        return
+    with open(log, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(r for r in rows if r.get("epoch", "") == "" or int(r["epoch"]) < epoch)
+    write_atomic(log, out.getvalue())
 
 
 def read_run(path: str | Path) -> tuple[Path, dict[str, Any]]:
