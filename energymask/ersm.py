@@ -1,7 +1,7 @@
 """ERSM: Energy-Regularized Spatial Masking.
 
 Devynck, Faye, Bouchaffra, Lazaar, Lebbah, Azzag, "Energy-Regularized Spatial
-Masking", IJCAI 2026, https://arxiv.org/abs/2604.06893. Maths in DESIGN.md §3:
+Masking", IJCAI 2026, https://arxiv.org/abs/2604.06893. Maths in docs/design.md §3:
 
     x̂_i    = x_i / (‖x_i‖₂ + 1e-6)                  unit p×p×C token
     z_i    = wᵀ x̂_i + b                             energy logit

@@ -1,4 +1,4 @@
-"""Scores of an ERSM keep map: how much it keeps, how selective it is, and where (DESIGN.md §6).
+"""Scores of an ERSM keep map: how much it keeps, how selectively, and where (docs/design.md §6).
 
 ERSM: Energy-Regularized Spatial Masking (Devynck et al., IJCAI 2026, arXiv 2604.06893).
 
