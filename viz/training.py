@@ -32,7 +32,7 @@ def plot_training_log(path: str | Path, metrics: tuple[str, ...] = ("keep", "val
 
     A metric matches the column of that name, any column starting with
     ``name/`` or ``name_`` (``val_acc_epoch``) and any ending in ``/name``: the
-    callbacks log ``ersm/<layer>/keep``, ``pbedropout/<layer>/drop_rate``.
+    callbacks log ``ersm/<layer>/keep_ratio``, ``pbedropout/<layer>/drop_rate``.
 
     Args:
         path: the ``metrics.csv`` written by ``CSVLogger``.
