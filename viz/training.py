@@ -26,7 +26,7 @@ def read_metrics_csv(path: str | Path) -> dict[str, list[tuple[float, float]]]:
     return out
 
 
-def plot_training_log(path: str | Path, metrics: tuple[str, ...] = ("keep", "val_acc"),
+def plot_training_log(path: str | Path, metrics: tuple[str, ...] = ("keep_ratio", "val_acc"),
                       axes=None):
     """One panel per metric over training steps.
 
@@ -36,7 +36,7 @@ def plot_training_log(path: str | Path, metrics: tuple[str, ...] = ("keep", "val
 
     Args:
         path: the ``metrics.csv`` written by ``CSVLogger``.
-        metrics: names to draw. Default: ("keep", "val_acc").
+        metrics: names to draw. Default: ("keep_ratio", "val_acc").
         axes: optional axes, one per metric. Default: a new figure.
 
     Returns:

@@ -360,7 +360,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if log.is_file():
         columns = viz.read_metrics_csv(log)
         wanted = [c for c in ("train_loss", "train_acc", "val_acc") if c in columns]
-        wanted += [c for c in columns if c.endswith(("/keep", "/drop_rate"))]
+        wanted += [c for c in columns if c.endswith(("/keep_ratio", "/drop_rate"))]
         if wanted:
             _save(viz.plot_training_log(log, metrics=tuple(wanted))[0],
                   figures / "training.png", written)
