@@ -88,6 +88,10 @@ def _check_input(x: Tensor, channels: int | None, token_size: int) -> None:
 
 
 def _check_forced_mask(forced_mask: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    if not isinstance(forced_mask, Tensor):
+        raise TypeError(
+            f"forced_mask must be a tensor (B, h, w), but got {type(forced_mask).__name__}"
+        )
     if tuple(forced_mask.shape) != shape:
         raise ValueError(
             f"forced_mask must have shape (B, h, w) = {shape}, but got {tuple(forced_mask.shape)}"
@@ -189,6 +193,14 @@ def _check_finite(logits: Tensor, weight: Tensor, bias: Tensor) -> None:
 
 def _check_call(x: Tensor, weight: Tensor, bias: Tensor, token_size: int) -> None:
     _check_int("token_size", token_size)
+    if not isinstance(weight, Tensor) or weight.dim() != 1:
+        got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise TypeError(f"weight must be a 1D tensor of C·p² elements, but got {got}")
+    if not isinstance(bias, Tensor) or bias.dim() not in (0, 2):
+        got = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
+        raise TypeError(
+            f"bias must be a scalar tensor () or a per-position (h, w) one, but got {got}"
+        )
     _check_input(x, weight.numel() // (token_size * token_size), token_size)
     grid = (x.shape[2] // token_size, x.shape[3] // token_size)
     if bias.dim() == 2 and tuple(bias.shape) != grid:

@@ -45,6 +45,8 @@ __all__ = ["mask_quality", "mask_scores"]
 
 
 def _object_mask(object_mask: Tensor, batch: int, grid: tuple[int, int]) -> Tensor:
+    if not isinstance(object_mask, Tensor):
+        raise TypeError(f"object_mask must be a tensor, but got {type(object_mask).__name__}")
     if object_mask.dim() == 4 and object_mask.shape[1] == 1:
         object_mask = object_mask[:, 0]
     if object_mask.dim() != 3 or object_mask.shape[0] != batch:

@@ -383,6 +383,27 @@ def test_input_of_wrong_type(x, match, training):
         EnergyMask2d(3).train(training)(x)
 
 
+@pytest.mark.parametrize(
+    ("weight", "bias", "match"),
+    [
+        (torch.ones(1, 3), torch.tensor(0.0), r"weight must be a 1D tensor .* but got \(1, 3\)"),
+        ([1.0, 1.0, 1.0], torch.tensor(0.0), "weight must be a 1D tensor .* but got list"),
+        (torch.ones(3), 0.0, r"bias must be a scalar tensor \(\) .* but got float"),
+        (torch.ones(3), torch.zeros(2), r"bias must be .* \(h, w\) one, but got \(2,\)"),
+    ],
+)
+@pytest.mark.parametrize("function", [energy_mask_2d, energy_mask_2d_inference])
+def test_functional_parameters_of_wrong_type(weight, bias, match, function):
+    with pytest.raises(TypeError, match=match):
+        function(torch.randn(1, 3, 2, 2), weight, bias)
+
+
+def test_forced_mask_of_wrong_type():
+    layer = EnergyMask2d(3)
+    with forcing(layer, [[1.0]]), pytest.raises(TypeError, match="forced_mask must be a tensor"):
+        layer(torch.randn(1, 3, 1, 1))
+
+
 def test_forcing_binary_soft_and_restored():
     torch.manual_seed(0)
     layer = EnergyMask2d(4, bias_init=0.0).eval()

@@ -40,6 +40,8 @@ def test_errors():
         mask_quality(torch.zeros(2, 2, 2), torch.zeros(1, 4, 4))
     with pytest.raises(ValueError, match="at least the token grid"):
         mask_quality(torch.zeros(1, 8, 8), torch.zeros(1, 4, 4))
+    with pytest.raises(TypeError, match="object_mask must be a tensor, but got list"):
+        mask_quality(torch.zeros(1, 2, 2), [[1.0]])
 
 
 def test_uniform_map_has_zero_spread_whatever_its_level():
