@@ -9,20 +9,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 import torchvision
 from PIL import Image
 
 from energymask.lightning_modules.app.cli import main
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_cub_like(root, classes=("001.Black_footed_Albatross", "002.Laysan_Albatross"),
