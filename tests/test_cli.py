@@ -88,6 +88,9 @@ def test_demo_passes_arguments(tmp_path, monkeypatch, capsys):
     assert main(["demo", "--out", str(tmp_path / "e")]) == 0
     assert calls[1] == (tmp_path / "e", False, 0, True)
     assert "results in" in capsys.readouterr().out
+    with _runs.claim(tmp_path / "e"):  # another demo is writing there
+        _fails(capsys, ["demo", "--out", tmp_path / "e"], "demo", "is in use by another")
+    assert len(calls) == 2
 
 
 # -- train -> evaluate -> plot ------------------------------------------------------------------

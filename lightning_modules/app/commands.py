@@ -36,8 +36,8 @@ class Interrupted(Exception):
 def demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    out = _runs.prepare_out(args.out)
-    run_demo(out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    with _runs.claim(args.out, resume=True) as out:  # one demo at a time per folder
+        run_demo(out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
     print(f"energymask demo: results in {out}")
     return 0
 
