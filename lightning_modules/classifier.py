@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from energymask.models import FrozenBackboneClassifier
 
+from ._compat import LightningModule
 
-class ImageClassifier(pl.LightningModule):
+
+class ImageClassifier(LightningModule):
     """Any ``model`` (B, C, H, W) -> (B, classes), trained with cross-entropy.
 
     AdamW with a cosine learning-rate schedule over ``max_epochs`` (the
     Trainer's when None). Logs ``{train,val,test}_loss`` and ``{train,val,test}_acc``
-    (top-1 accuracy over samples).
+    (top-1 accuracy over samples). Derives from the ``LightningModule`` of both
+    Lightning packages, so either package's Trainer fits it.
 
     Args:
         model: the network.

@@ -10,14 +10,17 @@ adding to it is exact under gradient accumulation and mixed precision.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 from torch import Tensor
+from typing_extensions import override
 
 from energymask.ersm import EnergyMask2d
 
-from ._inserting import InsertingCallback, override
+from ._inserting import InsertingCallback
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
 
 
 def make_ersm(channels: int, settings: dict[str, Any]) -> EnergyMask2d:
@@ -52,7 +55,6 @@ class ERSMCallback(InsertingCallback):
     """
 
     kind = "ersm"
-    layer_type = EnergyMask2d
 
     def __init__(
         self, layers: str | list[str] | None = None, log_stats: bool = True, **ersm_kwargs: Any
@@ -83,6 +85,8 @@ class ERSMCallback(InsertingCallback):
         self._wrap(pl_module, "training_step", training_step)
 
     def _add_regularizer(self, pl_module: pl.LightningModule, out: Any) -> Any:
+        if out is None:
+            return None  # Lightning skips this batch
         loss = out.get("loss") if isinstance(out, dict) else out
         if not isinstance(loss, Tensor):
             raise ValueError(

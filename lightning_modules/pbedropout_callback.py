@@ -12,13 +12,16 @@ state, so a run resumed from a checkpoint draws the same masks as a straight one
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
-from ._inserting import InsertingCallback, override
+from ._inserting import InsertingCallback
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
 
 
 def _pbedropout_class() -> type[nn.Module]:
@@ -74,6 +77,10 @@ class PBEDropoutCallback(InsertingCallback):
     @override
     def make_layer(self, channels: int) -> nn.Module:
         return make_pbedropout(channels, self._settings)
+
+    @override
+    def resume_settings(self) -> dict[str, Any]:
+        return {"freeze_at_epoch": self.freeze_at_epoch}
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
