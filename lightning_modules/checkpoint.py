@@ -29,6 +29,7 @@ def read_checkpoint(
 
     Raises:
         FileNotFoundError: no such file.
+        PermissionError: the file cannot be read.
         ValueError: a folder, an empty or truncated file, a file that is not a
             PyTorch checkpoint, one that holds other objects than tensors and
             plain values, or one without Lightning's ``state_dict``.
@@ -43,23 +44,23 @@ def read_checkpoint(
         raise ValueError(f"checkpoint {path} is empty (0 bytes): it was not written completely")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
+    except PermissionError as err:
+        raise PermissionError(f"checkpoint {path} cannot be read: {err}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, IndexError,
+            ValueError, TypeError, AttributeError) as err:
+        if "Unsupported global" in str(err):  # a pickled class or function: refused, not run
             raise ValueError(
                 f"checkpoint {path} holds objects other than tensors and plain values, which "
                 "torch.load(weights_only=True) refuses (nothing in it was run); it was not "
                 "written by Lightning's checkpointing, or a module saved custom objects in it"
             ) from None
-        raise ValueError(f"{path} is not a PyTorch checkpoint ({err})") from None
-    except (RuntimeError, EOFError) as err:
         with path.open("rb") as f:
-            zip_magic = f.read(4) == b"PK\x03\x04"
-        what = ("truncated or corrupted (its zip archive is incomplete)" if zip_magic
-                else "truncated or not a PyTorch checkpoint")
-        raise ValueError(f"checkpoint {path} ({size} bytes) is {what}: {err}") from None
-    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as err:
+            zip_file = f.read(4) == b"PK\x03\x04"  # torch.save's format is a zip archive
+        what = ("is truncated or corrupted (an incomplete zip archive)" if zip_file
+                else "is not a PyTorch checkpoint")
         raise ValueError(
-            f"{path} is not a PyTorch checkpoint (torch.load failed: {type(err).__name__}: {err})"
+            f"checkpoint {path} ({size} bytes) {what}: torch.load failed with "
+            f"{type(err).__name__}: {err}"
         ) from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         found = f"keys {sorted(map(str, ckpt))}" if isinstance(ckpt, dict) else type(ckpt).__name__
