@@ -1,6 +1,6 @@
 """Shared base of the callbacks that insert layers into a LightningModule.
 
-Lightning's hook order (pytorch_lightning 2.x, ``Trainer._run``): ``setup`` ->
+Lightning's hook order (2.x, both packages, ``Trainer._run``): ``setup`` ->
 ``configure_model`` -> checkpoint restore (model weights, then callback states)
 -> ``strategy.setup`` (which calls ``configure_optimizers``). Inserting layers in
 ``setup`` therefore puts them in the optimiser and lets a resumed checkpoint
@@ -122,12 +122,13 @@ class InsertingCallback(Callback):
                                  f"{ours.get(key, '<unset>')!r} here")
         return diffs
 
-    def _check_saved(self, saved: dict[str, Any]) -> None:
+    def _check_saved(self, saved: dict[str, Any], path: Any = None) -> None:
+        where = f" (checkpoint {path})" if path else ""
         if saved.get("kind") is None:
             raise ValueError(
                 f"the checkpoint has no {type(self).__name__} state (it was made without this "
                 "callback); to start from its weights, load them into the module "
-                "(`load_state_dict`) and fit without ckpt_path"
+                f"(`load_state_dict`) and fit without ckpt_path{where}"
             )
         diffs = self._differences(saved)
         if diffs:
@@ -136,7 +137,7 @@ class InsertingCallback(Callback):
                 f"the checkpoint was made with {type(self).__name__}({self._describe(saved)}), "
                 f"but this callback has ({self._describe(mine)}); differs in {'; '.join(diffs)}. "
                 "Use the same settings to resume, or load the weights without the checkpoint's "
-                "training state"
+                f"training state{where}"
             )
 
     @staticmethod
@@ -173,7 +174,8 @@ class InsertingCallback(Callback):
         original = pl_module.on_load_checkpoint
 
         def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
-            self._check_checkpoint(checkpoint)  # before the model's weights are loaded
+            # before the model's weights are loaded
+            self._check_checkpoint(checkpoint, getattr(trainer, "ckpt_path", None))
             original(checkpoint)
 
         self._wrap(pl_module, "on_load_checkpoint", on_load_checkpoint)
@@ -202,13 +204,13 @@ class InsertingCallback(Callback):
                 delattr(module, hook)
         self._wrapped_hooks = []
 
-    def _check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def _check_checkpoint(self, checkpoint: dict[str, Any], path: Any = None) -> None:
         if "callbacks" not in checkpoint:
             return  # a weights-only checkpoint: nothing to compare
         same_kind = [s for s in checkpoint["callbacks"].values()
                      if isinstance(s, dict) and s.get("kind") == self.kind]
         if not any(not self._differences(st) for st in same_kind):
-            self._check_saved(same_kind[0] if same_kind else {"kind": None})
+            self._check_saved(same_kind[0] if same_kind else {"kind": None}, path)
 
     def after_insert(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Subclass hook, called at the end of ``setup``."""
