@@ -109,7 +109,7 @@ def test_callbacks_on_the_users_module_with_resume(package, tmp_path):
 
 
 @pytest.mark.parametrize("package", PACKAGES)
-def test_project_module_and_datamodule_under_either_trainer(package):
+def test_project_module_and_datamodule_under_either_trainer(package, caplog):
     class TrainOnly(LightningDataModule):  # no val_dataloader: no validation loop
         def train_dataloader(self):
             return DataLoader(TensorDataset(torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))),
@@ -126,7 +126,10 @@ def test_project_module_and_datamodule_under_either_trainer(package):
     else:
         assert bound is None
     t = make_trainer(package, callbacks=[ERSMCallback(bias_init=0.0)])
-    t.fit(module, datamodule=TrainOnly())
+    with caplog.at_level("INFO"):
+        t.fit(module, datamodule=TrainOnly())
+    assert "ERSMCallback: inserted EnergyMask2d after model.0 (layers=None: the last block " \
+           "whose output grid is larger than 1x1)" in caplog.text
     assert "val_acc" not in t.logged_metrics and "ersm/model.0/keep" in t.logged_metrics
 
 
