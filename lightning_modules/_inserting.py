@@ -43,9 +43,9 @@ class InsertingCallback(Callback):
 
     Derives from the ``Callback`` of both Lightning packages (:mod:`._compat`),
     so it attaches to either package's Trainer and to any LightningModule.
-    Subclasses set ``kind`` (a plain string saved in the state), implement
-    :meth:`make_layer`, and put every setting that must match on resume in
-    :meth:`resume_settings`.
+    Subclasses set ``kind`` (a plain string saved in the state) and implement
+    :meth:`make_layer`; every setting that must match on resume goes in
+    ``settings`` (saved in the state, compared on resume).
     """
 
     kind: str = ""
@@ -83,16 +83,9 @@ class InsertingCallback(Callback):
         """The inserted layers by block name (empty before ``setup``)."""
         return dict(self._layers)
 
-    def resume_settings(self) -> dict[str, Any]:
-        """Callback settings (plain values) that must match to resume; subclasses add theirs."""
-        return {}
-
     def _state(self) -> dict[str, Any]:
-        state = {"kind": self.kind, "layers": list(self._layer_names or self._requested or []),
-                 "settings": dict(self._settings), "channels": dict(self._channels)}
-        if self.resume_settings():
-            state["callback"] = self.resume_settings()
-        return state
+        return {"kind": self.kind, "layers": list(self._layer_names or self._requested or []),
+                "settings": dict(self._settings), "channels": dict(self._channels)}
 
     @staticmethod
     def _channel_count(layer: nn.Module) -> int:
@@ -114,12 +107,11 @@ class InsertingCallback(Callback):
         mine = self._state()
         diffs = [f"layers: {saved.get('layers')} in the checkpoint, {mine['layers']} here"
                  ] if saved.get("layers") != mine["layers"] else []
-        for group in ("settings", "callback"):
-            theirs, ours = saved.get(group) or {}, mine.get(group) or {}
-            for key in sorted(set(theirs) | set(ours), key=str):
-                if theirs.get(key, "<unset>") != ours.get(key, "<unset>"):
-                    diffs.append(f"{key}: {theirs.get(key, '<unset>')!r} in the checkpoint, "
-                                 f"{ours.get(key, '<unset>')!r} here")
+        theirs, ours = saved.get("settings") or {}, mine["settings"]
+        for key in sorted(set(theirs) | set(ours), key=str):
+            if theirs.get(key, "<unset>") != ours.get(key, "<unset>"):
+                diffs.append(f"{key}: {theirs.get(key, '<unset>')!r} in the checkpoint, "
+                             f"{ours.get(key, '<unset>')!r} here")
         return diffs
 
     def _check_saved(self, saved: dict[str, Any], path: Any = None) -> None:
@@ -142,8 +134,7 @@ class InsertingCallback(Callback):
 
     @staticmethod
     def _describe(state: dict[str, Any]) -> str:
-        extra = "".join(f", {k}={v!r}" for k, v in (state.get("callback") or {}).items())
-        return f"layers={state.get('layers')}, **{state.get('settings')}{extra}"
+        return f"layers={state.get('layers')}, **{state.get('settings')}"
 
     # -- hooks ------------------------------------------------------------------------
     @override

@@ -85,8 +85,6 @@ class ERSMCallback(InsertingCallback):
         self._wrap(pl_module, "training_step", training_step)
 
     def _add_regularizer(self, pl_module: pl.LightningModule, out: Any) -> Any:
-        if out is None:
-            return None  # Lightning skips this batch
         loss = out.get("loss") if isinstance(out, dict) else out
         if not isinstance(loss, Tensor):
             raise ValueError(

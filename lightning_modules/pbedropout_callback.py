@@ -79,10 +79,6 @@ class PBEDropoutCallback(InsertingCallback):
         return make_pbedropout(channels, self._settings)
 
     @override
-    def resume_settings(self) -> dict[str, Any]:
-        return {"freeze_at_epoch": self.freeze_at_epoch}
-
-    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._world_size = trainer.world_size
         super().setup(trainer, pl_module, stage)

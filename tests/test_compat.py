@@ -85,11 +85,11 @@ def test_package_of_and_is_lightning_module():
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_callbacks_on_the_users_module_with_resume(package, tmp_path):
-    def run(epochs, ckpt=None, freeze_at_epoch=1):
+    def run(epochs, ckpt=None, p=0.3):
         importlib.import_module(package).seed_everything(0)
         model = user_module(package)
         callbacks = [ERSMCallback("features.0", lam=0.5, bias_init=0.0),
-                     PBEDropoutCallback("features.2", freeze_at_epoch=freeze_at_epoch, p=0.3,
+                     PBEDropoutCallback("features.2", freeze_at_epoch=1, p=p,
                                         patch_size=2, population=4, generations=1, sweeps=1)]
         t = make_trainer(package, max_epochs=epochs, enable_checkpointing=True,
                          default_root_dir=tmp_path, callbacks=callbacks)
@@ -103,9 +103,9 @@ def test_callbacks_on_the_users_module_with_resume(package, tmp_path):
     resumed, _ = run(2, ckpt)
     for name, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, msg=name, rtol=0, atol=0)
-    with pytest.raises(ValueError, match=r"differs in freeze_at_epoch: 1 in the checkpoint, 0 "
-                                         r"here.*training state \(checkpoint .*epoch=0.*\.ckpt\)"):
-        run(2, ckpt, freeze_at_epoch=0)
+    with pytest.raises(ValueError, match=r"differs in p: 0.3 in the checkpoint, 0.2 here.*"
+                                         r"training state \(checkpoint .*epoch=0.*\.ckpt\)"):
+        run(2, ckpt, p=0.2)
 
 
 @pytest.mark.parametrize("package", PACKAGES)

@@ -190,28 +190,12 @@ def test_no_loss_returned():
     class NoLoss(Net):
         def training_step(self, batch, batch_idx):
             self(batch[0])
-            return "done"
+            return None
 
     model = NoLoss()
-    with pytest.raises(ValueError, match="needs training_step to return the loss .* returned str"):
+    with pytest.raises(ValueError, match="needs training_step to return the loss"):
         trainer(callbacks=[ERSMCallback("features.2")]).fit(model, loader())
     assert "training_step" not in vars(model)  # wrapper removed after the crash
-
-
-def test_training_step_returning_none_skips_the_batch():
-    class Skip(Net):
-        def training_step(self, batch, batch_idx):
-            super().training_step(batch, batch_idx)
-            return None  # Lightning's way to skip a batch: no backward
-
-    pl.seed_everything(0)
-    model = Skip()
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer(callbacks=[ERSMCallback("features.2", lam=1.0, bias_init=0.0)]).fit(model, loader())
-    assert model.features[2].layer.bias.item() == 0.0  # the ERSM layer got no gradient
-    for name, value in before.items():
-        moved = name.replace("features.2.", "features.2.block.")  # now inside the wrapper
-        torch.testing.assert_close(model.get_parameter(moved), value)
 
 
 def test_manual_optimization_refused():
