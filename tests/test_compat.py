@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 
 import lightning.pytorch as L
 import pytest
@@ -141,3 +143,22 @@ def test_a_module_keeps_its_own_hooks_under_the_other_trainer():
     module = Own(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), 3)
     make_trainer("pytorch_lightning", max_steps=1).fit(module, datamodule=data())
     assert module.configured and "configure_model" not in vars(module)
+
+
+def test_one_package_installed_gives_its_own_classes(monkeypatch):
+    from energymask.lightning_modules import _compat
+
+    monkeypatch.setattr(_compat, "_installed", {"pytorch_lightning": pl})
+    assert _compat._dual("Callback") is pl.Callback
+    assert _compat._dual_following_trainer("LightningModule") is pl.LightningModule
+
+
+def test_no_lightning_installed_names_the_extra():
+    code = ("import sys; sys.modules['lightning'] = sys.modules['pytorch_lightning'] = None\n"
+            "sys.modules['lightning.pytorch'] = None\n"
+            "import energymask.lightning_modules._compat")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0
+    assert "ImportError: energymask.lightning_modules needs Lightning: pip install " \
+           "'energymask[lightning]'" in result.stderr
