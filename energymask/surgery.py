@@ -180,6 +180,8 @@ def insert_after(
             (B, C, H, W) tensor and runs once per forward (a module its parent
             calls twice, like the ReLU of torchvision's ``BasicBlock``, is
             refused: the layer would act twice), and reads the channels.
+            Without it, the repeated-call check runs at the first call of each
+            block's parent (:class:`OneCallCheck`) and raises there.
 
     Returns:
         The inserted layers by block name.
@@ -207,8 +209,47 @@ def insert_after(
             )
         layers[name] = factory(name, c)
     for name in sorted(names, key=lambda n: -n.count(".")):  # inner blocks first
-        _set_submodule(model, name, InsertedAfter(model.get_submodule(name), layers[name]))
+        wrapper = InsertedAfter(model.get_submodule(name), layers[name])
+        _set_submodule(model, name, wrapper)
+        parent = name.rpartition(".")[0]
+        if example_input is None and parent:
+            OneCallCheck(model.get_submodule(parent), wrapper, name)
     return layers
+
+
+def _repeated_call_error(name: str, calls: int) -> ValueError:
+    parent = name.rpartition(".")[0] or "the model"
+    return ValueError(
+        f"{name!r} runs {calls} times per forward (its parent calls it more than once), so a "
+        f"layer inserted after it would act {calls} times; insert after a block that runs "
+        f"once, for example its parent {parent!r}"
+    )
+
+
+class OneCallCheck:
+    """Refuses, at the first call of ``parent``, an inserted block that it called more than once.
+
+    Hooks on ``parent`` (count from its start, check at its end) and on the
+    wrapper (count); all three are removed after that first call.
+    """
+
+    def __init__(self, parent: nn.Module, wrapper: InsertedAfter, name: str) -> None:
+        self.name, self.calls = name, 0
+        self.handles = [parent.register_forward_pre_hook(self.reset),
+                        wrapper.register_forward_hook(self.count),
+                        parent.register_forward_hook(self.check)]
+
+    def reset(self, *_: object) -> None:
+        self.calls = 0
+
+    def count(self, *_: object) -> None:
+        self.calls += 1
+
+    def check(self, *_: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        if self.calls > 1:
+            raise _repeated_call_error(self.name, self.calls)
 
 
 def _checked_channels(model: nn.Module, names: list[str], x: Tensor) -> dict[str, int]:
@@ -220,12 +261,7 @@ def _checked_channels(model: nn.Module, names: list[str], x: Tensor) -> dict[str
         shapes.setdefault(name, shape)
     for name in names:
         if counts[name] > 1:
-            parent = name.rpartition(".")[0] or "the model"
-            raise ValueError(
-                f"{name!r} runs {counts[name]} times per forward (its parent calls it more than "
-                f"once), so a layer inserted after it would act {counts[name]} times; insert "
-                f"after a block that runs once, for example its parent {parent!r}"
-            )
+            raise _repeated_call_error(name, counts[name])
         shape = shapes.get(name)
         if shape is None or len(shape) != 4:
             got = "no call" if name not in counts else (

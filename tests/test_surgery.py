@@ -124,6 +124,19 @@ def test_module_called_twice_is_refused():
     assert not inserted_layers(model)
 
 
+def test_module_called_twice_is_refused_at_the_first_forward_without_example():
+    model = nn.Sequential(ReusesItsReLU())
+    insert_after(model, "0.relu", ersm_factory, channels={"0.relu": 2})
+    with pytest.raises(ValueError, match=r"'0.relu' runs 2 times per forward"):
+        model(torch.randn(1, 2, 4, 4))
+    ok = nn.Sequential(ReusesItsReLU())
+    insert_after(ok, "0.conv1", ersm_factory)
+    ok(torch.randn(1, 2, 4, 4))
+    block = ok[0]
+    assert not block._forward_hooks and not block._forward_pre_hooks  # removed after one call
+    assert not block.conv1._forward_hooks
+
+
 def test_failing_call_leaves_the_model_unchanged(model):
     x = torch.randn(1, 1, 64, 64)
     state = {k: v.clone() for k, v in model.state_dict().items()}
