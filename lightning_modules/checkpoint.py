@@ -76,11 +76,13 @@ def _callback_states(path: Path, ckpt: dict[str, Any]) -> list[dict[str, Any]]:
               if isinstance(s, dict) and s.get("kind") in FACTORIES]
     for state in states:
         layers, settings = state.get("layers"), state.get("settings")
+        channels = state.get("channels", {})
         if not (isinstance(layers, list) and layers and all(isinstance(n, str) for n in layers)
-                and isinstance(settings, dict)):
+                and isinstance(settings, dict) and isinstance(channels, dict)):
             raise ValueError(
                 f"checkpoint {path} has a malformed {state['kind']} callback state (layers "
-                f"{layers!r}, settings {settings!r}): expected a list of layer names and a dict"
+                f"{layers!r}, settings {settings!r}, channels {channels!r}): expected a list of "
+                "layer names and two dicts"
             )
     return states
 
@@ -122,7 +124,13 @@ def load_for_inference(
             f"({sorted(hparams)}): {err}; pass the missing or right arguments as **init_kwargs"
         ) from err
     for state in states:
-        insert_from_state(module, state, FACTORIES)
+        try:
+            insert_from_state(module, state, FACTORIES)
+        except (TypeError, ValueError) as err:
+            raise type(err)(
+                f"the {state['kind']} layers saved in {path} do not fit {module_class.__name__} "
+                f"(layers {state['layers']}): {err}"
+            ) from err
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:

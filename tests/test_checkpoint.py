@@ -125,6 +125,13 @@ def test_malformed_state_hyper_parameters_and_weights(tmp_path):
     torch.save(bad_state, tmp_path / "state.ckpt")
     with pytest.raises(ValueError, match=r"state.ckpt has a malformed ersm callback state"):
         load_for_inference(tmp_path / "state.ckpt", ImageClassifier, model=net())
+    moved = {**good, "callbacks": {k: {**v, "layers": ["model.nope"]} if isinstance(v, dict)
+                                   and v.get("kind") == "ersm" else v
+                                   for k, v in good["callbacks"].items()}}
+    torch.save(moved, tmp_path / "moved.ckpt")
+    with pytest.raises(ValueError, match=r"the ersm layers saved in .*moved.ckpt do not fit "
+                                         r"ImageClassifier \(layers \['model.nope'\]\): unknown"):
+        load_for_inference(tmp_path / "moved.ckpt", ImageClassifier, model=net())
     with pytest.raises(TypeError, match=r"cannot build ImageClassifier from the hyper-parameters "
                                         r"of .*\.ckpt .*pass the missing"):
         load_for_inference(path, ImageClassifier)  # model= not given
