@@ -31,6 +31,6 @@ def test_example_runs(package, tmp_path, monkeypatch):
     trainer, model = namespace["trainer"], namespace["model"]
     assert type(trainer).__module__.startswith(package)
     assert type(model).__mro__[1].__module__.startswith(package)  # the user's own base class
-    assert 0 < float(trainer.logged_metrics["ersm/features.6/keep"]) < 1
+    assert 0 < float(trainer.logged_metrics["ersm/features.6/keep_ratio"]) < 1
     assert tuple(namespace["keep"].last_keep.shape) == (4, 16, 16)
     assert not model.training
