@@ -99,7 +99,8 @@ def test_callbacks_on_the_users_module_with_resume(package, tmp_path):
         return model, t
 
     straight, t = run(2)
-    assert {"ersm/features.0/keep", "pbedropout/features.2/drop_rate"} <= set(t.logged_metrics)
+    logged = set(t.logged_metrics)
+    assert {"ersm/features.0/keep_ratio", "pbedropout/features.2/drop_rate"} <= logged
     _, first = run(1)
     ckpt = first.checkpoint_callback.best_model_path
     resumed, _ = run(2, ckpt)
@@ -132,7 +133,7 @@ def test_project_module_and_datamodule_under_either_trainer(package, caplog):
         t.fit(module, datamodule=TrainOnly())
     assert "ERSMCallback: inserted EnergyMask2d after model.0 (layers=None: the last block " \
            "whose output grid is larger than 1x1)" in caplog.text
-    assert "val_acc" not in t.logged_metrics and "ersm/model.0/keep" in t.logged_metrics
+    assert "val_acc" not in t.logged_metrics and "ersm/model.0/keep_ratio" in t.logged_metrics
 
 
 def test_a_module_keeps_its_own_hooks_under_the_other_trainer():

@@ -115,7 +115,8 @@ def test_callbacks_on_a_real_backbone(name, tmp_path):
     trainer, ckpt, x = one_step(module, size, tmp_path, [ersm, pbed])
     ersm_name = list(ersm.layers)[0]
     assert ersm_name == f"net.{ersm_at or 'layer4.1'}"
-    for key in ("train_loss", f"ersm/{ersm_name}/keep", f"pbedropout/net.{pbed_at}/drop_rate"):
+    for key in ("train_loss", f"ersm/{ersm_name}/keep_ratio",
+                f"pbedropout/net.{pbed_at}/drop_rate"):
         assert key in trainer.logged_metrics, key
     loaded = load_for_inference(ckpt, UserNet)
     assert ersm_name in {n for n, m in loaded.named_modules() if hasattr(m, "block")}
