@@ -237,7 +237,7 @@ def test_not_a_run(tmp_path, run_dir, capsys):
     _fails(capsys, ["evaluate", "--run", tmp_path], "evaluate", "model.ckpt")
     (tmp_path / "model.ckpt").write_text("garbage")
     _fails(capsys, ["evaluate", "--run", tmp_path], "evaluate",
-           "model.ckpt' is not a PyTorch checkpoint (no zip archive")
+           "model.ckpt' is not the one training wrote")
     _fails(capsys, ["evaluate", "--run", run_dir, "--steps", "1"], "evaluate",
            "--steps must be >= 2")
     _fails(capsys, ["evaluate", "--run", run_dir, "--num-samples", "0"], "evaluate",
@@ -298,10 +298,13 @@ def test_evaluate_checks_the_checkpoint(tmp_path, run_dir, capsys):
     data = (run_dir / "model.ckpt").read_bytes()
     (out / "model.ckpt").write_bytes(data[: len(data) // 2])
     _fails(capsys, ["evaluate", "--run", out, *eval_args], "evaluate",
-           "model.ckpt' is not a PyTorch checkpoint (no zip archive: truncated")
-    (out / "model.ckpt").write_bytes(b"")
-    _fails(capsys, ["evaluate", "--run", out, *eval_args], "evaluate", "model.ckpt' is empty")
+           "model.ckpt' is not the one training wrote")
     spec = json.loads((out / "run.json").read_text())
+    _runs.write_run(out, {**spec, "checkpoint_sha256": None})  # no record: the reader says
+    _fails(capsys, ["evaluate", "--run", out, *eval_args], "evaluate",
+           "is truncated or corrupted (an incomplete zip archive)")
+    (out / "model.ckpt").write_bytes(b"")
+    _fails(capsys, ["evaluate", "--run", out, *eval_args], "evaluate", "model.ckpt is empty")
     _runs.write_run(out, {**spec, "status": "interrupted"})
     _fails(capsys, ["evaluate", "--run", out, *eval_args], "evaluate",
            "is not complete (status 'interrupted'); continue it with `energymask train --resume")

@@ -112,16 +112,10 @@ def test_check_checkpoint(tmp_path):
     path = tmp_path / "m.ckpt"
     with pytest.raises(FileNotFoundError, match=r"checkpoint .*m.ckpt' does not exist"):
         _runs.check_checkpoint(path)
-    path.write_bytes(b"")
-    with pytest.raises(ValueError, match=r"m.ckpt' is empty"):
-        _runs.check_checkpoint(path)
-    path.write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(ValueError, match=r"m.ckpt' is not a PyTorch checkpoint \(no zip archive: "
-                                         r"truncated, or another format\)"):
-        _runs.check_checkpoint(path)
     torch.save({"state_dict": {}}, path)
     digest = _runs.sha256(path)
     _runs.check_checkpoint(path, digest)
+    _runs.check_checkpoint(path)  # nothing recorded: nothing to compare
     with pytest.raises(ValueError, match=r"m.ckpt' is not the one training wrote: its SHA-256 is "
                                          rf"{digest[:12]}\.\.\., run.json records 000000000000"):
         _runs.check_checkpoint(path, "0" * 64)
@@ -131,7 +125,8 @@ def test_checkpoint_model(tmp_path):
     path = tmp_path / "m.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"num_classes": 7}}, path)
     assert _runs.checkpoint_model(path) == {"num_classes": 7, "frozen_backbone": False}
-    torch.save({"hyper_parameters": {"num_classes": 7, "num_features": 64}}, path)
+    torch.save({"state_dict": {}, "hyper_parameters": {"num_classes": 7, "num_features": 64}},
+               path)
     assert _runs.checkpoint_model(path)["frozen_backbone"] is True
     torch.save({"state_dict": {}}, path)
     with pytest.raises(ValueError, match=r"is not a Lightning checkpoint of an ImageClassifier or "
@@ -148,7 +143,7 @@ def test_checkpoints_are_read_without_running_code(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "m.ckpt"
     torch.save({"hyper_parameters": {"num_classes": 2}, "evil": _Evil()}, path)
-    with pytest.raises(ValueError, match=r"m.ckpt' cannot be read \(UnpicklingError"):
+    with pytest.raises(ValueError, match=r"m.ckpt .*UnpicklingError"):  # refused, not run
         _runs.checkpoint_model(path)
     spec = {"model": {"backbone": "small_cnn", "in_channels": 1, "num_classes": 10}}
     with pytest.raises(ValueError, match="is not an energymask checkpoint of this run"):

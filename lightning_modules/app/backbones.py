@@ -18,13 +18,12 @@ Layer names for ``--ersm`` / ``--pbedropout`` are the backbone's own module name
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from energymask.models import shallow_cnn, small_cnn
+from energymask.models import feature_extractor, shallow_cnn, small_cnn
 
 SMALL = {"small_cnn": small_cnn, "shallow_cnn": shallow_cnn}
 LIBRARIES = ("torchvision", "timm")
@@ -44,15 +43,14 @@ def _torchvision(name: str, in_channels: int) -> tuple[nn.Module, str, str]:
     except ValueError as err:
         raise ValueError(f"--backbone torchvision:{name}: torchvision has no model {name!r} "
                          f"(torchvision.models.list_models() lists them)") from err
-    if isinstance(getattr(model, "features", None), nn.Module):  # ConvNeXt, EfficientNet, VGG
-        return model.features, "features.", ""
-    children = OrderedDict(model.named_children())
-    if "avgpool" in children and "fc" in children:  # ResNet, ResNeXt, RegNet
-        del children["avgpool"], children["fc"]
-        return nn.Sequential(children), "", "fc"
-    raise ValueError(f"--backbone torchvision:{name}: no feature extractor found (supported: "
-                     "models with a `features` block, and ResNet-style models ending in "
-                     "`avgpool`, `fc`)")
+    try:
+        net = feature_extractor(model)
+    except TypeError as err:
+        raise ValueError(f"--backbone torchvision:{name}: no feature extractor found ({err})"
+                         ) from None
+    if net is getattr(model, "features", None):  # ConvNeXt, EfficientNet, VGG: head outside
+        return net, "features.", ""
+    return net, "", "fc"  # ResNet-like: every child before avgpool; the head is fc
 
 
 def _timm(name: str, in_channels: int) -> tuple[nn.Module, str, str]:

@@ -139,12 +139,13 @@ def _resume_spec(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
 
 def _last_epoch(checkpoint: Path) -> int:
     """The epoch a resumable checkpoint ends (0-based), read without running code."""
-    _runs.check_checkpoint(checkpoint)
-    try:
-        return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])
-    except Exception as err:  # torch.load raises many types for a damaged file
-        raise ValueError(f"checkpoint {str(checkpoint)!r} cannot be resumed "
-                         f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
+    from ..checkpoint import read_checkpoint
+
+    epoch = read_checkpoint(checkpoint).get("epoch")
+    if not isinstance(epoch, int):
+        raise ValueError(f"checkpoint {str(checkpoint)!r} cannot be resumed: it records no "
+                         "epoch (not written by Lightning's Trainer)")
+    return epoch
 
 
 def _fit(trainer, module, dm, ckpt_path: Path | None) -> bool:

@@ -34,7 +34,6 @@ import json
 import os
 import pickle
 import shutil
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from torch import nn
 from energymask.models import Classifier
 from energymask.surgery import insertable_names
 
-from ..checkpoint import load_for_inference
+from ..checkpoint import load_for_inference, read_checkpoint
 from ..classifier import FrozenBackboneERSM, ImageClassifier
 from ..datamodules import CIFAR10DataModule, ClutteredDigitsDataModule, ImageFolderDataModule
 from .backbones import build_backbone
@@ -230,24 +229,21 @@ def sha256(path: Path) -> str:
 
 
 def check_checkpoint(path: Path, expected_sha256: str | None = None) -> None:
-    """Refuse a file that is not a whole checkpoint, naming the file and what is wrong.
+    """Refuse a checkpoint that is missing or is not the file ``run.json`` recorded.
+
+    Whether the file is a readable checkpoint at all is
+    :func:`~energymask.lightning_modules.checkpoint.read_checkpoint`'s to say.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: empty, not a PyTorch zip checkpoint (truncated or another format),
-            or not the file whose SHA-256 ``run.json`` recorded.
+        ValueError: its SHA-256 differs from ``expected_sha256`` (changed or damaged).
     """
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if path.stat().st_size == 0:
-        raise ValueError(f"checkpoint {str(path)!r} is empty")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"checkpoint {str(path)!r} is not a PyTorch checkpoint (no zip "
-                         "archive: truncated, or another format)")
     if expected_sha256 is not None and (found := sha256(path)) != expected_sha256:
         raise ValueError(f"checkpoint {str(path)!r} is not the one training wrote: its SHA-256 "
                          f"is {found[:12]}..., run.json records {expected_sha256[:12]}... "
-                         "(changed or damaged since)")
+                         "(changed, truncated or damaged since)")
 
 
 def load_model(spec: dict[str, Any], checkpoint: Path) -> ImageClassifier:
@@ -276,13 +272,7 @@ def checkpoint_model(checkpoint: Path) -> dict[str, Any]:
     :class:`FrozenBackboneERSM`) has no ``run.json``; its hyper-parameters give the
     classes and the module class, the command line gives the backbone and the data.
     """
-    check_checkpoint(checkpoint)
-    try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load raises many types for a damaged file
-        raise ValueError(f"checkpoint {str(checkpoint)!r} cannot be read "
-                         f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
-    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    hp = read_checkpoint(checkpoint).get("hyper_parameters")
     if not isinstance(hp, dict) or "num_classes" not in hp:
         raise ValueError(f"checkpoint {str(checkpoint)!r} is not a Lightning checkpoint of an "
                          "ImageClassifier or FrozenBackboneERSM (no num_classes hyper-parameter)")
