@@ -10,7 +10,8 @@ Used by the deletion test, occlusion, attribution and the application
 - :func:`auc`: area under a curve over a fraction axis, normalised to [0, 1].
 - :func:`eval_mode`, :func:`split_batch`, :func:`progress_bar`: the batch loop's parts.
 - :func:`accuracy` and :func:`evaluate`: top-1 accuracy over samples, and the
-  mask scores (:func:`energymask.mask_quality.mask_quality`) of every ERSM layer.
+  mask scores (:mod:`energymask.mask_quality`) of every ERSM layer averaged
+  over samples.
 
 Empty batches (zero samples) are skipped everywhere; a loader that yields no
 sample at all is an error, never a NaN.
@@ -29,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from energymask.ersm import energy_mask_layers
-from energymask.mask_quality import mask_quality
+from energymask.mask_quality import mask_scores
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -165,17 +166,13 @@ class Evaluation:
         return asdict(self)
 
 
-def _add_scores(sums: dict[str, list[float]], scores: dict, batch: int) -> None:
-    """Add a batch's scores (per image (B,) tensors, or batch means) to [sum, count] pairs."""
+def _add_scores(sums: dict[str, list[float]], scores: dict[str, Tensor]) -> None:
+    """Add per-image scores (B,) to [sum, count] pairs; NaN images are left out."""
     for name, value in scores.items():
+        finite = value[~torch.isnan(value)].double()
         total = sums.setdefault(name, [0.0, 0.0])
-        if isinstance(value, Tensor) and value.dim() > 0:
-            finite = value[~torch.isnan(value)].double()
-            total[0] += float(finite.sum())
-            total[1] += finite.numel()
-        elif not math.isnan(float(value)):
-            total[0] += float(value) * batch
-            total[1] += batch
+        total[0] += float(finite.sum())
+        total[1] += finite.numel()
 
 
 def evaluate(
@@ -224,7 +221,7 @@ def _evaluate(
             total += y.shape[0]
             obj = extra.to(device) if isinstance(extra, Tensor) and extra.dim() >= 3 else None
             for name, layer in layers.items():
-                _add_scores(sums[name], mask_quality(layer.last_keep, obj), y.shape[0])
+                _add_scores(sums[name], mask_scores(layer.last_keep, obj))
     if total == 0:
         raise ValueError("loader yielded no sample (no batch, or only empty batches)")
     masks = {

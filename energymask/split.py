@@ -205,26 +205,24 @@ def split_at(model: nn.Module, layer: EnergyMask2d, x: Tensor) -> Split:
     return split
 
 
-def _descendants(start: list[fx.Node]) -> set[fx.Node]:
+def _closure(start, step) -> set[fx.Node]:
+    """``start`` and every node reached by repeating ``step`` (users or inputs)."""
     seen: set[fx.Node] = set()
     stack = list(start)
     while stack:
         n = stack.pop()
         if n not in seen:
             seen.add(n)
-            stack.extend(n.users)
+            stack.extend(step(n))
     return seen
 
 
-def _ancestors(start: set[fx.Node]) -> set[fx.Node]:
-    seen: set[fx.Node] = set()
-    stack = list(start)
-    while stack:
-        n = stack.pop()
-        if n not in seen:
-            seen.add(n)
-            stack.extend(n.all_input_nodes)
-    return seen
+def _descendants(start) -> set[fx.Node]:
+    return _closure(start, lambda n: n.users)
+
+
+def _ancestors(start) -> set[fx.Node]:
+    return _closure(start, lambda n: n.all_input_nodes)
 
 
 def _plan(nodes: list[fx.Node], start: list[fx.Node], meta: dict, depends: dict,

@@ -72,9 +72,15 @@ def test_accuracy_and_evaluate_match_a_manual_count():
     assert ev.accuracy == pytest.approx(want) and ev.num_samples == 10
     scores = ev.masks["backbone.layer2.layer"]
     # the per-sample mean over three batches (4, 4, 2) equals the whole-set scores
-    for k, v in mask_quality(keep, m).items():
-        want_k = float(v.mean()) if isinstance(v, torch.Tensor) else v
-        assert scores[k] == pytest.approx(want_k, abs=1e-6), k
+    want_scores = mask_quality(keep, m)
+    assert set(scores) == set(want_scores) and "iou" in scores
+    for k, v in want_scores.items():
+        assert scores[k] == pytest.approx(v, abs=1e-6), k
+    # without object masks: the scores that need none
+    plain = evaluate(model, DataLoader(TensorDataset(x, y), batch_size=4))
+    assert "iou" not in plain.masks["backbone.layer2.layer"]
+    assert plain.masks["backbone.layer2.layer"]["keep_ratio"] == pytest.approx(
+        want_scores["keep_ratio"], abs=1e-6)
     assert ev.to_dict()["num_samples"] == 10
 
 
