@@ -5,9 +5,9 @@ path (the model cut at the ERSM layer from its traced forward, masks stacked
 along the batch) must give the naive loop's curves exactly; the time ratio is
 printed and written with ``--json PATH``. Two placements of the ERSM layer:
 
-- ``layer3``: inserted after ``layer3.0`` (inside the backbone: the suffix is
+- ``inside_backbone``: inserted after ``layer3.0`` (inside the backbone: the suffix is
   ``layer3.1``, ``layer4`` and the head, about a third of the network);
-- ``head``: inserted after ``layer4`` (before the head: the suffix is the
+- ``head_side``: inserted after ``layer4`` (before the head: the suffix is the
   pool and the linear layer).
 
 The gain is bounded by about (prefix + suffix) / suffix, plus what batching
@@ -17,6 +17,8 @@ worth about one forward of a batch) is paid once per call. Weights are random
 informative.
 
     python benchmarks/bench_deletion.py [--quick] [--json PATH] [--device cuda] [--threads N]
+
+(``results/deletion.json``: ``--threads 1 --json benchmarks/results/deletion.json``.)
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from energymask import EnergyMask2d, insert_after
 from energymask.deletion import deletion_curve
 
 ORDERINGS = ("energy", "magnitude", "random")
-PLACEMENTS = {"layer3": "layer3.0", "head": "layer4"}
+PLACEMENTS = {"inside_backbone": "layer3.0", "head_side": "layer4"}
 
 
 def _model(after: str, device: str) -> torch.nn.Module:
