@@ -158,6 +158,9 @@ def split_at(model: nn.Module, layer: EnergyMask2d, x: Tensor) -> Split:
     Raises:
         CannotSplit: with the reason, when no exact split is found (module docstring).
     """
+    with forcing(layer, None):
+        # first, so that one-shot hooks (surgery's repeated-call check) are gone when tracing
+        eager = model(x)
     gm = _trace(model)
     nodes = list(gm.graph.nodes)
     calls = [n for n in nodes if n.op == "call_module" and gm.get_submodule(n.target) is layer]
@@ -185,7 +188,6 @@ def split_at(model: nn.Module, layer: EnergyMask2d, x: Tensor) -> Split:
 
     with forcing(layer, None):
         graph_out = _Recorder(gm).run(x)
-        eager = model(x)
     if not isinstance(eager, Tensor):
         raise CannotSplit(f"the model's output is a {type(eager).__name__}, not a tensor")
     if not isinstance(graph_out, Tensor) or not torch.equal(graph_out, eager):
