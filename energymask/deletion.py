@@ -11,7 +11,8 @@ fraction k / N. Two protocols:
   binary mask (1 keep, 0 delete); at k = 0 the head sees an all-ones mask it
   never saw in training, so the curve need not start at the clean accuracy.
 - ``"soft"``: the model's own soft keep map, with deleted tokens set to 0
-  (keep × mask); at k = 0 it is the clean model.
+  (keep × mask); at k = 0 it is the clean model (for a layer with
+  ``hard_inference=True`` the soft map is used, not the thresholded one).
 
 Fast path (``method="fast"``): the network is cut at the layer from what its
 forward executes (:mod:`energymask.split`): one prefix run per batch, then
