@@ -18,7 +18,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from energymask.deletion import PROTOCOLS
 from energymask.ersm import EnergyMask2d
+from energymask.evaluation import DEFAULT_FRACTIONS
 from energymask.pbedropout import PBEDropout2d
 
 from . import commands
@@ -26,7 +28,7 @@ from .backbones import HELP as BACKBONES_HELP
 from .runs import DATASETS, default_of
 from .settings import ERSM_BIAS_INIT, ERSM_BIAS_REASON
 
-#: ``--orderings`` names -> deletion orderings (added to energy, magnitude, random).
+#: ``--orderings`` names -> the Captum deletion orderings (the others always run).
 ORDERINGS_EXTRA = {"gradcam": "gradcam", "ablation": "feature_ablation",
                    "feature_ablation": "feature_ablation"}
 
@@ -165,7 +167,11 @@ def _evaluate_parser(sub) -> None:
                    "random: gradcam, ablation (Captum LayerGradCam, FeatureAblation)")
     p.add_argument("--steps", type=int, metavar="N", default=16,
                    help="deletion steps, evenly spaced (default: %(default)s)")
-    p.add_argument("--fractions", nargs="+", type=float, metavar="X", default=[0.0, 0.1, 0.25, 0.5],
+    p.add_argument("--deletion-protocol", choices=PROTOCOLS, default="binary",
+                   help="binary: the authors' forced binary mask; soft: the model's own soft "
+                   "keep map with the deleted tokens set to 0 (default: %(default)s)")
+    p.add_argument("--fractions", nargs="+", type=float, metavar="X",
+                   default=list(DEFAULT_FRACTIONS),
                    help="occluded fractions of the image (default: %(default)s)")
     p.add_argument("--patch-size", type=int, metavar="N", default=8,
                    help="occluding patch side in pixels (default: %(default)s)")

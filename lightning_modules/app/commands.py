@@ -22,7 +22,6 @@ from energymask.pbedropout import PBEDropout2d
 
 from . import runs as _runs
 
-ORDERINGS_ALWAYS = ("energy", "magnitude", "random")
 #: ``train`` options that may change when a run is resumed (they do not change the result).
 RESUME_MAY_CHANGE = ("resume", "no_progress", "accelerator", "func", "command")
 
@@ -246,27 +245,10 @@ def _load(args: argparse.Namespace):
     return Path(folder), module, loader, dm.has_object_masks
 
 
-@torch.no_grad()
-def _accuracy_and_masks(net: torch.nn.Module, loader: DataLoader, with_masks: bool) -> dict:
-    from energymask.mask_quality import mask_quality
-
-    layers = energy_mask_layers(net)
-    correct, total = 0, 0
-    sums: dict[str, dict[str, float]] = {name: {} for name in layers}
-    for batch in loader:
-        x, y = batch[0], batch[1]
-        correct += int((net(x).argmax(-1) == y).sum())
-        total += len(y)
-        if with_masks:
-            for name, layer in layers.items():
-                for k, v in mask_quality(layer.last_keep, batch[2]).items():
-                    sums[name][k] = sums[name].get(k, 0.0) + v * len(y)
-    quality = {n: {k: v / total for k, v in s.items()} for n, s in sums.items() if s}
-    return {"accuracy": correct / total, "num_samples": total, "mask_quality": quality}
-
-
 def evaluate(args: argparse.Namespace) -> int:
     from energymask.deletion import deletion_curve
+    from energymask.evaluation import ORDERINGS
+    from energymask.evaluation import evaluate as evaluate_model
     from energymask.occlusion import occlusion_robustness
 
     from .cli import ORDERINGS_EXTRA
@@ -277,14 +259,15 @@ def evaluate(args: argparse.Namespace) -> int:
     with _runs.claim(folder, resume=True):
         net = module.model
         progress = not args.no_progress
-        result: dict[str, Any] = {"run": str(folder),
-                                  **_accuracy_and_masks(net, loader, with_masks)}
-        orderings = list(ORDERINGS_ALWAYS)
-        orderings += [ORDERINGS_EXTRA[o] for o in args.orderings
-                      if ORDERINGS_EXTRA[o] not in orderings]
+        scores = evaluate_model(net, loader, progress=progress)
+        result: dict[str, Any] = {"run": str(folder), "accuracy": scores.accuracy,
+                                  "num_samples": scores.num_samples, "mask_quality": scores.masks}
+        extra = {ORDERINGS_EXTRA[o] for o in args.orderings}  # the Captum ones asked for
+        orderings = [o for o in ORDERINGS if o not in ORDERINGS_EXTRA.values() or o in extra]
         result["deletion"] = {
             name: deletion_curve(net, loader, layer=name, orderings=orderings, steps=args.steps,
-                                 seed=args.seed, progress=progress).to_dict()
+                                 seed=args.seed, progress=progress,
+                                 protocol=args.deletion_protocol).to_dict()
             for name in energy_mask_layers(net)
         }  # fmt: skip
         placements = ["random", "object"] if with_masks else ["random"]

@@ -32,10 +32,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from energymask.deletion import deletion_curve, eval_mode
+from energymask.deletion import deletion_curve
 from energymask.dropblock import DropBlock2d
-from energymask.ersm import energy_mask_layers
-from energymask.mask_quality import mask_quality
+from energymask.evaluation import DEFAULT_FRACTIONS as OCCLUSION_FRACTIONS
+from energymask.evaluation import ORDERINGS, evaluate
 from energymask.models import Classifier, FrozenBackboneClassifier, shallow_cnn, small_cnn
 from energymask.occlusion import occlusion_robustness
 from energymask.surgery import insert_after
@@ -48,8 +48,6 @@ from .settings import ERSM_SETTINGS
 from .trainer import build_trainer
 
 REGULARISERS = ("none", "dropout", "dropout2d", "dropblock", "pbedropout")
-ORDERINGS = ("energy", "magnitude", "random", "gradcam", "feature_ablation")
-OCCLUSION_FRACTIONS = (0.0, 0.1, 0.25, 0.5)
 
 
 @dataclass(frozen=True)
@@ -186,30 +184,10 @@ def eval_loader(dm, num_samples: int | None = None) -> DataLoader:
     return DataLoader(test, batch_size=dm.batch_size)
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, loader: Iterable) -> float:
-    """Top-1 accuracy of ``model`` (in eval mode) over ``loader``."""
-    correct = total = 0
-    with eval_mode(model):
-        for batch in loader:
-            correct += int((model(batch[0]).argmax(-1) == batch[1]).sum())
-            total += len(batch[1])
-    return correct / total
-
-
-@torch.no_grad()
 def ersm_mask_scores(model: nn.Module, loader: Iterable) -> dict[str, float]:
-    """The ERSM masks' :func:`~energymask.mask_quality.mask_quality` scores, means over images."""
-    (layer,) = energy_mask_layers(model).values()
-    sums: dict[str, float] = {}
-    total = 0
-    with eval_mode(model):
-        for batch in loader:
-            model(batch[0])
-            for k, v in mask_quality(layer.last_keep, batch[2]).items():
-                sums[k] = sums.get(k, 0.0) + v * len(batch[1])
-            total += len(batch[1])
-    return {k: v / total for k, v in sums.items()}
+    """The mask scores of ``model``'s one ERSM layer (:func:`energymask.evaluation.evaluate`)."""
+    (scores,) = evaluate(model, loader, progress=False).masks.values()
+    return scores
 
 
 def evaluate_ersm(model: nn.Module, dm, budget: Budget, seed: int, progress: bool = True,
@@ -227,7 +205,7 @@ def evaluate_ersm(model: nn.Module, dm, budget: Budget, seed: int, progress: boo
 
 def occlusion(models: nn.Module | dict[str, nn.Module], dm, seed: int, progress: bool = True
               ) -> dict[str, dict[str, list[float]]]:
-    """Accuracy under random and on-object occlusion at :data:`OCCLUSION_FRACTIONS`."""
+    """Accuracy under random and on-object occlusion at the default fractions (8x8 patches)."""
     loader = eval_loader(dm)
     out = {}
     for placement in ("random", "object"):
@@ -239,10 +217,10 @@ def occlusion(models: nn.Module | dict[str, nn.Module], dm, seed: int, progress:
 
 __all__ = [
     "Budget",
-    "ORDERINGS",
     "QUICK",
+    "OCCLUSION_FRACTIONS",
+    "ORDERINGS",
     "REGULARISERS",
-    "accuracy",
     "datamodule",
     "eval_loader",
     "ersm_mask_scores",
