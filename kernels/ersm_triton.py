@@ -40,13 +40,18 @@ import triton.language as tl
 from torch import Tensor
 
 from .dispatch import interpreting
+from .reference import EPS as _EPS
 
-EPS = 1e-6
+# A module global read inside @triton.jit must be a constexpr (the compiler refuses
+# plain globals; the interpreter does not notice).
+EPS = tl.constexpr(_EPS)
 
 
 @triton.jit
 def _softplus(v):
-    return tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(tl.minimum(v, 20.0))))
+    """log(1 + e^v) without overflow (v > 20) or lost precision (v < -15: e^v)."""
+    e = tl.exp(tl.minimum(v, 20.0))
+    return tl.where(v > 20.0, v, tl.where(v < -15.0, e, tl.log(1.0 + e)))
 
 
 @triton.jit
