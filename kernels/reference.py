@@ -153,11 +153,11 @@ def gibbs_sweep(
         parity: 0 or 1, the colour updated. seed: integer seed.
 
     Returns:
-        New float32 masks (K, B, C, h, w).
+        New masks (K, B, C, h, w), in the dtype of ``masks`` (uint8 stays uint8).
     """
     field = conditional_field(masks, unary, beta)
     generator = torch.Generator(device=masks.device).manual_seed(int(seed))
     uniform = torch.rand(field.shape, generator=generator, device=masks.device)
-    sampled = (uniform < torch.sigmoid(-field / temperature)).float()
+    sampled = (uniform < torch.sigmoid(-field / temperature)).to(masks.dtype)
     site = checkerboard(field.shape[-2], field.shape[-1], parity, masks.device)
-    return torch.where(site, sampled, masks.float())
+    return torch.where(site, sampled, masks)
