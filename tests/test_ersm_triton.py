@@ -209,3 +209,25 @@ def test_layer_on_triton_backend_compiles_without_graph_breaks():
     (want_dx,) = torch.autograd.grad(want, x)
     torch.testing.assert_close(got, want, **TOL[torch.float32])
     torch.testing.assert_close(got_dx, want_dx, **TOL[torch.float32])
+
+
+def test_failing_backward_kernel_falls_back_to_reference_gradients(monkeypatch):
+    from energymask.kernels import dispatch
+
+    def broken(*args):
+        raise RuntimeError("ptxas fatal: unsupported gpu architecture (test)")
+
+    monkeypatch.setattr(ersm_triton, "backward", broken)
+    monkeypatch.setattr(dispatch, "_failed", {})
+    monkeypatch.setenv(dispatch.STRICT_ENV, "0")
+    x, weight, bias = inputs((1, 3, 4, 4, 1), torch.float32, True, seed=10)
+    upstream = [torch.ones(()) for _ in range(5)]
+    with pytest.warns(RuntimeWarning, match="'ersm_energy backward' failed .*ptxas fatal"):
+        got = run(ersm_triton.ersm_energy, x, weight, bias, 1, upstream)[1]
+    want = run(ref.ersm_energy, x, weight, bias, 1, upstream)[1]
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g, e, **TOL[torch.float32])
+    monkeypatch.setattr(dispatch, "_failed", {})
+    monkeypatch.setenv(dispatch.STRICT_ENV, "1")
+    with pytest.raises(RuntimeError, match="ptxas fatal"):
+        run(ersm_triton.ersm_energy, x, weight, bias, 1, upstream)
