@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from energymask.ersm import EnergyMask2d, energy_mask_layers
-from energymask.kernels.reference import expand_tokens
+from energymask.kernels import expand_tokens
 from energymask.models import Classifier, FrozenBackboneClassifier
 from energymask.orderings import check_orderings, compute_scores
 from energymask.surgery import InsertedAfter

@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from energymask.kernels import ersm_energy
-from energymask.kernels.reference import EPS, expand_tokens, token_norm
+from energymask.kernels import EPS, ersm_energy, expand_tokens, token_norm
 
 
 class EnergyMaskOutput(NamedTuple):
