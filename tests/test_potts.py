@@ -5,7 +5,6 @@ import torch
 
 import energymask.kernels as kernels
 from energymask.kernels import checkerboard, population_energy
-from energymask.kernels.lattice import lattice
 from energymask.kernels.reference import conditional_field
 from energymask.potts import potts, random_masks, sample
 
@@ -16,28 +15,6 @@ def gens(seed: int = 0) -> tuple[torch.Generator, torch.Generator]:
 
 def random_grid(k=3, b=2, c=3, h=5, w=4, seed=0):
     return (torch.rand(k, b, c, h, w, generator=torch.Generator().manual_seed(seed)) < 0.5).float()
-
-
-def test_lattice_orders_colours_and_links_neighbours():
-    lat = lattice(3, 4)
-    assert lat.split == 6 and lat.order.shape == (12,) and not lat.grid_order
-    assert checkerboard(3, 4, 0).flatten()[lat.order[:6]].all()
-    assert torch.equal(lat.order[lat.inverse], torch.arange(12))
-    assert torch.equal(lat.rows * 4 + lat.cols, lat.order)
-    corner = int(lat.inverse[0])  # grid (0, 0): colour 0, neighbours (0, 1) and (1, 0)
-    linked = lat.order[lat.split + lat.adjacency[:, corner].nonzero().flatten()]
-    assert sorted(linked.tolist()) == [1, 4]
-    assert lat.degree[corner] == 2 and lat.degree.sum() == 2 * lat.adjacency.sum()
-    assert lat.row_spans.shape == (16, 12) and lat.col_spans.shape == (25, 12)
-    span = lat.row_spans[3 * 4 + 1]  # grid lines 3 and 1: rows 1 and 2
-    assert torch.equal(span.bool(), (lat.rows >= 1) & (lat.rows < 3))
-    assert torch.equal(lat.col_spans[2 * 5 + 2], torch.zeros(12, dtype=torch.uint8))
-
-
-def test_grid_order_lattice_is_the_identity_layout():
-    lat = lattice(3, 4, grid_order=True)
-    assert lat.grid_order and torch.equal(lat.order, torch.arange(12))
-    assert torch.equal(lat.degree, lattice(3, 4).degree[lattice(3, 4).inverse])
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
