@@ -16,8 +16,8 @@ first call that needs them, so this package imports where Triton is absent.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
+from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -38,13 +38,24 @@ from .lattice import Lattice, draw_seed, to_grid, to_sites
 from .reference import EPS, ErsmEnergy, checkerboard, expand_tokens, token_norm, unit_tokens
 
 
-def _triton(module: str, name: str, fallback: Callable, *args):
-    """``name`` of the Triton ``module``, or ``fallback`` if it fails (:func:`guarded`)."""
+def _ersm_triton() -> ModuleType:
+    from . import ersm_triton
 
-    def fast():
-        return getattr(importlib.import_module(f".{module}", __name__), name)(*args)
+    return ersm_triton
 
-    return guarded(name, fast, lambda: fallback(*args))
+
+def _potts_triton() -> ModuleType:
+    from . import potts_triton
+
+    return potts_triton
+
+
+def _triton(module: Callable[[], ModuleType], name: str, fallback: Callable, *args):
+    """``name`` of the Triton ``module()``, or ``fallback`` if it fails (:func:`guarded`).
+
+    The module is imported on first use (plain imports: ``torch.compile`` traces them).
+    """
+    return guarded(name, lambda: getattr(module(), name)(*args), lambda: fallback(*args))
 
 
 def ersm_energy(
@@ -59,7 +70,7 @@ def ersm_energy(
     """ERSM token energies and masked output; see :func:`reference.ersm_energy`."""
     args = (x, weight, bias, token_size, lam, gamma, temperature)
     if use_triton(x):
-        return _triton("ersm_triton", "ersm_energy", reference.ersm_energy, *args)
+        return _triton(_ersm_triton, "ersm_energy", reference.ersm_energy, *args)
     return reference.ersm_energy(*args)
 
 
@@ -67,7 +78,7 @@ def population_energy(masks: Tensor, unary: Tensor, beta: float) -> Tensor:
     """(K, B, C) Potts energies of a mask population; see :func:`reference.population_energy`."""
     if use_triton(masks):
         return _triton(
-            "potts_triton", "population_energy", reference.population_energy, masks, unary, beta
+            _potts_triton, "population_energy", reference.population_energy, masks, unary, beta
         )
     return reference.population_energy(masks, unary, beta)
 
@@ -78,7 +89,7 @@ def gibbs_sweep(
     """One checkerboard colour of Gibbs updates; see :func:`reference.gibbs_sweep`."""
     args = (masks, unary, beta, temperature, parity, seed)
     if use_triton(masks):
-        return _triton("potts_triton", "gibbs_sweep", reference.gibbs_sweep, *args)
+        return _triton(_potts_triton, "gibbs_sweep", reference.gibbs_sweep, *args)
     return reference.gibbs_sweep(*args)
 
 
@@ -98,7 +109,7 @@ def lattice_energy(masks: Tensor, lat: Lattice, unary: Tensor, field: Tensor, be
     """
     if lat.grid_order:
         grid = to_grid(masks, lat, unary.shape[:2])
-        energy = _triton("potts_triton", "population_energy", reference.population_energy,
+        energy = _triton(_potts_triton, "population_energy", reference.population_energy,
                          grid, unary, beta)  # fmt: skip
         return energy.flatten(1)
     return _lattice.site_energy(masks, lat, field, beta)
@@ -125,7 +136,7 @@ def lattice_sweep(
     grid = to_grid(masks, lat, unary.shape[:2])
     for _ in range(sweeps):
         for parity in (0, 1):
-            grid = _triton("potts_triton", "gibbs_sweep", reference.gibbs_sweep,
+            grid = _triton(_potts_triton, "gibbs_sweep", reference.gibbs_sweep,
                            grid, unary, beta, temperature, parity, draw_seed(seeds))  # fmt: skip
     return grid.reshape(masks.shape)
 
