@@ -265,12 +265,14 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     parser.add_argument("--compile", action="store_true",
-                        help="write the ahead-of-time compile grid to benchmarks/kernels_sm90.json")
+                        help="compile every kernel for sm_90 at the full grid of shapes "
+                             "(registers, spills, shared) into benchmarks/kernels_sm90.json")
     args = parser.parse_args()  # fmt: skip
     if args.compile:
         env = {**os.environ, "TRITON_INTERPRET": "0"}
         out = str(HERE / "kernels_sm90.json")
-        cmd = [sys.executable, "-m", "energymask.kernels.aot", "--full", "--json", out]
+        cmd = [sys.executable, "-m", "energymask.kernels.aot", "--full", "--cc", "90"]
+        cmd += ["--json", out]
         raise SystemExit(subprocess.run(cmd, env=env, check=False).returncode)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here. The Triton kernels are timed only "

@@ -28,8 +28,9 @@ they were just read by the neighbouring programs and come from cache), then
 writes out; the backward gathers g_out·x, w·x and the neighbour dots, then
 writes dx and per-tile partial sums of dw (summed in torch: no atomics,
 deterministic). Each launch reads its feature maps once from memory
-(``benchmarks/bench_kernels.py`` counts it). Offsets are int64, accumulation
-float32 (float64 for float64 inputs).
+(``benchmarks/bench_kernels.py`` counts it). The sample's base offset is int64,
+offsets inside a sample int32 (D·h·w < 2³¹, checked; it halves the address
+registers); accumulation float32 (float64 for float64 inputs).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def _ersm_fwd(
         for d0 in range(0, D, BLOCK_D):
             d = d0 + tl.arange(0, BLOCK_D)
             d_ok = d < D
-            row_off = d.to(tl.int64)[:, None] * HW
+            row_off = d[:, None] * HW
             xv = tl.load(xb_ptr + row_off + s[None, :], mask=d_ok[:, None] & s_ok[None, :],
                          other=0.0).to(ACC)  # fmt: skip
             if k == 4:
@@ -126,7 +127,7 @@ def _ersm_fwd(
     tl.store(p_ptr + o, gamma * _softplus(sim), mask=s_ok)
     for d0 in range(0, D, BLOCK_D):  # the tile was just read: from cache
         d = d0 + tl.arange(0, BLOCK_D)
-        off = d.to(tl.int64)[:, None] * HW + s[None, :]
+        off = d[:, None] * HW + s[None, :]
         ok2 = (d < D)[:, None] & s_ok[None, :]
         xv = tl.load(xb_ptr + off, mask=ok2, other=0.0).to(ACC)
         tl.store(out_ptr + b * D * HW + off, (xv * keep[None, :]).to(out_ptr.dtype.element_ty),
@@ -177,7 +178,7 @@ def _ersm_bwd(
         for d0 in range(0, D, BLOCK_D):
             d = d0 + tl.arange(0, BLOCK_D)
             d_ok = d < D
-            row_off = d.to(tl.int64)[:, None] * HW
+            row_off = d[:, None] * HW
             tile_ok = d_ok[:, None] & s_ok[None, :]
             xv = tl.load(xb_ptr + row_off + s[None, :], mask=tile_ok, other=0.0).to(ACC)
             if k == 4:
@@ -203,7 +204,7 @@ def _ersm_bwd(
     for d0 in range(0, D, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         d_ok = d < D
-        row_off = d.to(tl.int64)[:, None] * HW
+        row_off = d[:, None] * HW
         tile_ok = d_ok[:, None] & s_ok[None, :]
         xv = tl.load(xb_ptr + row_off + s[None, :], mask=tile_ok, other=0.0).to(ACC)
         wv = tl.load(w_ptr + d, mask=d_ok, other=0.0).to(ACC)
@@ -267,10 +268,18 @@ def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _check_sample_size(d: int, hw: int) -> None:
+    if d * hw >= 2**31:
+        raise ValueError(
+            f"x: one sample's token map must hold < 2**31 values, but got D·h·w = {d * hw}"
+        )
+
+
 def forward(x: Tensor, weight: Tensor, bias: Tensor, lam: float, gamma: float, temperature: float):
     """Launch the forward kernel on tokens x (B, D, h, w): (out, z, keep, U, P, r, s)."""
     x = x.contiguous()
     bsz, d, h, w = x.shape
+    _check_sample_size(d, h * w)
     sd = _stat_dtype(x.dtype)
     weight_c = weight.detach().to(sd).contiguous()
     bias_c = bias.detach().to(sd).contiguous()

@@ -231,3 +231,10 @@ def test_failing_backward_kernel_falls_back_to_reference_gradients(monkeypatch):
     monkeypatch.setenv(dispatch.STRICT_ENV, "1")
     with pytest.raises(RuntimeError, match="ptxas fatal"):
         run(ersm_triton.ersm_energy, x, weight, bias, 1, upstream)
+
+
+def test_rejects_samples_beyond_int32_offsets():
+    x = torch.empty(1, 2**16, 2**8, 2**7, device="meta")
+    with pytest.raises(ValueError, match=r"x: one sample's token map must hold < 2\*\*31 values"):
+        ersm_triton.forward(x, torch.empty(2**16, device="meta"), torch.empty((), device="meta"),
+                            1e-3, 1e-3, 1.0)  # fmt: skip
