@@ -1,4 +1,4 @@
-"""Genetic refinement of PB-EDropout's mask populations (DESIGN.md §4).
+"""Genetic refinement of PB-EDropout's mask populations (docs/design.md §4).
 
 One generation, on populations (K, P, n) uint8 in the site layout of a
 :class:`energymask.potts.Potts` model, with fitness f (higher is better,

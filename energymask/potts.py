@@ -1,4 +1,4 @@
-"""The Potts model of PB-EDropout's masks and its Gibbs sampler (DESIGN.md §4).
+"""The Potts model of PB-EDropout's masks and its Gibbs sampler (docs/design.md §4).
 
 For every (sample, channel) plane, a mask m ∈ {0,1}^{h×w} over the patches has
 

@@ -1,11 +1,12 @@
-"""Energy kernels: Triton on CUDA, PyTorch references elsewhere (DESIGN.md §5).
+"""Energy kernels: Triton on CUDA, PyTorch references elsewhere (docs/design.md §5).
 
 The only door into the kernels: the rest of the package imports the names
 below and nothing from the submodules. ``ersm_energy``, ``population_energy``
 and ``gibbs_sweep`` have the signatures of the functions of the same name in
 :mod:`energymask.kernels.reference` and pick their backend once per call
 (:mod:`energymask.kernels.dispatch`): the Triton kernel on CUDA tensors (or
-when forced), the reference otherwise. For PB-EDropout's populations the
+when forced), the reference otherwise; ``token_logits`` (the cheap inference
+logits) and ``expand_tokens`` are PyTorch on every device. For PB-EDropout's populations the
 backend is picked once per model, by the mask layout (:func:`potts_lattice`,
 :mod:`energymask.kernels.lattice`); :func:`lattice_energy` and
 :func:`lattice_sweep` follow the layout. A Triton kernel that fails to compile
@@ -35,7 +36,7 @@ from .dispatch import (
     use_triton,
 )
 from .lattice import Lattice, draw_seed, to_grid, to_sites
-from .reference import EPS, ErsmEnergy, checkerboard, expand_tokens, token_norm, unit_tokens
+from .reference import ErsmEnergy, checkerboard, expand_tokens, token_logits  # PyTorch everywhere
 
 
 def _ersm_triton() -> ModuleType:
@@ -143,7 +144,6 @@ def lattice_sweep(
 
 __all__ = [
     "BACKENDS",
-    "EPS",
     "STRICT_ENV",
     "ErsmEnergy",
     "Lattice",
@@ -160,9 +160,8 @@ __all__ = [
     "set_backend",
     "to_grid",
     "to_sites",
-    "token_norm",
+    "token_logits",
     "triton_available",
-    "unit_tokens",
     "use_backend",
     "use_triton",
 ]

@@ -1,4 +1,4 @@
-"""Fused Triton kernels for the ERSM token energy (DESIGN.md §3, §5).
+"""Fused Triton kernels for the ERSM token energy (docs/design.md §3, §5).
 
 Devynck et al., "Energy-Regularized Spatial Masking", IJCAI 2026, arXiv 2604.06893.
 Must match :func:`energymask.kernels.reference.ersm_energy`.

@@ -19,7 +19,7 @@ per model by :func:`energymask.kernels.potts_lattice`:
 
   so a Gibbs half-sweep of one colour is one small batched matmul, a sigmoid
   and one uniform draw per site (:func:`site_sweep`). It computes the same
-  model as :func:`energymask.kernels.reference.gibbs_sweep` (DESIGN.md §4).
+  model as :func:`energymask.kernels.reference.gibbs_sweep` (docs/design.md §4).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Triton kernels for PB-EDropout's Potts energy and checkerboard Gibbs sweep (DESIGN.md §4, §5).
+"""Triton kernels for PB-EDropout's Potts energy and Gibbs sweep (docs/design.md §4, §5).
 
 Must match :func:`energymask.kernels.reference.population_energy` and, in
 distribution, :func:`energymask.kernels.reference.gibbs_sweep`. Masks stay in

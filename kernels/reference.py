@@ -1,4 +1,4 @@
-"""Plain PyTorch references for the energy kernels (DESIGN.md §5).
+"""Plain PyTorch references for the energy kernels (docs/design.md §5).
 
 Every Triton kernel in this package must match the function of the same name
 here (``tests/test_ersm_triton.py``, ``tests/test_potts_triton.py``). They are
@@ -7,10 +7,11 @@ and the fallback of a Triton kernel that fails. PB-EDropout's sampler on CPU
 runs the same Potts model in the site layout of :mod:`energymask.kernels.lattice`
 (one matmul per colour), checked against these.
 
-- ``ersm_energy``: the ERSM token energy of DESIGN.md §3 (Devynck et al.,
-  "Energy-Regularized Spatial Masking", IJCAI 2026, arXiv 2604.06893).
+- ``ersm_energy``: the ERSM token energy of docs/design.md §3 (Devynck et al.,
+  "Energy-Regularized Spatial Masking", IJCAI 2026, arXiv 2604.06893), and
+  ``token_logits``, its logits alone (the inference path; no Triton version).
 - ``population_energy`` and ``gibbs_sweep``: the Potts energy and the
-  checkerboard Gibbs update of PB-EDropout (DESIGN.md §4).
+  checkerboard Gibbs update of PB-EDropout (docs/design.md §4).
 """
 
 from __future__ import annotations
@@ -98,6 +99,19 @@ def ersm_energy(
     pairwise = gamma * F.softplus(neighbour_similarity(unit))
     output = (xf * expand_tokens(keep, token_size)).to(in_dtype)
     return ErsmEnergy(output, logits, keep, unary, pairwise)
+
+
+def token_logits(x: Tensor, weight: Tensor, bias: Tensor, token_size: int = 1) -> Tensor:
+    """ERSM energy logits alone: z_i = wᵀ x_i / (‖x_i‖ + 1e-6) + b, (B, C, H, W) -> (B, h, w).
+
+    The cheap inference path of docs/design.md §3: the same z as :func:`ersm_energy`
+    without materialising the unit tokens (two reads of x instead of the
+    energies' several passes). float16 / bfloat16 inputs give float32 logits.
+    """
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    tokens = F.pixel_unshuffle(xf, token_size) if token_size > 1 else xf
+    projected = torch.einsum("bdhw,d->bhw", tokens, weight.to(tokens.dtype))
+    return projected / (token_norm(tokens)[:, 0] + EPS) + bias.to(tokens.dtype)
 
 
 def population_energy(masks: Tensor, unary: Tensor, beta: float) -> Tensor:
