@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import torch
 
-from .launch import Launch, recording
+from .launch import MAX_REGISTERS, Launch, recording
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _POINTER = {
@@ -171,7 +171,9 @@ def compile_one(item: Launch, cc: int) -> dict:
         with contextlib.redirect_stdout(log):  # ptxas' -v report, printed by Triton
             triton.knobs.nvidia.dump_ptxas_log = True
             compiled = triton.compile(
-                src, target=GPUTarget("cuda", cc, 32), options={"num_warps": item.num_warps}
+                src,
+                target=GPUTarget("cuda", cc, 32),
+                options={"num_warps": item.num_warps, "maxnreg": MAX_REGISTERS},
             )
     except Exception as exc:
         row["error"] = f"{type(exc).__name__}: {str(exc)[-400:]}"

@@ -25,6 +25,9 @@ class Launch(NamedTuple):
 
 
 _recorded: list[Launch] | None = None
+# Upper bound given to ptxas (``.maxnreg``): left to itself it capped some
+# kernels at 128 or 168 registers and spilled a few bytes rather than use more.
+MAX_REGISTERS = 255
 
 
 def launch(kernel: Any, grid: tuple[int, ...], args: tuple, num_warps: int = 4, **constexprs):
@@ -32,7 +35,7 @@ def launch(kernel: Any, grid: tuple[int, ...], args: tuple, num_warps: int = 4, 
     if _recorded is not None:
         _recorded.append(Launch(kernel, grid, args, constexprs, num_warps))
         return
-    kernel[grid](*args, num_warps=num_warps, **constexprs)
+    kernel[grid](*args, num_warps=num_warps, maxnreg=MAX_REGISTERS, **constexprs)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ def test_recording_collects_launches_and_runs_nothing():
     assert calls == []
     assert launches == [launching.Launch(kernel, (2, 3), (1, 2.0), {"BLOCK": 16}, 8)]
     launching.launch(kernel, (1,), (5,), BLOCK=4)  # outside: launched
-    assert calls == [((1,), (5,), {"num_warps": 4, "BLOCK": 4})]
+    assert calls == [((1,), (5,), {"num_warps": 4, "maxnreg": 255, "BLOCK": 4})]
 
 
 def test_wrappers_record_on_meta_tensors():
