@@ -14,13 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from energymask.data import cifar10, image_folder
 from energymask.data.cluttered_digits import NUM_CLASSES, make_splits
+from energymask.data.resumable import EpochSampler, ResumableLoader
+
+from ._compat import LightningDataModule
 
 Split = Dataset | Sequence[Tensor] | None
 
@@ -55,16 +57,19 @@ class _LoaderMixin:
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers must be an int >= 0, but got {num_workers!r}")
 
-    def _loader(self, dataset: Dataset | None, name: str, shuffle: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, name: str) -> DataLoader:
         if dataset is None:
             raise ValueError(f"no {name} split was given to {type(self).__name__}")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, generator=generator)
+        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
+        """Shuffled by ``(seed, epoch)``, resumable mid-epoch (:mod:`energymask.data.resumable`)."""
         self.setup("fit")
-        return self._loader(self.train_set, "train", self.shuffle)
+        if self.train_set is None:
+            raise ValueError(f"no train split was given to {type(self).__name__}")
+        sampler = EpochSampler(len(self.train_set), self.seed, self.shuffle)
+        return ResumableLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
+                               num_workers=self.num_workers, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup("validate")
@@ -78,7 +83,7 @@ class _LoaderMixin:
         """Nothing to build (subclasses build their splits here, once)."""
 
 
-class TensorDataModule(_LoaderMixin, pl.LightningDataModule):
+class TensorDataModule(_LoaderMixin, LightningDataModule):
     """Train / val / test splits given as Datasets or tuples of tensors ``(x, y)``.
 
     Args:
@@ -103,7 +108,7 @@ class TensorDataModule(_LoaderMixin, pl.LightningDataModule):
         self.shuffle, self.seed = shuffle, seed
 
 
-class _SplitsDataModule(_LoaderMixin, pl.LightningDataModule):
+class _SplitsDataModule(_LoaderMixin, LightningDataModule):
     """Builds ``{"train", "val", "test"}`` with :meth:`make_splits` at the first ``setup``.
 
     Subclasses set ``num_classes``, ``in_channels`` and ``has_object_masks``.
