@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from energymask.data._split import split_dataset
+from energymask.data._split import named_splits
 
 __all__ = ["CIFAR10Pickles", "cifar10_splits", "load_cifar10"]
 
@@ -146,11 +146,16 @@ class CIFAR10Pickles(Dataset):
 
 
 def cifar10_splits(root: str | Path, val_fraction: float = 0.1, seed: int = 0,
-                   transform=None) -> dict[str, Dataset]:
+                   transform=None) -> dict[str, Dataset | None]:
     """``{"train", "val", "test"}``: the training batches split by ``seed`` into train and
-    val (``val_fraction``), and the test batch. ``transform`` applies to all three."""
+    val (``val_fraction``; 0 gives no val split, None), and the test batch.
+    ``transform`` applies to all three. An empty split raises ``ValueError``."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), but got {val_fraction}")
     full = CIFAR10Pickles(root, train=True, transform=transform)
-    train, val = split_dataset(full, (1.0 - val_fraction, val_fraction), seed)
-    return {"train": train, "val": val, "test": CIFAR10Pickles(root, False, transform)}
+    test = CIFAR10Pickles(root, False, transform)
+    if len(test) == 0:
+        raise ValueError(f"the test split of {str(root)!r} is empty: test_batch holds no image")
+    splits = named_splits(full, {"val": val_fraction, "train": 1.0 - val_fraction}, seed,
+                          f"CIFAR-10 folder {str(root)!r}")
+    return {**splits, "test": test}
