@@ -11,8 +11,8 @@ Exact resume: the training order of epoch ``e`` is a function of ``(seed, e)``
 training loader is a :class:`~energymask.data.ResumableLoader`, whose position
 the Trainer saves in every checkpoint, so ``trainer.fit(..., ckpt_path=...)``
 continues with the batches a straight run would see, from an end-of-epoch or a
-mid-epoch checkpoint (one process; under DDP Lightning's own
-``DistributedSampler``, also seeded by seed and epoch, takes over).
+mid-epoch checkpoint (one process; under DDP a ``DistributedSampler`` seeded by
+``seed`` orders each epoch by seed and epoch, exact from end-of-epoch checkpoints).
 
 Batches unpack as ``x, y = batch``; ``ClutteredDigitsDataModule(with_masks=True)``
 adds the object masks. The dataset modules take ``channels``, ``size``,
@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from energymask.data import cifar10, image_folder
 from energymask.data.cluttered_digits import NUM_CLASSES, make_splits
@@ -74,11 +74,22 @@ class _LoaderMixin:
             raise ValueError(f"no {name} split was given to {type(self).__name__}")
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
 
-    def train_dataloader(self) -> ResumableLoader:
-        """Shuffled by ``(seed, epoch)``, resumable mid-epoch (:mod:`energymask.data.resumable`)."""
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled by ``(seed, epoch)``, resumable mid-epoch (:mod:`energymask.data.resumable`).
+
+        Under DDP (a Trainer with ``world_size > 1``) each process reads its share
+        through a ``DistributedSampler`` seeded by ``seed``, ordered by seed and
+        epoch too (exact from end-of-epoch checkpoints).
+        """
         self.setup("fit")
         if self.train_set is None:
             raise ValueError(f"no train split was given to {type(self).__name__}")
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            shard = DistributedSampler(self.train_set, trainer.world_size, trainer.global_rank,
+                                       shuffle=self.shuffle, seed=self.seed)
+            return DataLoader(self.train_set, batch_size=self.batch_size, sampler=shard,
+                              num_workers=self.num_workers)
         sampler = EpochSampler(len(self.train_set), self.seed, self.shuffle)
         return ResumableLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
                                num_workers=self.num_workers, generator=torch.Generator())

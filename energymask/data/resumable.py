@@ -22,11 +22,12 @@ Usage, for your own dataset::
     loader = ResumableLoader(dataset, batch_size=32,
                              sampler=EpochSampler(len(dataset), seed=0))
 
-Single process only: under DDP Lightning puts its own ``DistributedSampler``
-(also seeded by seed and epoch) around the sampler, and mid-epoch state is not
-kept. The loader counts batches in the main process, so ``num_workers > 0`` is
-fine; the workers' base seed is drawn from the loader's ``generator`` (when one
-is given), re-seeded by ``(seed, epoch)`` at each pass.
+Mid-epoch resume is for one process: under DDP use a ``DistributedSampler``
+(its order is also a function of seed and epoch; the project's datamodules
+switch to one), which is exact from end-of-epoch checkpoints. The loader counts
+batches in the main process, so ``num_workers > 0`` is fine; the workers' base
+seed is drawn from the loader's ``generator`` (when one is given), re-seeded by
+``(seed, epoch)`` at each pass.
 """
 
 from __future__ import annotations
@@ -88,26 +89,30 @@ class EpochSampler(Sampler[int]):
 class ResumableLoader(DataLoader):
     """A ``DataLoader`` over an :class:`EpochSampler` that saves and restores its position.
 
-    Takes ``DataLoader``'s arguments; ``sampler`` must be an :class:`EpochSampler`
-    and ``batch_size`` an int. ``state_dict()`` is ``{"epoch", "samples"}``: the
-    sampler's epoch and the samples yielded in it so far. After
-    ``load_state_dict(state)``, the next pass of that same epoch starts after
-    those samples; a pass of any other epoch starts at 0 (Lightning moves to the
-    next epoch when the checkpoint was written at an epoch's end).
+    Takes ``DataLoader``'s arguments, with ``sampler=EpochSampler(...)`` and an int
+    ``batch_size``. ``state_dict()`` is ``{"epoch", "samples"}``: the sampler's
+    epoch and the samples yielded in it so far. After ``load_state_dict(state)``,
+    the next pass of that same epoch starts after those samples; a pass of any
+    other epoch starts at 0 (Lightning moves to the next epoch when the checkpoint
+    was written at an epoch's end).
+
+    With another sampler (Lightning rebuilds the loader with a
+    ``DistributedSampler`` under DDP, a ``SequentialSampler`` for
+    ``overfit_batches``) it is a plain ``DataLoader`` whose ``state_dict()`` is ``{}``.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not isinstance(self.sampler, EpochSampler):
-            raise TypeError("ResumableLoader needs sampler=EpochSampler(...), but got "
-                            f"{type(self.sampler).__name__}")
-        if self.batch_size is None:
+        if isinstance(self.sampler, EpochSampler) and self.batch_size is None:
             raise ValueError("ResumableLoader needs an int batch_size, but got None")
-        self._position = {"epoch": self.sampler.epoch, "samples": 0}
+        self._position = {"epoch": getattr(self.sampler, "epoch", 0), "samples": 0}
         self._resume: dict[str, int] | None = None
 
     def __iter__(self) -> Iterator[Any]:
-        sampler: EpochSampler = self.sampler
+        sampler = self.sampler
+        if not isinstance(sampler, EpochSampler):
+            yield from super().__iter__()
+            return
         epoch = sampler.epoch
         resume, self._resume = self._resume, None
         sampler.start = resume["samples"] if resume and resume["epoch"] == epoch else 0
@@ -121,10 +126,12 @@ class ResumableLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         """``{"epoch", "samples"}``: where the current (or last) pass stands."""
-        return dict(self._position)
+        return dict(self._position) if isinstance(self.sampler, EpochSampler) else {}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         """Resume at ``state_dict``'s position at the next pass of its epoch."""
+        if not state_dict and not isinstance(self.sampler, EpochSampler):
+            return
         if set(state_dict) != {"epoch", "samples"}:
             raise ValueError("state_dict must have the keys 'epoch' and 'samples', "
                              f"but got {sorted(state_dict)}")
