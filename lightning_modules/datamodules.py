@@ -311,10 +311,7 @@ class ImageFolderDataModule(_SplitsDataModule):
         decoded = ImageTransform(size=size)  # checks size; resizing happens at decoding
         super().__init__(batch_size, num_workers, seed, _image_transform(None, None, normalize),
                          transform)
-        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1
-                and val_fraction + test_fraction < 1):
-            raise ValueError("val_fraction and test_fraction must be >= 0 with a sum below 1, "
-                             f"but got {val_fraction} and {test_fraction}")
+        image_folder.check_fractions(val_fraction, test_fraction)
         if bad_images not in image_folder.BAD_IMAGES:
             raise ValueError(f"bad_images must be one of {image_folder.BAD_IMAGES}, "
                              f"but got {bad_images!r}")

@@ -133,3 +133,8 @@ def test_train_test_layout(tmp_path):
     with pytest.raises(ValueError, match=r"must have the same class folders, but got "
                                          r"\['cat', 'dog'\] and \['cat', 'cow', 'dog'\]"):
         image_folder_splits(tmp_path / "t")
+
+
+def test_nan_fraction_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"val_fraction and test_fraction .* but got nan"):
+        image_folder_splits(_tree(tmp_path / "t"), val_fraction=float("nan"))

@@ -29,14 +29,22 @@ from torch.utils.data import Dataset
 
 from energymask.data._split import named_splits
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "class_folders", "image_folder_splits",
-           "split_folders"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "check_fractions", "class_folders", "decode",
+           "image_folder_splits", "split_folders"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 LAYOUT = ("root/<class name>/<image file>, or root/train/<class name>/... and "
           "root/test/<class name>/... (one sub-folder per class, images read by Pillow)")
 BAD_IMAGES = ("raise", "skip")
 SHOWN = 10  # bad files named in one message
+
+
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """``ValueError`` unless both shares are in [0, 1) with a sum below 1 (NaN refused)."""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1
+            and val_fraction + test_fraction < 1):
+        raise ValueError("val_fraction and test_fraction must be >= 0 with a sum below 1, "
+                         f"but got {val_fraction} and {test_fraction}")
 
 
 def split_folders(root: str | Path) -> dict[str, Path]:
@@ -172,10 +180,7 @@ def image_folder_splits(root: str | Path, val_fraction: float = 0.1,
     ``val_fraction`` of train. A split with fraction 0 is None; one asked for
     that would be empty raises ``ValueError``.
     """
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1
-            and val_fraction + test_fraction < 1):
-        raise ValueError("val_fraction and test_fraction must be >= 0 with a sum below 1, "
-                         f"but got {val_fraction} and {test_fraction}")
+    check_fractions(val_fraction, test_fraction)
     folders = split_folders(root)
     if "all" in folders:
         ds = ImageFolder(folders["all"], **kwargs)
