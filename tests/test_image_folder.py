@@ -138,3 +138,29 @@ def test_train_test_layout(tmp_path):
 def test_nan_fraction_refused(tmp_path):
     with pytest.raises(ValueError, match=r"val_fraction and test_fraction .* but got nan"):
         image_folder_splits(_tree(tmp_path / "t"), val_fraction=float("nan"))
+
+
+def _png_16bit_rgb(path, pixels):
+    """A 48-bit RGB PNG written by hand (Pillow cannot write one)."""
+    import struct
+    import zlib
+
+    h, w, _ = pixels.shape
+    raw = b"".join(b"\x00" + pixels[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(kind, data):
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_rgb_png_scaled(tmp_path):
+    (tmp_path / "t" / "a").mkdir(parents=True)
+    pixels = np.array([[[0, 32768, 65535], [65535, 0, 257]]], dtype=np.uint16)
+    _png_16bit_rgb(tmp_path / "t" / "a" / "rgb48.png", pixels)
+    x, _ = ImageFolder(tmp_path / "t")[0]
+    expected = torch.from_numpy(pixels / 65535.0).float().permute(2, 0, 1)
+    torch.testing.assert_close(x, expected, rtol=0, atol=1 / 255)  # Pillow keeps 8 bits
