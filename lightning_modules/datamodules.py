@@ -63,7 +63,9 @@ class _LoaderMixin:
     seed: int = 0
 
     @staticmethod
-    def _check_loader_args(batch_size: int, num_workers: int) -> None:
+    def _check_loader_args(batch_size: int, num_workers: int, seed: int) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, but got {seed!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, but got {batch_size!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -121,7 +123,7 @@ class TensorDataModule(_LoaderMixin, LightningDataModule):
                  batch_size: int = 32, num_workers: int = 0, shuffle: bool = True,
                  seed: int = 0) -> None:
         super().__init__()
-        self._check_loader_args(batch_size, num_workers)
+        self._check_loader_args(batch_size, num_workers, seed)
         if train is None:
             raise ValueError("train must be given, but got None")
         self.train_set = _as_dataset("train", train)
@@ -149,7 +151,7 @@ class _SplitsDataModule(_LoaderMixin, LightningDataModule):
                  image: ImageTransform | None = None, transform=None,
                  with_masks: bool = False) -> None:
         super().__init__()
-        self._check_loader_args(batch_size, num_workers)
+        self._check_loader_args(batch_size, num_workers, seed)
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be a callable on (C, H, W) images or None, "
                             f"but got {type(transform).__name__}")

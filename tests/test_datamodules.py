@@ -40,6 +40,8 @@ def test_bad_input():
         TensorDataModule((x, x), batch_size=0)
     with pytest.raises(ValueError, match="num_workers must be an int >= 0"):
         TensorDataModule((x, x), num_workers=-1)
+    with pytest.raises(ValueError, match="seed must be an int >= 0, but got -1"):
+        TensorDataModule((x, x), seed=-1)
     with pytest.raises(ValueError, match="train must be given"):
         TensorDataModule(None)
     with pytest.raises(ValueError, match="same length"):
