@@ -1,8 +1,9 @@
 """Crash and resume: a run killed with SIGKILL during epoch 2 and resumed from
 ``last.ckpt`` ends with the weights and EMA masks of a straight run, bit for bit.
 
-The run trains a tiny CNN with ``ERSMCallback`` and ``PBEDropoutCallback`` on a
-shuffled ``TensorDataModule``. The killed run is a subprocess (this file run as
+Under both ``pytorch_lightning`` and ``lightning.pytorch``. The run trains a
+tiny CNN with ``ERSMCallback`` and ``PBEDropoutCallback`` on a shuffled
+``TensorDataModule``. The killed run is a subprocess (this file run as
 a script), which kills itself with SIGKILL at a fixed batch of epoch 2, so the
 test does not depend on timing. ``last.ckpt`` is written at each epoch's end
 (resume at an epoch boundary) or after every step (resume mid-epoch).
@@ -77,7 +78,7 @@ def train(root: Path, package: str, every_n_train_steps: int | None,
 
 
 @pytest.mark.parametrize("every_n_train_steps", [None, 1], ids=["epoch-end", "mid-epoch"])
-@pytest.mark.parametrize("package", ["pytorch_lightning"])
+@pytest.mark.parametrize("package", ["pytorch_lightning", "lightning.pytorch"])
 def test_killed_run_resumes_bit_for_bit(tmp_path, package, every_n_train_steps):
     killed = subprocess.run(
         [sys.executable, __file__, str(tmp_path), package, str(every_n_train_steps or 0)],
