@@ -3,6 +3,7 @@ import os
 
 import pytest
 import torch
+from PIL import Image
 
 from energymask.lightning_modules.app import runs as _runs
 from energymask.lightning_modules.datamodules import ClutteredDigitsDataModule
@@ -18,11 +19,23 @@ def test_build_model_and_errors():
         _runs.build_model("resnet", 1, 10)
 
 
-def test_build_datamodule_and_errors():
+def test_build_datamodule_and_errors(tmp_path):
     data = {"name": "cluttered-digits", "num_train": 8, "num_val": 4, "num_test": 4,
             "spurious": False}
     dm = _runs.build_datamodule(data, batch_size=4, seed=1)
     assert isinstance(dm, ClutteredDigitsDataModule) and dm.seed == 1 and dm.batch_size == 4
+    tree = tmp_path / "tree" / "a"
+    tree.mkdir(parents=True)
+    for k in range(10):  # one red image, ten times: every split gets one
+        Image.new("RGB", (4, 4), (255, 0, 0)).save(tree / f"{k}.png")
+    spec = {"name": "image-folder", "data_dir": str(tree.parent), "image_size": 4}
+    plain = _runs.build_datamodule(spec, batch_size=1, seed=0)
+    imagenet = _runs.build_datamodule({**spec, "normalize": "imagenet"}, batch_size=1, seed=0)
+    for dm in (plain, imagenet):
+        dm.setup()
+    x, z = plain.train_set[0][0], imagenet.train_set[0][0]
+    (mean, std) = _runs.IMAGENET_NORMALIZE
+    assert torch.allclose(z[:, 0, 0], (x[:, 0, 0] - torch.tensor(mean)) / torch.tensor(std))
     with pytest.raises(ValueError, match="--data cifar10 needs --data-dir"):
         _runs.build_datamodule({"name": "cifar10"}, 4, 0)
     with pytest.raises(ValueError, match=r"data must be one of .*but got 'mnist'"):

@@ -58,6 +58,9 @@ def _data_arguments(p: argparse.ArgumentParser, title: str) -> None:
     d.add_argument("--image-size", type=int, metavar="N", default=64,
                    help="image-folder: images are resized to this square; the ERSM authors "
                    "used 224 and 448 (default: %(default)s)")
+    d.add_argument("--normalize", choices=("none", "imagenet"), default="none",
+                   help="cifar10, image-folder: imagenet normalises with ImageNet's channel "
+                   "statistics, as pretrained --weights expect (default: %(default)s)")
     d.add_argument("--spurious", action="store_true",
                    help="cluttered-digits: class-correlated backgrounds in train, shuffled in test")
     for split, n in (("train", 5000), ("val", 1000), ("test", 1000)):

@@ -50,6 +50,7 @@ def _data_spec(args: argparse.Namespace) -> dict[str, Any]:
                     spurious=args.spurious)
     else:
         data["data_dir"] = str(args.data_dir.resolve()) if args.data_dir else None
+        data["normalize"] = args.normalize
         if args.data == "image-folder":
             data["image_size"] = args.image_size
     return data

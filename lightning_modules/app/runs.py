@@ -59,6 +59,8 @@ LOCK = ".lock"
 #: What a run writes into its folder: any of them means the folder holds a run.
 RUN_CONTENTS = (RUN_FILE, CHECKPOINT, LAST_CHECKPOINT, "logs", EVALUATION, "figures")
 DATASETS = ("cluttered-digits", "cifar10", "image-folder")
+#: ImageNet's channel means and standard deviations (``--normalize imagenet``).
+IMAGENET_NORMALIZE = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def default_of(cls: type, name: str) -> Any:
@@ -74,8 +76,14 @@ def build_model(backbone: str, in_channels: int, num_classes: int,
 
 
 def build_datamodule(data: dict[str, Any], batch_size: int, seed: int):
-    """The DataModule described by ``run.json``'s ``data`` entry."""
+    """The DataModule described by ``run.json``'s ``data`` entry.
+
+    ``data["normalize"]``: ``"imagenet"`` normalises user images (CIFAR-10, image
+    folders) with :data:`IMAGENET_NORMALIZE`, as pretrained torchvision / timm
+    weights expect; absent or ``"none"``: images stay in [0, 1].
+    """
     name = data.get("name")
+    normalize = IMAGENET_NORMALIZE if data.get("normalize") == "imagenet" else None
     if name == "cluttered-digits":
         return ClutteredDigitsDataModule(
             data["num_train"], data["num_val"], data["num_test"], spurious=data["spurious"],
@@ -84,11 +92,12 @@ def build_datamodule(data: dict[str, Any], batch_size: int, seed: int):
     if name in ("cifar10", "image-folder") and not data.get("data_dir"):
         raise ValueError(f"--data {name} needs --data-dir, the folder holding the data")
     if name == "cifar10":
-        return CIFAR10DataModule(data["data_dir"], seed=seed, batch_size=batch_size)
+        return CIFAR10DataModule(data["data_dir"], seed=seed, batch_size=batch_size,
+                                 normalize=normalize)
     if name == "image-folder":
         size = data["image_size"]
         return ImageFolderDataModule(data["data_dir"], size=(size, size), seed=seed,
-                                     batch_size=batch_size)
+                                     batch_size=batch_size, normalize=normalize)
     raise ValueError(f"data must be one of {list(DATASETS)}, but got {name!r}")
 
 
