@@ -6,7 +6,7 @@ the mask, so it is computed once per batch (the **prefix**); only the layer and
 what follows (the **suffix**) run again, many masks stacked along the batch.
 
 How the cut is found: ``torch.fx`` traces the model's ``forward`` with every
-``torch.nn`` layer and every :class:`~energymask.ersm.EnergyMask2d` as a leaf
+``torch.nn`` layer and every layer of this package (ERSM, PB-EDropout, DropBlock) as a leaf
 (an :class:`~energymask.surgery.InsertedAfter` wrapper is traced as its block
 then its layer). The suffix is the layer's node and every node that depends on
 it. Every value computed before the cut and read after it crosses the cut: the
@@ -36,7 +36,9 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from energymask.dropblock import DropBlock2d
 from energymask.ersm import EnergyMask2d, forcing
+from energymask.pbedropout import PBEDropout2d
 from energymask.surgery import InsertedAfter
 
 __all__ = ["CannotSplit", "Split", "split_at"]
@@ -46,11 +48,15 @@ class CannotSplit(ValueError):
     """Why a model cannot be cut exactly at a layer."""
 
 
+# This package's layers branch on their mode in Python, so fx runs them whole.
+_LEAVES = (EnergyMask2d, PBEDropout2d, DropBlock2d)
+
+
 class _Tracer(fx.Tracer):
-    """``torch.nn`` layers and ERSM layers are leaves; InsertedAfter is traced through."""
+    """``torch.nn`` layers and this package's layers are leaves; InsertedAfter is traced through."""
 
     def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
-        return isinstance(m, EnergyMask2d) or super().is_leaf_module(m, qualified_name)
+        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
         if isinstance(m, InsertedAfter):  # its 4D check is a Python test; the layer checks too

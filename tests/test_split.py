@@ -79,3 +79,24 @@ def test_refusals_name_the_reason(cls, why):
     model = cls().eval()
     with pytest.raises(CannotSplit, match=why):
         split_at(model, model.ersm, torch.randn(3, 1, 8, 8))
+
+
+def test_pbedropout_and_dropblock_in_the_model_do_not_stop_the_split():
+    from energymask import (
+        Classifier,
+        DropBlock2d,
+        EnergyMask2d,
+        PBEDropout2d,
+        insert_after,
+        small_cnn,
+    )
+
+    torch.manual_seed(0)
+    model = Classifier(small_cnn(1, (8, 16, 16)), 16, 10)
+    insert_after(model, "backbone.layer1", lambda n, c: PBEDropout2d(c, p=0.1, patch_size=4))
+    insert_after(model, "backbone.layer2", lambda n, c: EnergyMask2d(c, bias_init=0.0))
+    insert_after(model, "backbone.layer3", lambda n, c: DropBlock2d(0.1, block_size=3))
+    x = torch.randn(3, 1, 32, 32)
+    model.eval()(x)  # the one-shot insertion checks run on the first forward
+    split = split_at(model, model.backbone.layer2.layer, x)
+    assert torch.equal(split.suffix(split.prefix(x)), model(x))
