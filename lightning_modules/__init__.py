@@ -13,7 +13,7 @@ from .datamodules import (
     TensorDataModule,
 )
 from .ersm_callback import ERSMCallback
-from .mask_logger import MaskLoggerCallback, plot_keep_masks
+from .mask_logger import MaskLoggerCallback
 from .pbedropout_callback import PBEDropoutCallback
 
 __all__ = [
@@ -27,5 +27,4 @@ __all__ = [
     "PBEDropoutCallback",
     "TensorDataModule",
     "load_for_inference",
-    "plot_keep_masks",
 ]

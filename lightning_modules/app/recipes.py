@@ -49,6 +49,7 @@ from ..pbedropout_callback import PBEDropoutCallback
 REGULARISERS = ("none", "dropout", "dropout2d", "dropblock", "pbedropout")
 ORDERINGS = ("energy", "magnitude", "random", "gradcam", "feature_ablation")
 OCCLUSION_FRACTIONS = (0.0, 0.1, 0.25, 0.5)
+OCCLUSION_PATCH_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -242,8 +243,9 @@ def occlusion(models: nn.Module | dict[str, nn.Module], dm, seed: int, progress:
     loader = eval_loader(dm)
     out = {}
     for placement in ("random", "object"):
-        result = occlusion_robustness(models, loader, OCCLUSION_FRACTIONS, patch_size=8,
-                                      placement=placement, seed=seed, progress=progress)
+        result = occlusion_robustness(models, loader, OCCLUSION_FRACTIONS,
+                                      patch_size=OCCLUSION_PATCH_SIZE, placement=placement,
+                                      seed=seed, progress=progress)
         out[placement] = result.accuracy
     return out
 
