@@ -185,6 +185,8 @@ def test_model_settings_and_machine(tmp_path):
     models = {"ersm": Classifier(net, 4, 3), "pb": Classifier(pb_net, 4, 3)}
     models["pb"].train()
     models["pb"](torch.rand(2, 1, 8, 8))  # allocates the EMA mask
+    for m in models.values():
+        m.eval()
     s = report.model_settings(models, torch.rand(2, 1, 8, 8))
     ersm = s["ersm"]["ersm"]["backbone.1"]
     assert ersm["token_grid"] == [8, 8] and ersm["learned_bias"] == pytest.approx(0.5)

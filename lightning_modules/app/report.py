@@ -148,13 +148,14 @@ def verdicts(metrics: dict[str, Any]) -> list[Verdict]:
         masks = metrics[key].get("masks", {})
         if "hard_sparsity" in masks:
             s = mean(_values(masks["hard_sparsity"]))
-            held = 0.5 <= s < 1.0
             out.append(Verdict(
-                "ERSM masks become sparse", key, "held" if held else "did not hold",
+                "ERSM masks become sparse", key, "held" if 0.5 <= s < 1.0 else "did not hold",
                 f"hard sparsity {_fmt(masks['hard_sparsity'])}, mean keep "
                 f"{_fmt(masks.get('keep_ratio', float('nan')))}",
                 "held when the hard mask drops at least half of the tokens but not all "
                 "(0.5 <= hard sparsity < 1): dropping all is a uniform dimming, not a selection"))
+    for key in ersm:
+        masks = metrics[key].get("masks", {})
         if "pointing" in masks:
             held = mean(_values(masks["pointing"])) >= 0.5
             out.append(Verdict(
@@ -357,8 +358,9 @@ def render(metrics: dict[str, Any], figures: Sequence[str]) -> str:
     lines = ["# energymask demo report", "",
              f"Cluttered digits (64x64 images, {metrics.get('num_classes', '?')} classes): "
              f"{budget.get('num_train', '?')} training, {budget.get('num_val', '?')} "
-             f"validation and {budget.get('num_test', '?')} test images; {budget.get('epochs')}"
-             f" epochs ({budget.get('ersm_epochs')} for the frozen protocol's stage 2); seed"
+             f"validation and {budget.get('num_test', '?')} test images; epochs: "
+             f"{budget.get('epochs')} ({budget.get('ersm_epochs')} for the frozen protocol's "
+             "stage 2); seed"
              f"{'s' if len(seeds) > 1 else ''} {', '.join(str(s) for s in seeds)}"
              + (" (mean ± std over seeds)" if len(seeds) > 1 else "")
              + (". A quick smoke run: too small for the numbers to mean anything."
