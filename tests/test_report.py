@@ -26,7 +26,7 @@ def _deletion(energy: float, magnitude: float, protocol: str | None = None) -> d
 
 def _masks(hard_sparsity: float, pointing: float) -> dict:
     return {"iou": 0.2, "pointing": pointing, "keep_ratio": 0.4, "entropy": 0.9,
-            "hard_sparsity": hard_sparsity, "spread": 0.3}
+            "hard_sparsity": hard_sparsity, "keep_contrast": 0.1, "spread": 0.3}
 
 
 def metrics() -> dict:
@@ -87,7 +87,7 @@ def test_metric_definitions_cover_every_reported_key():
         assert f"| {key} | {report.METRIC_DEFINITIONS[key]} |" in text
     # A mask metric the table does not define yet is still listed and tabled.
     assert "| spread | see energymask.mask_quality |" in text
-    assert "| ersm_inside | 0.400 | 0.700 | 0.200 | 0.900 | 0.900 | 0.300 |" in text
+    assert "| ersm_inside | 0.400 | 0.700 | 0.200 | 0.900 | 0.900 | 0.100 | 0.300 |" in text
 
 
 def test_no_dropout_baseline_beside_pbedropout():
@@ -105,6 +105,9 @@ def test_verdicts_follow_the_numbers():
     assert _verdict(m, "ERSM masks become sparse", "frozen_ersm").verdict == "did not hold"
     assert _verdict(m, "ERSM masks find the object", "ersm_inside").verdict == "held"
     assert _verdict(m, "ERSM masks find the object", "frozen_ersm").verdict == "did not hold"
+    m["ersm_inside"]["masks"]["keep_contrast"] = -0.05  # points at it, keeps it less
+    assert _verdict(m, "ERSM masks find the object", "ersm_inside").verdict == "did not hold"
+    m["ersm_inside"]["masks"]["keep_contrast"] = 0.1
     assert _verdict(m, "ERSM is robust to occlusion (random", "ersm_inside").verdict == "held"
     assert _verdict(m, "ERSM is robust to occlusion (random", "frozen_ersm").verdict == \
         "did not hold"
@@ -137,6 +140,8 @@ def test_protocols_named_in_deletion_section_and_claims():
     text = report.render(m, [])
     assert "| ersm_inside | soft | 64 | 0.900 | 0.900 | 0.950 |" in text
     assert report.deletion_results({"deletion": _deletion(1, 1, "soft")}).keys() == {"soft"}
+    top_level = {**_deletion(1, 1), "protocol": "soft"}
+    assert report.deletion_results({"deletion": top_level}).keys() == {"soft"}
     assert report.deletion_results({}) == {}
 
 

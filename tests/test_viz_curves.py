@@ -47,6 +47,8 @@ def test_plot_curves_clean_chance_and_protocol():
                                    "keep value")
     _, ax = plot_curves({k: v for k, v in result.items() if k != "settings"})
     assert ax.get_title() == "deletion test"
+    res = SimpleNamespace(fractions=f, curves={"energy": np.ones(3)}, protocol="soft")
+    assert plot_curves(res)[1].get_title().startswith("deletion test\nsoft protocol")
 
 
 def test_plot_curves_result_object_with_seeds():

@@ -92,14 +92,17 @@ def plot_curves(result, auc: dict | None = None, ax=None, title: str = "deletion
         clean: the model's clean accuracy (dashed line). Default: none.
         chance: chance accuracy, 1 / classes (dotted line). Default: none.
         protocol: the deletion protocol named under the title (:data:`PROTOCOLS`).
-            Default: ``settings["protocol"]`` of the result when it has one.
+            Default: the result's ``protocol`` (or ``settings["protocol"]``) when it has one.
 
     Returns:
         ``(fig, ax)``.
     """
     series, result_auc, settings = _series(result)
     auc = dict(auc if auc is not None else (result_auc or {}))
-    protocol = protocol if protocol is not None else settings.get("protocol")
+    if protocol is None:
+        protocol = getattr(result, "protocol", None) or (
+            result.get("protocol") if isinstance(result, dict) else None
+        ) or settings.get("protocol")
     fig, ax = _new(ax)
     for i, (name, (f, a)) in enumerate(series.items()):
         if a.shape[-1] != f.shape[0]:

@@ -20,10 +20,15 @@ LABELS = {
     "val_acc": "validation accuracy",
     "train_acc": "training accuracy",
     "keep": "mean keep probability",
+    "keep_ratio": "mean keep probability",
     "sparsity": "share of tokens with keep < 0.5",
+    "hard_sparsity": "share of tokens with keep < 0.5",
+    "relative_sparsity": "share of tokens with keep < mean / 2",
+    "keep_gini": "Gini coefficient of the keep values",
     "drop_rate": "share of patches dropped",
 }
-UNIT_INTERVAL = ("acc", "val_acc", "train_acc", "keep", "sparsity", "drop_rate")
+UNIT_INTERVAL = ("acc", "val_acc", "train_acc", "keep", "keep_ratio", "sparsity", "hard_sparsity",
+                 "relative_sparsity", "keep_gini", "drop_rate")
 
 
 def read_metrics_csv(path: str | Path) -> dict[str, list[tuple[float, float]]]:

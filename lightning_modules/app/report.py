@@ -51,10 +51,16 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "keep_ratio": "mean keep probability over the tokens of a keep map",
     "hard_sparsity": "share of tokens with keep < 0.5, i.e. that the hard mask 1[keep >= 0.5] "
                      "drops; a uniformly dimmed map (every keep 0.45) reads 1.0",
+    "relative_sparsity": "share of tokens kept less than half as much as the image's mean "
+                         "token (keep < mean / 2): 0 for any uniform map, dimmed or not",
+    "keep_gini": "Gini coefficient of the keep values: 0 for a uniform map, near 1 when a "
+                 "few tokens hold all the keep",
     "iou": "intersection over union of the hard mask (upsampled to pixels) and the object",
     "pointing": "1 when the highest-kept token overlaps the object (pointing game)",
     "entropy": "mean binary entropy of the keep values / log 2: 0 = decided (0 or 1), "
                "1 = every token at 0.5",
+    "keep_contrast": "mean keep on the object minus mean keep on the background (token cells "
+                     "weighted by their object share), in [-1, 1]; > 0: the object is kept more",
 }
 
 #: What each of the demo's models is.
@@ -151,19 +157,27 @@ def verdicts(metrics: dict[str, Any]) -> list[Verdict]:
             out.append(Verdict(
                 "ERSM masks become sparse", key, "held" if 0.5 <= s < 1.0 else "did not hold",
                 f"hard sparsity {_fmt(masks['hard_sparsity'])}, mean keep "
-                f"{_fmt(masks.get('keep_ratio', float('nan')))}",
+                f"{_fmt(masks.get('keep_ratio', float('nan')))}"
+                + "".join(f", {k.replace('_', ' ')} {_fmt(masks[k])}"
+                          for k in ("relative_sparsity", "keep_gini") if k in masks),
                 "held when the hard mask drops at least half of the tokens but not all "
                 "(0.5 <= hard sparsity < 1): dropping all is a uniform dimming, not a selection"))
     for key in ersm:
         masks = metrics[key].get("masks", {})
         if "pointing" in masks:
             held = mean(_values(masks["pointing"])) >= 0.5
+            if "keep_contrast" in masks:
+                held = held and mean(_values(masks["keep_contrast"])) > 0
             out.append(Verdict(
                 "ERSM masks find the object", key, "held" if held else "did not hold",
                 f"pointing game {_fmt(masks['pointing'])}, IoU "
-                f"{_fmt(masks.get('iou', float('nan')))}",
+                f"{_fmt(masks.get('iou', float('nan')))}"
+                + (f", keep contrast {_fmt(masks['keep_contrast'], True)}"
+                   if "keep_contrast" in masks else ""),
                 "held when the highest-kept token lies on the object in at least half of "
-                "the test images (pointing >= 0.5)"))
+                "the test images (pointing >= 0.5)"
+                + (" and the object is kept more than the background (keep contrast > 0)"
+                   if "keep_contrast" in masks else "")))
     occ = metrics.get("occlusion", {})
     for placement, table in occ.items():
         for key in ersm:
@@ -228,14 +242,14 @@ def _avg_over_points(diffs: list):
 def deletion_results(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``protocol -> DeletionResult dict`` of one ERSM model's metrics entry.
 
-    ``entry["deletion"]`` is one result (its protocol read from ``settings``,
+    ``entry["deletion"]`` is one result (its ``protocol``, or ``settings["protocol"]``,
     "binary" when it names none) or a dict ``protocol -> result``.
     """
     d = entry.get("deletion")
     if not d:
         return {}
     if "curves" in d:
-        return {d.get("settings", {}).get("protocol", "binary"): d}
+        return {d.get("protocol") or d.get("settings", {}).get("protocol", "binary"): d}
     return dict(d)
 
 
