@@ -1,4 +1,4 @@
-"""One set of Lightning base classes for both packages: ``lightning.pytorch`` and ``pytorch_lightning``.
+"""Lightning base classes shared by both packages: ``lightning.pytorch`` and ``pytorch_lightning``.
 
 Users import either package (``import lightning.pytorch as L`` or ``import
 pytorch_lightning as pl``), and each Trainer accepts only callbacks, modules and
