@@ -35,7 +35,7 @@ ersm = ERSMCallback(layers="features.6", lam=1e-2, gamma=1e-2, bias_init=0.0)
 trainer = pl.Trainer(max_epochs=2, accelerator="cpu", callbacks=[ersm],
                      enable_progress_bar=False, enable_model_summary=False)
 trainer.fit(MyNet(), datamodule=data)
-print(trainer.logged_metrics)  # ersm/features.6/{keep,sparsity,energy,reg}
+print(trainer.logged_metrics)  # ersm/features.6/{keep_ratio,hard_sparsity,...}
 
 # Later, for inference: the ERSM layer is re-inserted from the checkpoint.
 model = load_for_inference(trainer.checkpoint_callback.best_model_path, MyNet)

@@ -23,6 +23,6 @@ def test_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = runpy.run_path(str(EXAMPLE))
     metrics = namespace["trainer"].logged_metrics
-    assert 0 < float(metrics["ersm/features.6/keep"]) < 1
+    assert 0 < float(metrics["ersm/features.6/keep_ratio"]) < 1
     assert tuple(namespace["keep"].last_keep.shape) == (4, 16, 16)
     assert not namespace["model"].training

@@ -3,7 +3,7 @@ import pytest
 from energymask.viz import plot_training_log, read_metrics_csv
 
 # Two epochs of 10 steps: training rows every 5 steps, validation at each epoch's end.
-CSV = """epoch,step,ersm/model.layer2/keep,train_loss,val_acc,val_loss,test_acc
+CSV = """epoch,step,ersm/model.layer2/keep_ratio,train_loss,val_acc,val_loss,test_acc
 0,4,0.9,1.2,,,
 0,9,,,0.5,1.1,
 1,14,0.7,0.8,,,
@@ -21,7 +21,7 @@ def _write(tmp_path):
 def test_read_metrics_csv_in_epochs(tmp_path):
     data = read_metrics_csv(_write(tmp_path))
     assert data["val_acc"] == [(1.0, 0.5), (2.0, 0.8)]
-    assert data["ersm/model.layer2/keep"] == [(0.5, 0.9), (1.5, 0.7)]
+    assert data["ersm/model.layer2/keep_ratio"] == [(0.5, 0.9), (1.5, 0.7)]
 
 
 def test_read_metrics_csv_without_epochs(tmp_path):

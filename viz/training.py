@@ -83,19 +83,20 @@ def _short(column: str, metric: str) -> str:
     return column
 
 
-def plot_training_log(path: str | Path, metrics: tuple[str, ...] = ("loss", "keep", "val_acc"),
+def plot_training_log(path: str | Path,
+                      metrics: tuple[str, ...] = ("loss", "keep_ratio", "val_acc"),
                       axes=None):
     """One panel per metric over training epochs.
 
     A metric matches the column of that name, any column starting with
     ``name/`` or ``name_`` (``val_acc_epoch``) and any ending in ``/name`` or
     ``_name`` (``loss`` draws ``train_loss`` and ``val_loss``); ``test_*``
-    columns only by their full name. The callbacks log ``ersm/<layer>/keep``,
+    columns only by their full name. The callbacks log ``ersm/<layer>/keep_ratio``,
     ``pbedropout/<layer>/drop_rate``.
 
     Args:
         path: the ``metrics.csv`` written by ``CSVLogger``.
-        metrics: names to draw. Default: ("loss", "keep", "val_acc").
+        metrics: names to draw. Default: ("loss", "keep_ratio", "val_acc").
         axes: optional axes, one per metric. Default: a new figure.
 
     Returns:

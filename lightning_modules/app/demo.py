@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from energymask.ersm import energy_mask_layers
+from energymask.ersm import computing_energies, energy_mask_layers
 from energymask.pbedropout import PBEDropout2d
 from energymask.viz import (
     plot_curves,
@@ -53,10 +53,6 @@ def _say(progress: bool, text: str) -> None:
         print(f"[energymask demo] {text}", flush=True)
 
 
-#: Side in pixels of the occluding patches (``recipes.occlusion``'s).
-OCCLUSION_PATCH = 8
-
-
 def _save(fig, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -73,7 +69,7 @@ def _figures(out: Path, dm, models: dict[str, torch.nn.Module], results: dict[st
     for key in ("frozen_ersm", "ersm_inside"):
         model = models[key]
         ((where, layer),) = energy_mask_layers(model).items()
-        with torch.no_grad():
+        with torch.no_grad(), computing_energies(layer):
             predicted = model(x).argmax(-1)
         fig, _ = plot_mask_grid(x, layer.last_keep, obj, labels=y, predictions=predicted,
                                 max_rows=6)
@@ -88,14 +84,14 @@ def _figures(out: Path, dm, models: dict[str, torch.nn.Module], results: dict[st
                                  clean=results["test_accuracy"][key], chance=chance)
             names.append(_save(fig, fig_dir / f"deletion_{key}{suffix}.png"))
     fig, _ = plot_occlusion_placements(ex.OCCLUSION_FRACTIONS, results["occlusion"],
-                                       chance=chance, patch_size=OCCLUSION_PATCH)
+                                       chance=chance, patch_size=ex.OCCLUSION_PATCH_SIZE)
     names.append(_save(fig, fig_dir / "occlusion.png"))
     ((where, pb),) = [(n, m) for n, m in models["pbedropout"].named_modules()
                       if isinstance(m, PBEDropout2d)]
     fig, _ = plot_ema_masks(pb.ema_mask, layer=where, p=pb.p, max_channels=32)
     names.append(_save(fig, fig_dir / "pbedropout_ema_masks.png"))
     fig, _ = plot_training_log(out / "logs" / "metrics.csv",
-                               ("loss", "val_acc", "keep", "sparsity"))
+                               ("loss", "val_acc", "keep_ratio", "hard_sparsity"))
     fig.suptitle("ersm_inside: training (ERSM after layer2)")
     names.append(_save(fig, fig_dir / "training_ersm_inside.png"))
     return names
