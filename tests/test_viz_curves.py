@@ -43,7 +43,7 @@ def test_plot_curves_clean_chance_and_protocol():
     assert [tuple(line.get_ydata()) for line in ax.get_lines()[1:]] == [(0.99, 0.99),
                                                                           (0.1, 0.1)]
     # Binary start 0.19 below clean: the figure says why.
-    assert ax.texts[0].get_text().startswith("starts below the clean accuracy")
+    assert ax.texts[0].get_text().startswith("Starts below the clean")
     assert not plot_curves(result, clean=0.81)[1].texts
     _, ax = plot_curves(result, protocol="soft", clean=0.99)
     assert not ax.texts

@@ -3,12 +3,14 @@ import pytest
 from energymask.viz import plot_training_log, read_metrics_csv
 
 # Two epochs of 10 steps: training rows every 5 steps, validation at each epoch's end.
-CSV = """epoch,step,ersm/model.layer2/keep_ratio,train_loss,val_acc,val_loss,test_acc
-0,4,0.9,1.2,,,
-0,9,,,0.5,1.1,
-1,14,0.7,0.8,,,
-1,19,,,0.8,0.6,
-2,20,,,,,0.81
+CSV = """\
+epoch,step,ersm/model.layer2/keep_ratio,train_loss,val_acc,val_loss,test_acc,\
+val_ersm/model.layer2/keep_ratio
+0,4,0.9,1.2,,,,
+0,9,,,0.5,1.1,,0.8
+1,14,0.7,0.8,,,,
+1,19,,,0.8,0.6,,
+2,20,,,,,0.81,
 """
 
 
@@ -22,6 +24,7 @@ def test_read_metrics_csv_in_epochs(tmp_path):
     data = read_metrics_csv(_write(tmp_path))
     assert data["val_acc"] == [(1.0, 0.5), (2.0, 0.8)]
     assert data["ersm/model.layer2/keep_ratio"] == [(0.5, 0.9), (1.5, 0.7)]
+    assert data["val_ersm/model.layer2/keep_ratio"] == [(1.0, 0.8)]
 
 
 def test_read_metrics_csv_without_epochs(tmp_path):
@@ -36,7 +39,9 @@ def test_plot_training_log(tmp_path):
     loss, keep, val = axes[0]
     assert [t.get_text() for t in loss.get_legend().get_texts()] == ["train", "val"]
     assert loss.get_ylabel() == "cross-entropy loss" and loss.get_xlabel() == "epoch"
-    assert keep.get_legend().get_texts()[0].get_text() == "model.layer2"
+    assert keep.get_legend().get_texts()[0].get_text() == "train layer2"
+    assert [t.get_text() for t in keep.get_legend().get_texts()] == ["train layer2",
+                                                                      "val layer2"]
     assert keep.get_ylim() == (0, 1.02)
     assert list(val.get_lines()[0].get_xdata()) == [1.0, 2.0]
     assert list(val.get_lines()[0].get_ydata()) == [0.5, 0.8]

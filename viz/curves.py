@@ -115,9 +115,10 @@ def plot_curves(result, auc: dict | None = None, ax=None, title: str = "deletion
     starts = [float((a.mean(0) if a.ndim == 2 else a)[0]) for f, a in series.values()
               if f[0] == 0]
     if clean is not None and protocol == "binary" and starts and max(starts) < clean - 0.02:
-        ax.text(0.02, 0.03, "starts below the clean accuracy: an all-ones binary mask is\n"
-                "not the soft keep map the model was trained with", transform=ax.transAxes,
-                fontsize=7, color="dimgrey")
+        ax.text(1.03, 0.02, "Starts below the clean\naccuracy: an all-ones\n"
+                "binary mask is not the\nsoft keep map the model\nwas trained with.",
+                transform=ax.transAxes,
+                fontsize=7, color="dimgrey", va="bottom")
     if protocol is not None:
         title += f"\n{protocol} protocol: {PROTOCOLS.get(protocol, protocol)}"
     _finish(ax, xlabel, title)

@@ -73,13 +73,17 @@ def _matches(column: str, metric: str) -> bool:
 
 
 def _short(column: str, metric: str) -> str:
-    """Legend text: ``train_loss`` -> ``train``, ``ersm/model.layer2/keep`` -> ``model.layer2``."""
+    """Legend text: ``train_loss`` -> ``train``; ``val_ersm/model.layer2/keep_ratio`` ->
+    ``val layer2`` (the callbacks' training-step columns have no prefix: ``train``)."""
     if column == metric:
         return column
-    if column.endswith("_" + metric):
+    if column.endswith("_" + metric) and "/" not in column:
         return column[: -len(metric) - 1]
     if column.endswith("/" + metric):
-        return column[: -len(metric) - 1].split("/")[-1]
+        head = column[: -len(metric) - 1]
+        split = "val" if head.startswith("val_") else "train"
+        layer = head.split("/")[-1].removeprefix("model.")
+        return f"{split} {layer}"
     return column
 
 
