@@ -153,15 +153,22 @@ def verdicts(metrics: dict[str, Any]) -> list[Verdict]:
     for key in ersm:
         masks = metrics[key].get("masks", {})
         if "hard_sparsity" in masks:
-            s = mean(_values(masks["hard_sparsity"]))
+            hard = mean(_values(masks["hard_sparsity"]))
+            held = 0.5 <= hard < 1.0
+            rule = ("held when the hard mask drops at least half of the tokens but not all "
+                    "(0.5 <= hard sparsity < 1)")
+            if "relative_sparsity" in masks:
+                held = held and mean(_values(masks["relative_sparsity"])) >= 0.5
+                rule += (" and at least half of the tokens are kept less than half as much as "
+                         "the mean token (relative sparsity >= 0.5): a uniformly dimmed map "
+                         "has a high hard sparsity and no relative sparsity")
             out.append(Verdict(
-                "ERSM masks become sparse", key, "held" if 0.5 <= s < 1.0 else "did not hold",
+                "ERSM masks become sparse", key, "held" if held else "did not hold",
                 f"hard sparsity {_fmt(masks['hard_sparsity'])}, mean keep "
                 f"{_fmt(masks.get('keep_ratio', float('nan')))}"
                 + "".join(f", {k.replace('_', ' ')} {_fmt(masks[k])}"
                           for k in ("relative_sparsity", "keep_gini") if k in masks),
-                "held when the hard mask drops at least half of the tokens but not all "
-                "(0.5 <= hard sparsity < 1): dropping all is a uniform dimming, not a selection"))
+                rule))
     for key in ersm:
         masks = metrics[key].get("masks", {})
         if "pointing" in masks:
