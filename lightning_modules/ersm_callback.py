@@ -11,16 +11,19 @@ adding to it is exact under gradient accumulation and mixed precision.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from energymask.ersm import EnergyMask2d
 from energymask.mask_quality import mask_scores
 
-from ._inserting import InsertingCallback, override
+from ._inserting import InsertingCallback
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
 
 
 def ersm_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +100,6 @@ class ERSMCallback(InsertingCallback):
     """
 
     kind = "ersm"
-    layer_type = EnergyMask2d
 
     def __init__(
         self, layers: str | list[str] | None = None, log_stats: bool = True, **ersm_kwargs: Any

@@ -9,10 +9,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
+from typing_extensions import override
 
 from energymask.ersm import energy_mask_layers
-
-from ._inserting import override
 
 
 class MaskLoggerCallback(pl.Callback):

@@ -12,13 +12,16 @@ state, so a run resumed from a checkpoint draws the same masks as a straight one
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
-from ._inserting import InsertingCallback, override
+from ._inserting import InsertingCallback
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
 
 
 def _pbedropout_class() -> type[nn.Module]:

@@ -286,14 +286,6 @@ def test_manual_optimization_refused():
         trainer(callbacks=[ERSMCallback("features.2")]).fit(Manual(), loader())
 
 
-def test_lightning_package_trainer_refused():
-    from energymask.lightning_modules._inserting import check_trainer
-
-    fake = type("Trainer", (), {"__module__": "lightning.pytorch.trainer.trainer"})()
-    with pytest.raises(TypeError, match="built on `pytorch_lightning`"):
-        check_trainer(fake, "ERSMCallback")
-
-
 def test_dict_loss_gets_regularizer():
     cb = ERSMCallback("features.2", log_stats=False)
     layer = EnergyMask2d(8, lam=1.0, gamma=1.0, bias_init=0.0)

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from energymask.deletion import eval_mode
 from energymask.ersm import energy_mask_layers
+from energymask.evaluation import eval_mode
 from energymask.pbedropout import PBEDropout2d
 
 __all__ = ["METRIC_DEFINITIONS", "TOLERANCE", "Verdict", "machine", "model_settings",
