@@ -14,7 +14,7 @@ X (B, C, H, W) and patch size s, the patch grid is h = ⌈H/s⌉, w = ⌈W/s⌉
 Training step, for every (b, c) plane at once:
 
 1. sample K masks by ``sweeps`` checkerboard Gibbs sweeps from Bernoulli(½) starts
-   (``energymask.genetic.sample``);
+   (``energymask.potts.sample``);
 2. refine them for G generations (``energymask.genetic.evolve``, fitness −E or
    a user ``fitness``);
 3. apply the fittest mask m* of the final population (lowest energy for the
@@ -46,7 +46,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from energymask.genetic import MUTATIONS, draw_seed, evolve, gather_masks, potts, sample
+from energymask.genetic import MUTATIONS, evolve, gather_masks
+from energymask.kernels import draw_seed
+from energymask.potts import potts, sample
 
 EPS = 1e-6
 
@@ -144,7 +146,7 @@ def sample_population(
 ) -> Tensor:
     """K masks (K, B, C, h, w) float32 by ``sweeps`` checkerboard Gibbs sweeps from random starts.
 
-    Grid-layout wrapper of :func:`energymask.genetic.sample`.
+    Grid-layout wrapper of :func:`energymask.potts.sample`.
     """
     model = potts(unary, beta, temperature)
     return model.grid(sample(model, population, sweeps, generator, seeds))
