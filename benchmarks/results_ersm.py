@@ -32,6 +32,7 @@ from pathlib import Path
 
 from _timing import machine
 
+from energymask.evaluation import DEFAULT_FRACTIONS, ORDERINGS
 from energymask.lightning_modules.app import recipes as ex
 
 RESULTS = Path(__file__).parent / "results"
@@ -79,7 +80,7 @@ def run_seed(budget: ex.Budget, seed: int, spurious: float | None, full_eval: bo
     if full_eval:
         occ = ex.occlusion(models, dm, seed, progress=False)
         for name, accs in occ["random"].items():
-            out[name]["occlusion"] = dict(zip(map(str, ex.OCCLUSION_FRACTIONS), accs, strict=True))
+            out[name]["occlusion"] = dict(zip(map(str, DEFAULT_FRACTIONS), accs, strict=True))
     return out
 
 
@@ -123,11 +124,11 @@ def tables(results: dict) -> str:
                       for k in ("keep_ratio", "hard_sparsity", "iou", "pointing")]
         cells += [_pm(_collect(clean, name, "occlusion", str(f))) for f in FRACTIONS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "| model | " + " | ".join(f"AUC {o}" for o in ex.ORDERINGS) + " |",
-              "|---|" + "---|" * len(ex.ORDERINGS)]
+    lines += ["", "| model | " + " | ".join(f"AUC {o}" for o in ORDERINGS) + " |",
+              "|---|" + "---|" * len(ORDERINGS)]
     for name in VARIANTS:
         lines.append(f"| {name} | " + " | ".join(
-            _pm(_collect(clean, name, "deletion", "auc", o)) for o in ex.ORDERINGS) + " |")
+            _pm(_collect(clean, name, "deletion", "auc", o)) for o in ORDERINGS) + " |")
     return "\n".join(lines)
 
 

@@ -48,7 +48,7 @@ def read_checkpoint(
         raise PermissionError(f"checkpoint {path} cannot be read: {err}") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, IndexError,
             ValueError, TypeError, AttributeError) as err:
-        if "Unsupported global" in str(err):  # a pickled class or function: refused, not run
+        if "unsupported global" in str(err).lower():  # a pickled class or function: refused
             raise ValueError(
                 f"checkpoint {path} holds objects other than tensors and plain values, which "
                 "torch.load(weights_only=True) refuses (nothing in it was run); it was not "

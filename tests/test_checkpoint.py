@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pathlib
 import pickle
 import sys
@@ -138,6 +139,13 @@ def test_malformed_state_hyper_parameters_and_weights(tmp_path):
     other = Classifier(small_cnn(widths=(4, 8, 16)), 16, 3)
     with pytest.raises(ValueError, match=r"the weights in .*\.ckpt do not fit ImageClassifier"):
         load_for_inference(path, ImageClassifier, model=other)
+
+
+def test_pickled_function_is_named_as_refused_not_corrupt(tmp_path):
+    """torch says "unsupported GLOBAL" for a function, "Unsupported global" for a class."""
+    torch.save({"state_dict": {}, "x": os.system}, tmp_path / "fn.ckpt")
+    with pytest.raises(ValueError, match=r"fn.ckpt holds objects other than tensors"):
+        load_for_inference(tmp_path / "fn.ckpt", ImageClassifier, model=net())
 
 
 def test_malicious_pickle_runs_nothing(tmp_path):

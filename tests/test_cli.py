@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -12,7 +16,8 @@ import pytest
 import torch
 from test_datamodules import write_cifar, write_image_tree
 
-from energymask.lightning_modules.app import cli
+from energymask.lightning_modules.app import commands
+from energymask.lightning_modules.app import runs as _runs
 from energymask.lightning_modules.app.cli import main
 
 TINY = ["--num-train", "48", "--num-val", "16", "--num-test", "16", "--epochs", "1",
@@ -61,7 +66,6 @@ def test_python_m_energymask_help():
     (["train", "--bogus"], "unrecognized arguments: --bogus"),
     ([], "required: COMMAND"),
     (["evaluate"], "one of the arguments --run --checkpoint is required"),
-    (["train", "--backbone", "resnet"], "invalid choice: 'resnet'"),
 ])
 def test_usage_errors_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -84,6 +88,9 @@ def test_demo_passes_arguments(tmp_path, monkeypatch, capsys):
     assert main(["demo", "--out", str(tmp_path / "e")]) == 0
     assert calls[1] == (tmp_path / "e", False, 0, True)
     assert "results in" in capsys.readouterr().out
+    with _runs.claim(tmp_path / "e"):  # another demo is writing there
+        _fails(capsys, ["demo", "--out", tmp_path / "e"], "demo", "is in use by another")
+    assert len(calls) == 2
 
 
 # -- train -> evaluate -> plot ------------------------------------------------------------------
@@ -99,12 +106,17 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 def test_train_writes_a_run(run_dir):
-    assert {p.name for p in run_dir.iterdir()} >= {"run.json", "model.ckpt", "logs"}
+    assert {p.name for p in run_dir.iterdir()} >= {"run.json", "model.ckpt", "last.ckpt", "logs"}
+    assert not list(run_dir.glob(".*.tmp-*"))  # no temporary file left
     spec = json.loads((run_dir / "run.json").read_text())
     assert spec["format"] == "energymask-run/1"
     assert spec["data"] == {"name": "cluttered-digits", "num_train": 48, "num_val": 16,
                             "num_test": 16, "spurious": False}
-    assert spec["model"] == {"backbone": "small_cnn", "in_channels": 1, "num_classes": 10}
+    assert spec["model"] == {"backbone": "small_cnn", "in_channels": 1, "num_classes": 10,
+                             "frozen_backbone": False, "weights": None}
+    assert spec["status"] == "complete" and spec["checkpoint_sha256"] == _runs.sha256(
+        run_dir / "model.ckpt")
+    assert spec["ersm"]["bias_init"] == 0.0  # the application's default (issue 17)
     assert spec["ersm"]["layers"] == ["model.backbone.layer2"] and spec["ersm"]["lam"] == 0.01
     assert spec["pbedropout"]["population"] == 4 and spec["pbedropout"]["freeze_at_epoch"] == 1
     assert 0 <= spec["test"]["test_acc"] <= 1
@@ -162,7 +174,7 @@ def test_train_on_an_image_folder(tmp_path, capsys):
             "--out", out]
     assert main([str(a) for a in argv]) == 0
     spec = json.loads((out / "run.json").read_text())
-    assert spec["model"] == {"backbone": "shallow_cnn", "in_channels": 3, "num_classes": 3}
+    assert spec["model"]["backbone"] == "shallow_cnn" and spec["model"]["num_classes"] == 3
     assert spec["data"]["data_dir"] == str(tree.resolve()) and "ersm" not in spec
     assert main(["plot", "--run", str(out)]) == 0  # no evaluation.json, no ERSM: log only
     assert "run `energymask evaluate" in capsys.readouterr().out
@@ -201,6 +213,11 @@ def test_train_input_errors(tmp_path, capsys):
            "unknown layer 'layer9'; choose from layer1, layer2, layer3")
     _fails(capsys, ["train", "--epochs", "0"], "train", "--epochs must be >= 1")
     _fails(capsys, ["train", "--num-train", "0"], "train", "num_train must be a positive int")
+    _fails(capsys, ["train", "--backbone", "resnet"], "train", "--backbone must be small_cnn")
+    _fails(capsys, ["train", *TINY, "--weights", tmp_path / "w.pt"], "train",
+           "--weights loads torchvision / timm weights, but --backbone is 'small_cnn'")
+    _fails(capsys, ["train", *TINY, "--frozen-backbone", "--ersm", "layer2"], "train",
+           "does not combine with --ersm")
     assert not (tmp_path / "r").exists()
 
 
@@ -210,8 +227,8 @@ def test_not_a_run(tmp_path, run_dir, capsys):
            "is not an energymask run: expected run.json in it")
     foreign = tmp_path / "other.ckpt"
     torch.save({"state_dict": {}}, foreign)
-    _fails(capsys, ["evaluate", "--checkpoint", foreign], "evaluate",
-           "is not an energymask run: expected run.json next to it")
+    _fails(capsys, ["evaluate", "--checkpoint", foreign], "evaluate",  # no run.json: Lightning's
+           "is not a Lightning checkpoint of an ImageClassifier or FrozenBackboneERSM")
     (tmp_path / "run.json").write_text('{"epochs": 3}')
     _fails(capsys, ["evaluate", "--run", tmp_path], "evaluate", "has none")
     (tmp_path / "run.json").write_text("not json")
@@ -220,7 +237,7 @@ def test_not_a_run(tmp_path, run_dir, capsys):
     _fails(capsys, ["evaluate", "--run", tmp_path], "evaluate", "model.ckpt")
     (tmp_path / "model.ckpt").write_text("garbage")
     _fails(capsys, ["evaluate", "--run", tmp_path], "evaluate",
-           "is not an energymask checkpoint of this run")
+           "model.ckpt' is not the one training wrote")
     _fails(capsys, ["evaluate", "--run", run_dir, "--steps", "1"], "evaluate",
            "--steps must be >= 2")
     _fails(capsys, ["evaluate", "--run", run_dir, "--num-samples", "0"], "evaluate",
@@ -231,6 +248,124 @@ def test_real_bugs_are_not_hidden(monkeypatch):
     def broken(args):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_demo", broken)
+    monkeypatch.setattr(commands, "demo", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["demo"])
+
+
+# -- run folders: one run per folder, locked, checked, resumable -------------------------------
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def test_out_holding_a_run_is_refused_unless_overwrite(tmp_path, run_dir, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    (out / "notes.txt").write_text("mine")
+    before = _listing(out)
+    _fails(capsys, ["train", *TINY, "--out", out], "train",
+           "already holds a run (run.json, model.ckpt, last.ckpt, logs")
+    assert _listing(out) == before  # nothing changed
+    assert main([str(a) for a in ["train", *TINY, "--seed", "5", "--out", out,
+                                  "--overwrite"]]) == 0
+    assert json.loads((out / "run.json").read_text())["training"]["seed"] == 5
+    assert (out / "notes.txt").read_text() == "mine"  # only the run's files were replaced
+    assert not (out / "evaluation.json").exists()  # the old run's results are gone
+    capsys.readouterr()
+
+
+def test_a_folder_in_use_is_refused_and_left_alone(tmp_path, capsys):
+    out = tmp_path / "busy"
+    with _runs.claim(out):  # another run holds the folder
+        before = _listing(out)
+        err = _fails(capsys, ["train", *TINY, "--out", out], "train",
+                     "is in use by another energymask process (pid")
+        assert str(os.getpid()) in err
+        assert _listing(out) == before
+    with _runs.claim(out):  # released: the folder can be claimed again
+        pass
+
+
+def test_evaluate_checks_the_checkpoint(tmp_path, run_dir, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    eval_args = ["--num-samples", "4", "--steps", "2", "--fractions", "0", "--no-progress"]
+    shutil.copy(out / "last.ckpt", out / "model.ckpt")  # a valid checkpoint, but not this one
+    _fails(capsys, ["evaluate", "--run", out, *eval_args], "evaluate",
+           "model.ckpt' is not the one training wrote: its SHA-256")
+    data = (run_dir / "model.ckpt").read_bytes()
+    (out / "model.ckpt").write_bytes(data[: len(data) // 2])
+    _fails(capsys, ["evaluate", "--run", out, *eval_args], "evaluate",
+           "model.ckpt' is not the one training wrote")
+    spec = json.loads((out / "run.json").read_text())
+    _runs.write_run(out, {**spec, "checkpoint_sha256": None})  # no record: the reader says
+    _fails(capsys, ["evaluate", "--run", out, *eval_args], "evaluate",
+           "is truncated or corrupted (an incomplete zip archive)")
+    (out / "model.ckpt").write_bytes(b"")
+    _fails(capsys, ["evaluate", "--run", out, *eval_args], "evaluate", "model.ckpt is empty")
+    _runs.write_run(out, {**spec, "status": "interrupted"})
+    _fails(capsys, ["evaluate", "--run", out, *eval_args], "evaluate",
+           "is not complete (status 'interrupted'); continue it with `energymask train --resume")
+
+
+def test_evaluate_and_plot_a_lightning_checkpoint(tmp_path, run_dir, capsys):
+    """A ModelCheckpoint file without run.json: backbone and data from the options."""
+    ckpt = tmp_path / "checkpoints" / "epoch=0.ckpt"
+    ckpt.parent.mkdir()
+    shutil.copy(run_dir / "last.ckpt", ckpt)
+    data = ["--num-train", "48", "--num-val", "16", "--num-test", "16"]
+    argv = ["evaluate", "--checkpoint", ckpt, *data, "--num-samples", "4", "--steps", "2",
+            "--fractions", "0", "--no-progress"]
+    assert main([str(a) for a in argv]) == 0
+    result = json.loads((ckpt.parent / "evaluation.json").read_text())
+    assert "backbone.layer2.layer" in result["deletion"] and result["num_samples"] == 4
+    assert main([str(a) for a in ["plot", "--checkpoint", ckpt, *data]]) == 0
+    assert (ckpt.parent / "figures" / "masks_backbone_layer2_layer.png").is_file()
+    capsys.readouterr()
+
+
+def test_resume_errors(tmp_path, run_dir, capsys):
+    _fails(capsys, ["train", "--resume", run_dir, "--epochs", "3"], "train",
+           "--resume continues a run with the settings in its run.json; remove --epochs")
+    _fails(capsys, ["train", "--resume", run_dir], "train", "is complete; nothing to resume")
+    _fails(capsys, ["train", "--resume", tmp_path], "train", "is not an energymask run")
+
+
+RESUMABLE = ["train", "--num-train", "160", "--num-val", "16", "--num-test", "16",
+             "--batch-size", "16", "--epochs", "4", "--ersm", "layer2", "--pbedropout", "layer3",
+             "--pb-population", "4", "--no-progress", "--accelerator", "cpu"]
+
+
+def test_ctrl_c_then_resume_equals_a_straight_run(tmp_path, capsys):
+    """SIGINT to `energymask train` during epoch 2, then --resume: the same weights, bit for bit."""
+    # the shuffled order must be a function of (seed, epoch): the data modules' EpochSampler
+    pytest.importorskip("energymask.data.resumable", reason="needs the (seed, epoch) order")
+    cut = tmp_path / "cut"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "energymask", *RESUMABLE, "--out", str(cut)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not (cut / "last.ckpt").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint after epoch 1"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C, once epoch 1 is checkpointed
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert f"`energymask train --resume {cut}` continues from the end of epoch" in err
+    spec = json.loads((cut / "run.json").read_text())
+    assert spec["status"] == "interrupted" and not (cut / "model.ckpt").exists()
+
+    assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
+    assert main([*RESUMABLE, "--out", str(tmp_path / "straight")]) == 0
+    resumed = torch.load(cut / "model.ckpt", weights_only=True)["state_dict"]
+    straight = torch.load(tmp_path / "straight" / "model.ckpt", weights_only=True)["state_dict"]
+    assert resumed.keys() == straight.keys()
+    assert "model.backbone.layer3.layer.ema_mask" in straight
+    for k, v in straight.items():
+        assert torch.equal(resumed[k], v) if isinstance(v, torch.Tensor) else resumed[k] == v, k
+    epochs = [line.split(",") for line in (cut / "logs" / "metrics.csv").read_text().splitlines()]
+    assert json.loads((cut / "run.json").read_text())["status"] == "complete"
+    assert len(epochs) > 1
+    capsys.readouterr()

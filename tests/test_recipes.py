@@ -4,6 +4,7 @@ from torch import nn
 
 from energymask.dropblock import DropBlock2d
 from energymask.ersm import EnergyMask2d, energy_mask_layers
+from energymask.evaluation import accuracy
 from energymask.lightning_modules.app import recipes as ex
 from energymask.pbedropout import PBEDropout2d
 
@@ -41,7 +42,7 @@ def test_eval_loader_takes_first_samples(dm):
 def test_baseline_is_trained_and_in_eval_mode(baseline, dm):
     model, acc = baseline
     assert not model.training and 0.0 <= acc <= 1.0
-    assert acc == pytest.approx(ex.accuracy(model, ex.eval_loader(dm)))
+    assert acc == pytest.approx(accuracy(model, ex.eval_loader(dm)))
 
 
 def test_same_seed_same_model(dm):
@@ -113,7 +114,7 @@ def test_occlusion_side_by_side(baseline, dm):
     assert set(out) == {"random", "object"}
     for table in out.values():
         assert table["a"] == table["b"] and len(table["a"]) == len(ex.OCCLUSION_FRACTIONS)
-    assert out["random"]["a"][0] == pytest.approx(ex.accuracy(baseline[0], ex.eval_loader(dm)))
+    assert out["random"]["a"][0] == pytest.approx(accuracy(baseline[0], ex.eval_loader(dm)))
 
 
 def test_spurious_datamodule_passes_its_strength():

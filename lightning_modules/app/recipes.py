@@ -2,9 +2,10 @@
 
 ``energymask demo`` and ``benchmarks/results_*.py`` are built from these, so the
 demo's numbers and the results tables come from the same code. Every recipe
-trains with a Lightning ``Trainer`` on CPU (the callbacks are the product's own
-path), is seeded, and returns the trained ``nn.Module`` in eval mode together
-with its test accuracy.
+trains with the application's one ``Trainer`` builder
+(:func:`~energymask.lightning_modules.app.trainer.build_trainer`, on CPU; the
+callbacks are the product's own path), is seeded, and returns the trained
+``nn.Module`` in eval mode together with its test accuracy.
 
 Models (cluttered digits, 64x64, 10 classes):
 
@@ -21,7 +22,6 @@ Models (cluttered digits, 64x64, 10 classes):
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,14 +29,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader
 
-from energymask.deletion import deletion_curve, eval_mode
+from energymask.deletion import deletion_curve
 from energymask.dropblock import DropBlock2d
-from energymask.ersm import energy_mask_layers
-from energymask.mask_quality import mask_quality
+from energymask.evaluation import DEFAULT_FRACTIONS as OCCLUSION_FRACTIONS
+from energymask.evaluation import ORDERINGS, evaluate
 from energymask.models import Classifier, FrozenBackboneClassifier, shallow_cnn, small_cnn
 from energymask.occlusion import occlusion_robustness
 from energymask.surgery import insert_after
@@ -45,10 +44,10 @@ from ..classifier import FrozenBackboneERSM, ImageClassifier
 from ..datamodules import ClutteredDigitsDataModule
 from ..ersm_callback import ERSMCallback
 from ..pbedropout_callback import PBEDropoutCallback
+from .settings import ERSM_SETTINGS
+from .trainer import build_trainer
 
 REGULARISERS = ("none", "dropout", "dropout2d", "dropblock", "pbedropout")
-ORDERINGS = ("energy", "magnitude", "random", "gradcam", "feature_ablation")
-OCCLUSION_FRACTIONS = (0.0, 0.1, 0.25, 0.5)
 OCCLUSION_PATCH_SIZE = 8
 
 
@@ -93,14 +92,6 @@ def datamodule(budget: Budget, seed: int, spurious: bool = False,
     return dm
 
 
-def quiet_lightning() -> None:
-    """Silence Lightning's warnings that do not apply to small CPU runs."""
-    for pattern in (".*does not have many workers.*", ".*log_every_n_steps.*",
-                    ".*LeafSpec.*", ".*GPU available but not used.*",
-                    ".*module\\(s\\) in eval mode.*"):
-        warnings.filterwarnings("ignore", message=pattern)
-
-
 def fit(module: ImageClassifier, dm: pl.LightningDataModule, epochs: int, seed: int,
         callbacks: Sequence[pl.Callback] = (), progress: bool = True,
         log_dir: Path | None = None) -> float:
@@ -108,16 +99,8 @@ def fit(module: ImageClassifier, dm: pl.LightningDataModule, epochs: int, seed: 
 
     With ``log_dir`` the Lightning log goes to ``log_dir/metrics.csv`` (CSVLogger).
     """
-    quiet_lightning()
     pl.seed_everything(seed, workers=True, verbose=False)
-    logger = False
-    if log_dir is not None:
-        logger = CSVLogger(log_dir.parent, name=log_dir.name, version="")
-    trainer = pl.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, callbacks=list(callbacks),
-        logger=logger, enable_checkpointing=False, enable_progress_bar=progress,
-        enable_model_summary=False, log_every_n_steps=10,
-    )  # fmt: skip
+    trainer = build_trainer(epochs, callbacks, "cpu", progress, log_dir=log_dir)
     trainer.fit(module, datamodule=dm)
     tested = trainer.test(module, datamodule=dm, verbose=False)
     module.eval()
@@ -137,11 +120,15 @@ def train_baseline(dm, budget: Budget, seed: int, progress: bool = True
 def train_frozen_ersm(baseline: Classifier, dm, budget: Budget, seed: int,
                       progress: bool = True, **ersm_kwargs: Any
                       ) -> tuple[FrozenBackboneClassifier, float]:
-    """Stage 2 of the authors' protocol on a copy of ``baseline``'s backbone and head."""
+    """Stage 2 of the authors' protocol on a copy of ``baseline``'s backbone and head.
+
+    ``ersm_kwargs`` override :data:`~.settings.ERSM_SETTINGS` (the application's defaults).
+    """
     torch.manual_seed(seed)
     backbone, head = copy.deepcopy(baseline.backbone), copy.deepcopy(baseline.head)
     module = FrozenBackboneERSM(backbone, backbone.out_channels, dm.num_classes, head=head,
-                                lr=budget.lr, max_epochs=budget.ersm_epochs, **ersm_kwargs)
+                                lr=budget.lr, max_epochs=budget.ersm_epochs,
+                                **{**ERSM_SETTINGS, **ersm_kwargs})
     accuracy = fit(module, dm, budget.ersm_epochs, seed, progress=progress)
     return module.model, accuracy
 
@@ -149,13 +136,16 @@ def train_frozen_ersm(baseline: Classifier, dm, budget: Budget, seed: int,
 def train_ersm_inside(dm, budget: Budget, seed: int, layer: str = "layer2",
                       progress: bool = True, log_dir: Path | None = None,
                       **ersm_kwargs: Any) -> tuple[Classifier, float]:
-    """``small_cnn`` with ERSM after ``layer`` (inserted by :class:`ERSMCallback`)."""
+    """``small_cnn`` with ERSM after ``layer`` (inserted by :class:`ERSMCallback`).
+
+    ``ersm_kwargs`` override :data:`~.settings.ERSM_SETTINGS` (the application's defaults).
+    """
     torch.manual_seed(seed)
     net = small_cnn(dm.in_channels)
     model = Classifier(net, net.out_channels, dm.num_classes)
     module = ImageClassifier(model, dm.num_classes, lr=budget.lr, max_epochs=budget.epochs)
     callback = ERSMCallback(f"model.backbone.{layer}", log_stats=log_dir is not None,
-                            **ersm_kwargs)
+                            **{**ERSM_SETTINGS, **ersm_kwargs})
     return model, fit(module, dm, budget.epochs, seed, [callback], progress, log_dir)
 
 
@@ -195,30 +185,10 @@ def eval_loader(dm, num_samples: int | None = None) -> DataLoader:
     return DataLoader(test, batch_size=dm.batch_size)
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, loader: Iterable) -> float:
-    """Top-1 accuracy of ``model`` (in eval mode) over ``loader``."""
-    correct = total = 0
-    with eval_mode(model):
-        for batch in loader:
-            correct += int((model(batch[0]).argmax(-1) == batch[1]).sum())
-            total += len(batch[1])
-    return correct / total
-
-
-@torch.no_grad()
 def ersm_mask_scores(model: nn.Module, loader: Iterable) -> dict[str, float]:
-    """The ERSM masks' :func:`~energymask.mask_quality.mask_quality` scores, means over images."""
-    (layer,) = energy_mask_layers(model).values()
-    sums: dict[str, float] = {}
-    total = 0
-    with eval_mode(model):
-        for batch in loader:
-            model(batch[0])
-            for k, v in mask_quality(layer.last_keep, batch[2]).items():
-                sums[k] = sums.get(k, 0.0) + v * len(batch[1])
-            total += len(batch[1])
-    return {k: v / total for k, v in sums.items()}
+    """The mask scores of ``model``'s one ERSM layer (:func:`energymask.evaluation.evaluate`)."""
+    (scores,) = evaluate(model, loader, progress=False).masks.values()
+    return scores
 
 
 def evaluate_ersm(model: nn.Module, dm, budget: Budget, seed: int, progress: bool = True,
@@ -236,7 +206,7 @@ def evaluate_ersm(model: nn.Module, dm, budget: Budget, seed: int, progress: boo
 
 def occlusion(models: nn.Module | dict[str, nn.Module], dm, seed: int, progress: bool = True
               ) -> dict[str, dict[str, list[float]]]:
-    """Accuracy under random and on-object occlusion at :data:`OCCLUSION_FRACTIONS`."""
+    """Accuracy under random and on-object occlusion at the default fractions (8x8 patches)."""
     loader = eval_loader(dm)
     out = {}
     for placement in ("random", "object"):
@@ -249,17 +219,16 @@ def occlusion(models: nn.Module | dict[str, nn.Module], dm, seed: int, progress:
 
 __all__ = [
     "Budget",
-    "ORDERINGS",
     "QUICK",
+    "OCCLUSION_FRACTIONS",
+    "ORDERINGS",
     "REGULARISERS",
-    "accuracy",
     "datamodule",
     "eval_loader",
     "ersm_mask_scores",
     "evaluate_ersm",
     "fit",
     "occlusion",
-    "quiet_lightning",
     "train_baseline",
     "train_ersm_inside",
     "train_frozen_ersm",

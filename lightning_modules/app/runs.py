@@ -2,11 +2,20 @@
 
 A run folder holds::
 
-    run.json          format, data, model, callbacks and training settings, test metrics
-    model.ckpt        the Lightning checkpoint (weights and the callbacks' layer states)
+    run.json          format, status, data, model, callbacks and training settings,
+                      test metrics, the SHA-256 of model.ckpt
+    model.ckpt        the final Lightning checkpoint (weights and the callbacks' layer states)
+    last.ckpt         the resumable checkpoint, rewritten at the end of every epoch
     logs/metrics.csv  the CSVLogger log
     evaluation.json   written by ``energymask evaluate``
     figures/*.png     written by ``energymask plot``
+    .lock             held (``flock``) by the process writing the folder
+
+What the folder guarantees (docs/reliability.md): one run per folder
+(:func:`claim` refuses a folder that holds a run unless ``overwrite``, and a
+folder another process holds), every file replaced atomically (:func:`write_atomic`;
+checkpoints through :class:`~energymask.lightning_modules.app.trainer.AtomicCheckpointIO`),
+and a checkpoint that is the one training wrote (:func:`check_checkpoint`).
 
 ``run.json`` holds plain values only, so the model is rebuilt from it (backbone
 name, channels, classes) and :func:`load_for_inference` re-inserts the ERSM /
@@ -15,28 +24,43 @@ PB-EDropout layers from the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import fcntl
+import hashlib
 import inspect
+import io
 import json
+import os
 import pickle
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from energymask.models import Classifier, shallow_cnn, small_cnn
+from energymask.models import Classifier
 from energymask.surgery import insertable_names
 
-from ..checkpoint import load_for_inference
-from ..classifier import ImageClassifier
+from ..checkpoint import load_for_inference, read_checkpoint
+from ..classifier import FrozenBackboneERSM, ImageClassifier
 from ..datamodules import CIFAR10DataModule, ClutteredDigitsDataModule, ImageFolderDataModule
+from .backbones import build_backbone
+from .trainer import LAST_CHECKPOINT, atomic_replace, temporary_path
 
 FORMAT = "energymask-run/1"
 RUN_FILE = "run.json"
 CHECKPOINT = "model.ckpt"
 METRICS = "logs/metrics.csv"
-BACKBONES = {"small_cnn": small_cnn, "shallow_cnn": shallow_cnn}
+EVALUATION = "evaluation.json"
+LOCK = ".lock"
+#: What a run writes into its folder: any of them means the folder holds a run.
+RUN_CONTENTS = (RUN_FILE, CHECKPOINT, LAST_CHECKPOINT, "logs", EVALUATION, "figures")
 DATASETS = ("cluttered-digits", "cifar10", "image-folder")
+#: ImageNet's channel means and standard deviations (``--normalize imagenet``).
+IMAGENET_NORMALIZE = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def default_of(cls: type, name: str) -> Any:
@@ -44,17 +68,22 @@ def default_of(cls: type, name: str) -> Any:
     return inspect.signature(cls).parameters[name].default
 
 
-def build_model(backbone: str, in_channels: int, num_classes: int) -> Classifier:
-    """``Classifier(BACKBONES[backbone](in_channels), ..., num_classes)``."""
-    if backbone not in BACKBONES:
-        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, but got {backbone!r}")
-    net = BACKBONES[backbone](in_channels)
-    return Classifier(net, net.out_channels, num_classes)
+def build_model(backbone: str, in_channels: int, num_classes: int,
+                weights: str | Path | None = None) -> Classifier:
+    """``Classifier(backbone, F, num_classes)`` (see :mod:`.backbones` for the names)."""
+    net, channels = build_backbone(backbone, in_channels, weights)
+    return Classifier(net, channels, num_classes)
 
 
 def build_datamodule(data: dict[str, Any], batch_size: int, seed: int):
-    """The DataModule described by ``run.json``'s ``data`` entry."""
+    """The DataModule described by ``run.json``'s ``data`` entry.
+
+    ``data["normalize"]``: ``"imagenet"`` normalises user images (CIFAR-10, image
+    folders) with :data:`IMAGENET_NORMALIZE`, as pretrained torchvision / timm
+    weights expect; absent or ``"none"``: images stay in [0, 1].
+    """
     name = data.get("name")
+    normalize = IMAGENET_NORMALIZE if data.get("normalize") == "imagenet" else None
     if name == "cluttered-digits":
         return ClutteredDigitsDataModule(
             data["num_train"], data["num_val"], data["num_test"], spurious=data["spurious"],
@@ -63,11 +92,12 @@ def build_datamodule(data: dict[str, Any], batch_size: int, seed: int):
     if name in ("cifar10", "image-folder") and not data.get("data_dir"):
         raise ValueError(f"--data {name} needs --data-dir, the folder holding the data")
     if name == "cifar10":
-        return CIFAR10DataModule(data["data_dir"], seed=seed, batch_size=batch_size)
+        return CIFAR10DataModule(data["data_dir"], seed=seed, batch_size=batch_size,
+                                 normalize=normalize)
     if name == "image-folder":
         size = data["image_size"]
         return ImageFolderDataModule(data["data_dir"], size=(size, size), seed=seed,
-                                     batch_size=batch_size)
+                                     batch_size=batch_size, normalize=normalize)
     raise ValueError(f"data must be one of {list(DATASETS)}, but got {name!r}")
 
 
@@ -75,12 +105,13 @@ def qualify_layers(model: nn.Module, in_channels: int, names: list[str], option:
     """Names of the LightningModule (``model.backbone.layer2``) from short ones.
 
     ``layer2`` means ``backbone.layer2``; any name of ``model.named_modules()``
-    with a 4D output is accepted too.
+    with a 4D output is accepted too, and so are the returned names themselves.
     """
-    probe = torch.zeros(1, in_channels, 32, 32)
+    probe = torch.zeros(1, in_channels, 64, 64)
     valid = insertable_names(model, probe)
     out = []
     for name in names:
+        name = name.removeprefix("model.")
         full = name if name in valid else f"backbone.{name}"
         if full not in valid:
             short = [n.removeprefix("backbone.") for n in valid if n.count(".") == 1]
@@ -104,8 +135,77 @@ def prepare_out(path: str | Path) -> Path:
     return path
 
 
+def holds_run(path: Path) -> list[str]:
+    """The names of :data:`RUN_CONTENTS` present in the folder ``path``."""
+    return [name for name in RUN_CONTENTS if (path / name).exists()]
+
+
+@contextlib.contextmanager
+def claim(path: str | Path, overwrite: bool = False, resume: bool = False) -> Iterator[Path]:
+    """Hold the run folder ``path`` for one process; yields the folder.
+
+    The lock (``flock`` on ``path/.lock``) is taken before anything is written and
+    released when the block ends, also when the process dies. A folder that holds
+    a run is refused unless ``overwrite`` (its run files are then deleted, other
+    files are left alone) or ``resume`` (kept as it is).
+
+    Raises:
+        PermissionError: the folder is not writable.
+        ValueError: another process holds the folder, or it holds a run.
+    """
+    path = prepare_out(path)
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise ValueError(f"run folder {str(path)!r} is in use by another energymask "
+                             f"process (pid {holder}, lock {str(path / LOCK)!r}); wait for it "
+                             "or choose another --out") from None
+        found = holds_run(path)
+        if found and not (overwrite or resume):
+            raise ValueError(f"--out {str(path)!r} already holds a run ({', '.join(found)}); "
+                             "choose another folder, continue it with --resume, or replace "
+                             "it with --overwrite")
+        if found and overwrite:
+            for name in found:
+                target = path / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    tmp = temporary_path(path)
+    try:
+        tmp.write_text(text)
+        atomic_replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_run(path: Path, spec: dict[str, Any]) -> None:
-    (path / RUN_FILE).write_text(json.dumps({"format": FORMAT, **spec}, indent=2) + "\n")
+    write_atomic(path / RUN_FILE, json.dumps({"format": FORMAT, **spec}, indent=2) + "\n")
+
+
+def truncate_log(log: Path, epoch: int) -> None:
+    """Drop the rows of ``epoch`` and later from the CSV log (the resumed run rewrites them)."""
+    if not log.is_file():
+        return
+    with open(log, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(r for r in rows if r.get("epoch", "") == "" or int(r["epoch"]) < epoch)
+    write_atomic(log, out.getvalue())
 
 
 def read_run(path: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -128,12 +228,61 @@ def read_run(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return folder, spec
 
 
+def sha256(path: Path) -> str:
+    """The SHA-256 of the file ``path``, in hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_checkpoint(path: Path, expected_sha256: str | None = None) -> None:
+    """Refuse a checkpoint that is missing or is not the file ``run.json`` recorded.
+
+    Whether the file is a readable checkpoint at all is
+    :func:`~energymask.lightning_modules.checkpoint.read_checkpoint`'s to say.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: its SHA-256 differs from ``expected_sha256`` (changed or damaged).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if expected_sha256 is not None and (found := sha256(path)) != expected_sha256:
+        raise ValueError(f"checkpoint {str(path)!r} is not the one training wrote: its SHA-256 "
+                         f"is {found[:12]}..., run.json records {expected_sha256[:12]}... "
+                         "(changed, truncated or damaged since)")
+
+
 def load_model(spec: dict[str, Any], checkpoint: Path) -> ImageClassifier:
-    """The trained :class:`ImageClassifier` of a run, with its inserted layers, in eval mode."""
+    """The trained module of a run, with its inserted layers, in eval mode.
+
+    ``spec["model"]`` names the backbone; with ``"frozen_backbone": true`` the
+    module is the authors' :class:`FrozenBackboneERSM`, else an :class:`ImageClassifier`.
+    """
     m = spec["model"]
-    model = build_model(m["backbone"], m["in_channels"], m["num_classes"])
     try:
+        if m.get("frozen_backbone"):
+            net, _ = build_backbone(m["backbone"], m["in_channels"])
+            return load_for_inference(checkpoint, FrozenBackboneERSM, backbone=net)
+        model = build_model(m["backbone"], m["in_channels"], m["num_classes"])
         return load_for_inference(checkpoint, ImageClassifier, model=model)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError) as err:
+    except (pickle.UnpicklingError, RuntimeError, KeyError, TypeError, ValueError,
+            EOFError) as err:
         raise ValueError(f"{str(checkpoint)!r} is not an energymask checkpoint of this run "
                          f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
+
+
+def checkpoint_model(checkpoint: Path) -> dict[str, Any]:
+    """``{"num_classes", "frozen_backbone"}`` of a checkpoint the Lightning API wrote.
+
+    Such a checkpoint (a ``ModelCheckpoint`` file of an :class:`ImageClassifier` or
+    :class:`FrozenBackboneERSM`) has no ``run.json``; its hyper-parameters give the
+    classes and the module class, the command line gives the backbone and the data.
+    """
+    hp = read_checkpoint(checkpoint).get("hyper_parameters")
+    if not isinstance(hp, dict) or "num_classes" not in hp:
+        raise ValueError(f"checkpoint {str(checkpoint)!r} is not a Lightning checkpoint of an "
+                         "ImageClassifier or FrozenBackboneERSM (no num_classes hyper-parameter)")
+    return {"num_classes": hp["num_classes"], "frozen_backbone": "num_features" in hp}

@@ -1,0 +1,367 @@
+"""The commands of the ``energymask`` command line (parsers: :mod:`.cli`).
+
+Each command takes the parsed ``argparse.Namespace`` and returns the exit status;
+expected errors are raised as ``ValueError`` / ``FileNotFoundError`` /
+``PermissionError`` (the entry point prints them), Ctrl-C during ``train`` as
+:class:`Interrupted`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from energymask.ersm import energy_mask_layers
+from energymask.pbedropout import PBEDropout2d
+
+from . import runs as _runs
+
+#: ``train`` options that may change when a run is resumed (they do not change the result).
+RESUME_MAY_CHANGE = ("resume", "no_progress", "accelerator", "func", "command")
+
+
+class Interrupted(Exception):
+    """``train`` was stopped by Ctrl-C; the message says how to resume."""
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+def demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    with _runs.claim(args.out, resume=True) as out:  # one demo at a time per folder
+        run_demo(out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    print(f"energymask demo: results in {out}")
+    return 0
+
+
+# -- train ------------------------------------------------------------------------------------
+
+def _data_spec(args: argparse.Namespace) -> dict[str, Any]:
+    data: dict[str, Any] = {"name": args.data}
+    if args.data == "cluttered-digits":
+        data.update(num_train=args.num_train, num_val=args.num_val, num_test=args.num_test,
+                    spurious=args.spurious)
+    else:
+        data["data_dir"] = str(args.data_dir.resolve()) if args.data_dir else None
+        data["normalize"] = args.normalize
+        if args.data == "image-folder":
+            data["image_size"] = args.image_size
+    return data
+
+
+def _spec(args: argparse.Namespace) -> dict[str, Any]:
+    """``run.json``'s settings from the ``train`` options (checked; no model built)."""
+    for flag in ("epochs", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, but got "
+                             f"{getattr(args, flag)}")
+    if args.frozen_backbone and (args.ersm or args.pbedropout):
+        raise ValueError("--frozen-backbone places ERSM before the head itself; it does not "
+                         "combine with --ersm / --pbedropout")
+    spec: dict[str, Any] = {
+        "data": _data_spec(args),
+        "model": {"backbone": args.backbone, "frozen_backbone": args.frozen_backbone,
+                  "weights": str(args.weights.resolve()) if args.weights else None},
+        "training": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                     "seed": args.seed},
+    }
+    ersm = {k: getattr(args, f"ersm_{k}")
+            for k in ("lam", "gamma", "temperature", "token_size", "bias_init")}
+    if args.ersm or args.frozen_backbone:
+        spec["ersm"] = {"layers": args.ersm or [], **ersm}
+    if args.pbedropout:
+        spec["pbedropout"] = {"layers": args.pbedropout, "freeze_at_epoch": args.pb_freeze_epoch,
+                              **{k: getattr(args, f"pb_{k}") for k in
+                                 ("p", "patch_size", "beta", "population", "generations")}}
+    return spec
+
+
+def _build(spec: dict[str, Any], weights: bool = True):
+    """``(module, callbacks, datamodule)`` from ``run.json``'s settings; fills ``spec["model"]``.
+
+    ``weights``: load ``--weights`` (a resumed run takes them from its checkpoint).
+    """
+    import pytorch_lightning as pl
+
+    from ..classifier import FrozenBackboneERSM, ImageClassifier
+    from ..ersm_callback import ERSMCallback
+    from ..pbedropout_callback import PBEDropoutCallback
+    from .backbones import build_backbone
+
+    t, m = spec["training"], spec["model"]
+    dm = _runs.build_datamodule(spec["data"], t["batch_size"], t["seed"])
+    pl.seed_everything(t["seed"], workers=True, verbose=False)
+    m.update(in_channels=dm.in_channels, num_classes=dm.num_classes)
+    path = m["weights"] if weights else None
+    ersm = {k: v for k, v in spec.get("ersm", {}).items() if k != "layers"}
+    if m["frozen_backbone"]:
+        net, channels = build_backbone(m["backbone"], dm.in_channels, path)
+        module = FrozenBackboneERSM(net, channels, dm.num_classes, lr=t["lr"],
+                                    max_epochs=t["epochs"], **ersm)
+        return module, [], dm
+    model = _runs.build_model(m["backbone"], dm.in_channels, dm.num_classes, path)
+    callbacks: list[pl.Callback] = []
+    if spec.get("ersm"):
+        layers = _runs.qualify_layers(model, dm.in_channels, spec["ersm"]["layers"], "--ersm")
+        callbacks.append(ERSMCallback(layers, **ersm))
+        spec["ersm"]["layers"] = layers
+    if spec.get("pbedropout"):
+        pb = dict(spec["pbedropout"])
+        layers = _runs.qualify_layers(model, dm.in_channels, pb.pop("layers"), "--pbedropout")
+        callbacks.append(PBEDropoutCallback(layers, **pb))
+        spec["pbedropout"]["layers"] = layers
+    module = ImageClassifier(model, dm.num_classes, lr=t["lr"], max_epochs=t["epochs"])
+    return module, callbacks, dm
+
+
+def _resume_spec(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    from .cli import build_parser
+
+    defaults = vars(build_parser().parse_args(["train"]))
+    changed = [k for k, v in vars(args).items()
+               if k not in RESUME_MAY_CHANGE and v != defaults.get(k)]
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise ValueError(f"--resume continues a run with the settings in its run.json; "
+                         f"remove {flags}")
+    folder, spec = _runs.read_run(args.resume)
+    if spec.get("status") == "complete":
+        raise ValueError(f"run {str(folder)!r} is complete; nothing to resume")
+    return folder, spec
+
+
+def _last_epoch(checkpoint: Path) -> int:
+    """The epoch a resumable checkpoint ends (0-based), read without running code."""
+    from ..checkpoint import read_checkpoint
+
+    epoch = read_checkpoint(checkpoint).get("epoch")
+    if not isinstance(epoch, int):
+        raise ValueError(f"checkpoint {str(checkpoint)!r} cannot be resumed: it records no "
+                         "epoch (not written by Lightning's Trainer)")
+    return epoch
+
+
+def _fit(trainer, module, dm, ckpt_path: Path | None) -> bool:
+    """``trainer.fit``; True when Ctrl-C stopped it (Lightning shuts down, then exits)."""
+    from pytorch_lightning.trainer.states import TrainerStatus
+
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    except SystemExit:
+        if trainer.state.status != TrainerStatus.INTERRUPTED:
+            raise
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning leaves Ctrl-C ignored
+    return trainer.state.status == TrainerStatus.INTERRUPTED
+
+
+def train(args: argparse.Namespace) -> int:
+    from pytorch_lightning.trainer.states import TrainerStatus
+
+    from .trainer import LAST_CHECKPOINT, build_trainer
+
+    if args.resume is not None:
+        out, spec = _resume_spec(args)
+    else:
+        out, spec = args.out, _spec(args)
+    module, callbacks, dm = _build(spec, weights=args.resume is None)
+    with _runs.claim(out, overwrite=args.overwrite, resume=args.resume is not None):
+        last = out / LAST_CHECKPOINT
+        resume_from = last if args.resume is not None and last.exists() else None
+        if args.resume is not None:  # the log keeps the epochs the checkpoint holds
+            _runs.truncate_log(out / _runs.METRICS, _last_epoch(last) + 1 if resume_from else 0)
+        spec.update(status="running", checkpoint=_runs.CHECKPOINT, metrics_csv=_runs.METRICS,
+                    accelerator=args.accelerator)
+        _runs.write_run(out, spec)
+        trainer = build_trainer(spec["training"]["epochs"], callbacks, args.accelerator,
+                                not args.no_progress, log_dir=out / "logs", run_dir=out)
+        try:
+            if _fit(trainer, module, dm, resume_from):
+                raise KeyboardInterrupt
+            trainer.save_checkpoint(out / _runs.CHECKPOINT, weights_only=False)  # + callbacks
+            tested = trainer.test(module, datamodule=dm, verbose=False)
+        except (KeyboardInterrupt, SystemExit) as stop:
+            if isinstance(stop, SystemExit) and trainer.state.status != TrainerStatus.INTERRUPTED:
+                raise
+            (out / _runs.CHECKPOINT).unlink(missing_ok=True)
+            spec.update(status="interrupted", interrupted_in_epoch=trainer.current_epoch)
+            _runs.write_run(out, spec)
+            where = (f"the end of epoch {_last_epoch(last) + 1}" if last.exists()
+                     else "the start")
+            raise Interrupted(f"interrupted in epoch {trainer.current_epoch + 1}; "
+                              f"`energymask train --resume {out}` continues from {where} "
+                              f"({LAST_CHECKPOINT})") from None
+        spec.update(status="complete", checkpoint_sha256=_runs.sha256(out / _runs.CHECKPOINT),
+                    test={k: float(v) for k, v in (tested[0] if tested else {}).items()})
+        _runs.write_run(out, spec)
+    print(f"energymask train: run written to {out} "
+          f"(test accuracy {spec['test'].get('test_acc', float('nan')):.3f})")
+    return 0
+
+
+# -- evaluate and plot ------------------------------------------------------------------------
+
+def _load(args: argparse.Namespace):
+    """``(output folder, model in eval mode, test loader, has object masks)``.
+
+    From ``--run`` / ``--checkpoint`` inside a run folder (the checkpoint checked
+    against run.json's SHA-256), or from a Lightning checkpoint without run.json
+    and the ``--backbone`` / ``--data`` options.
+    """
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, but got {args.num_samples}")
+    path = args.run or args.checkpoint
+    if args.checkpoint is not None and not (args.checkpoint.parent / _runs.RUN_FILE).exists():
+        checkpoint = args.checkpoint
+        model = {"backbone": args.backbone, **_runs.checkpoint_model(checkpoint)}
+        dm = _runs.build_datamodule(_data_spec(args), args.batch_size, args.seed)
+        model["in_channels"] = dm.in_channels
+        module = _runs.load_model({"model": model}, checkpoint)
+        folder = args.out or checkpoint.parent
+    else:
+        folder, spec = _runs.read_run(path)
+        if args.checkpoint is None and spec.get("status", "complete") != "complete":
+            raise ValueError(f"run {str(folder)!r} is not complete (status "
+                             f"{spec['status']!r}); continue it with `energymask train "
+                             f"--resume {folder}`")
+        checkpoint = args.checkpoint or folder / spec.get("checkpoint", _runs.CHECKPOINT)
+        recorded = spec.get("checkpoint_sha256") if checkpoint.name == _runs.CHECKPOINT else None
+        _runs.check_checkpoint(checkpoint, recorded)
+        module = _runs.load_model(spec, checkpoint)
+        dm = _runs.build_datamodule(spec["data"], args.batch_size, spec["training"]["seed"])
+        folder = args.out or folder
+    dm.setup("test")
+    test = dm.test_set
+    if args.num_samples is not None:
+        test = Subset(test, range(min(args.num_samples, len(test))))
+    loader = DataLoader(test, batch_size=args.batch_size)
+    return Path(folder), module, loader, dm.has_object_masks
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from energymask.deletion import deletion_curve
+    from energymask.evaluation import ORDERINGS
+    from energymask.evaluation import evaluate as evaluate_model
+    from energymask.occlusion import occlusion_robustness
+
+    from .cli import ORDERINGS_EXTRA
+
+    if args.steps < 2:
+        raise ValueError(f"--steps must be >= 2, but got {args.steps}")
+    folder, module, loader, with_masks = _load(args)
+    with _runs.claim(folder, resume=True):
+        net = module.model
+        progress = not args.no_progress
+        scores = evaluate_model(net, loader, progress=progress)
+        result: dict[str, Any] = {"run": str(folder), "accuracy": scores.accuracy,
+                                  "num_samples": scores.num_samples, "mask_quality": scores.masks}
+        extra = {ORDERINGS_EXTRA[o] for o in args.orderings}  # the Captum ones asked for
+        orderings = [o for o in ORDERINGS if o not in ORDERINGS_EXTRA.values() or o in extra]
+        result["deletion"] = {
+            name: deletion_curve(net, loader, layer=name, orderings=orderings, steps=args.steps,
+                                 seed=args.seed, progress=progress,
+                                 protocol=args.deletion_protocol).to_dict()
+            for name in energy_mask_layers(net)
+        }  # fmt: skip
+        placements = ["random", "object"] if with_masks else ["random"]
+        result["occlusion"] = {
+            p: occlusion_robustness(net, loader, args.fractions, args.patch_size, placement=p,
+                                    seed=args.seed, progress=progress).to_dict()
+            for p in placements
+        }  # fmt: skip
+        result["pbedropout"] = {
+            name: {"ema_keep_ratio": float((layer.ema_mask >= 0.5).float().mean())}
+            for name, layer in net.named_modules()
+            if isinstance(layer, PBEDropout2d) and layer.ema_mask.numel()
+        }  # fmt: skip
+        _runs.write_atomic(folder / _runs.EVALUATION, json.dumps(result, indent=2) + "\n")
+    print(_table(result))
+    print(f"energymask evaluate: wrote {folder / _runs.EVALUATION}")
+    return 0
+
+
+def _table(result: dict[str, Any]) -> str:
+    lines = [f"test accuracy {result['accuracy']:.3f} on {result['num_samples']} images"]
+    for layer, d in result["deletion"].items():
+        aucs = "  ".join(f"{k} {v:.3f}" for k, v in d["auc"].items())
+        lines.append(f"deletion AUC at {layer}: {aucs}")
+    for placement, d in result["occlusion"].items():
+        accs = "  ".join(f"{f:.2f}: {a:.3f}" for f, a in zip(d["fractions"],
+                                                              d["accuracy"]["model"], strict=True))
+        lines.append(f"occlusion ({placement}) accuracy by fraction: {accs}")
+    for layer, q in result["mask_quality"].items():
+        lines.append(f"mask quality at {layer}: " + "  ".join(f"{k} {v:.3f}" for k, v in q.items()))
+    for layer, q in result["pbedropout"].items():
+        lines.append(f"PB-EDropout at {layer}: EMA keep ratio {q['ema_keep_ratio']:.3f}")
+    return "\n".join(lines)
+
+
+def _save(fig, path: Path, written: list[Path]) -> None:
+    from .trainer import temporary_path
+
+    tmp = temporary_path(path)
+    fig.savefig(tmp, dpi=100, format="png")
+    tmp.replace(path)
+    written.append(path)
+
+
+def plot(args: argparse.Namespace) -> int:
+    from matplotlib.figure import Figure
+
+    from energymask import viz
+    from energymask.deletion import DeletionResult
+
+    folder, module, loader, with_masks = _load(args)
+    written: list[Path] = []
+    with _runs.claim(folder, resume=True):
+        figures = _runs.prepare_out(folder / "figures")
+        log = folder / _runs.METRICS
+        if log.is_file():
+            columns = viz.read_metrics_csv(log)
+            wanted = [c for c in ("train_loss", "train_acc", "val_acc") if c in columns]
+            wanted += [c for c in columns if c.endswith(("/keep_ratio", "/drop_rate"))]
+            if wanted:
+                _save(viz.plot_training_log(log, metrics=tuple(wanted))[0],
+                      figures / "training.png", written)
+        evaluation = folder / _runs.EVALUATION
+        if evaluation.is_file():
+            result = json.loads(evaluation.read_text())
+            deletion = result.get("deletion", {})
+            if deletion:
+                fig = Figure(figsize=(4.5 * len(deletion), 3.5), layout="constrained")
+                for ax, (layer, d) in zip(fig.subplots(1, len(deletion), squeeze=False)[0],
+                                          deletion.items(), strict=True):
+                    viz.plot_curves(DeletionResult(**d), ax=ax, title=f"deletion at {layer}")
+                _save(fig, figures / "deletion.png", written)
+            occlusion = result.get("occlusion", {})
+            if occlusion:
+                first = next(iter(occlusion.values()))
+                curves = {f"{p} placement": d["accuracy"]["model"] for p, d in occlusion.items()}
+                _save(viz.plot_occlusion(first["fractions"], curves)[0],
+                      figures / "occlusion.png", written)
+        else:
+            print(f"energymask plot: no evaluation.json in {folder}: run `energymask evaluate "
+                  f"--run {folder}` first for the deletion and occlusion figures")
+        net = module.model
+        batch = next(iter(loader))
+        with torch.no_grad():
+            net(batch[0])
+        for name, layer in energy_mask_layers(net).items():
+            fig = viz.plot_mask_grid(batch[0], layer.last_keep,
+                                     batch[2] if with_masks else None)[0]
+            _save(fig, figures / f"masks_{name.replace('.', '_')}.png", written)
+        for name, layer in net.named_modules():
+            if isinstance(layer, PBEDropout2d) and layer.ema_mask.numel():
+                _save(viz.plot_ema_masks(layer.ema_mask)[0],
+                      figures / f"ema_masks_{name.replace('.', '_')}.png", written)
+    for path in written:
+        print(path)
+    return 0

@@ -1,0 +1,41 @@
+"""The application's one Trainer builder: epoch checkpoints, atomic writes, generator states."""
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from energymask.lightning_modules.app import trainer as tr
+
+
+def test_random_state_round_trip_is_weights_only(tmp_path):
+    callback = tr.RandomState()
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    torch.save(callback.state_dict(), tmp_path / "state.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    random.seed(2), np.random.seed(2), torch.manual_seed(2)  # another state
+    callback.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert (random.random(), np.random.rand()) == expected[:2]
+    assert torch.equal(torch.rand(3), expected[2])
+
+
+def test_atomic_checkpoint_io_keeps_the_old_file_on_failure(tmp_path):
+    io = tr.AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"epoch": 0}, path)
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch.save raises for a lambda
+        io.save_checkpoint({"epoch": 1, "bad": lambda: None}, path)
+    assert torch.load(path, weights_only=True) == {"epoch": 0}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def test_build_trainer_with_and_without_a_run_folder(tmp_path):
+    plain = tr.build_trainer(2, progress=False)
+    assert plain.max_epochs == 2 and plain.logger is None and plain.checkpoint_callback is None
+    run = tr.build_trainer(1, progress=False, log_dir=tmp_path / "logs", run_dir=tmp_path)
+    kinds = {type(c) for c in run.callbacks}
+    assert {tr.RandomState, tr.EpochCheckpoint} <= kinds
+    assert isinstance(run.strategy.checkpoint_io, tr.AtomicCheckpointIO)
+    assert Path(run.logger.log_dir) == tmp_path / "logs"
