@@ -15,7 +15,7 @@ from .datamodules import (
     TensorDataModule,
 )
 from .ersm_callback import ERSMCallback
-from .mask_logger import MaskLoggerCallback, plot_keep_masks
+from .mask_logger import MaskLoggerCallback
 from .pbedropout_callback import PBEDropoutCallback
 
 __all__ = [
@@ -29,6 +29,5 @@ __all__ = [
     "PBEDropoutCallback",
     "TensorDataModule",
     "load_for_inference",
-    "plot_keep_masks",
     "read_checkpoint",
 ]

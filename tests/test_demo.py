@@ -33,7 +33,12 @@ def test_metrics_hold_every_model_and_test(run):
     _, metrics = run
     assert metrics["quick"] is True and metrics["budget"] == ex.QUICK.to_dict()
     assert set(metrics["test_accuracy"]) == {"baseline", "frozen_ersm", "ersm_inside",
-                                             "dropout2d", "pbedropout"}
+                                             "none", "dropout2d", "pbedropout"}
+    assert set(metrics["models"]) == set(metrics["test_accuracy"])
+    assert metrics["models"]["ersm_inside"]["ersm"]["backbone.layer2.layer"]["token_grid"] == \
+        [16, 16]
+    assert set(metrics["timings"]) == {"training", "evaluation", "figures"}
+    assert metrics["machine"]["cpus"] >= 1
     assert all(0.0 <= a <= 1.0 for a in metrics["test_accuracy"].values())
     for key in ("frozen_ersm", "ersm_inside"):
         assert set(metrics[key]["deletion"]["auc"]) == set(ex.ORDERINGS)
@@ -53,3 +58,6 @@ def test_report_table_shows_the_numbers(run):
         assert f"| {name} | {acc:.3f} |" in report
     auc = metrics["ersm_inside"]["deletion"]["auc"]["energy"]
     assert f"{auc:.3f}" in report
+    for head in ("## Claims, as this run measured them", "## Metrics", "## Models and settings",
+                 "## Run", "*Figure 1.*"):
+        assert head in report

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from energymask.lightning_modules.ersm_callback import ERSMCallback
-from energymask.lightning_modules.mask_logger import MaskLoggerCallback, plot_keep_masks
+from energymask.lightning_modules.mask_logger import MaskLoggerCallback
 
 torch.set_num_threads(1)
 
@@ -58,10 +58,17 @@ def test_writes_png_and_tensorboard_figures(tmp_path):
     assert all(os.path.getsize(p) > 1000 for p in logger_cb.saved)
     assert os.path.dirname(logger_cb.saved[0]) == os.path.join(t.log_dir, "masks")
     assert logger_cb._images.shape == (3, 1, 8, 8)
+    # Readable size: 3 rows x 2 columns of 2-inch panels at 110 dpi.
+    from matplotlib.image import imread
+
+    height, width = imread(logger_cb.saved[0]).shape[:2]
+    assert height >= 3 * 2 * 100 and width >= 2 * 2 * 100
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(t.log_dir, size_guidance={"images": 0}).Reload()
-    assert len(events.Images("ersm_masks")) == 2
+    images = events.Images("ersm_masks")
+    assert len(images) == 2
+    assert images[0].height >= 600 and images[0].width >= 400
 
 
 def test_every_n_epochs(tmp_path):
@@ -81,9 +88,5 @@ def test_bad_settings():
         MaskLoggerCallback(every_n_epochs=0)
     with pytest.raises(ValueError, match="num_images must be an int >= 1"):
         MaskLoggerCallback(num_images=0)
-
-
-def test_plot_shape():
-    masks = {"a": torch.rand(2, 4, 4), "b": torch.rand(2, 2, 2)}
-    fig = plot_keep_masks(torch.rand(2, 3, 8, 8), masks)
-    assert len(fig.axes) == 6
+    with pytest.raises(ValueError, match="dpi must be an int >= 50, but got 10"):
+        MaskLoggerCallback(dpi=10)

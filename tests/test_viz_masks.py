@@ -1,8 +1,9 @@
+import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
 
-from energymask.viz import plot_ema_masks, plot_mask_grid
+from energymask.viz import plot_ema_masks, plot_keep_masks, plot_mask_grid
 
 
 def _saved(fig, tmp_path, name):
@@ -11,40 +12,100 @@ def _saved(fig, tmp_path, name):
     assert path.is_file() and path.stat().st_size > 0
 
 
-def test_mask_grid_gray_with_objects(tmp_path):
+def _colorbar_range(fig):
+    """(vmin, vmax) of the figure's colour bars, in the order they were added."""
+    return [tuple(a.get_ylim()) for a in fig.axes if a.get_label() == "<colorbar>"]
+
+
+def test_mask_grid_gray_with_objects_labels_and_data_scale(tmp_path):
     g = torch.Generator().manual_seed(0)
     images = torch.rand(3, 1, 16, 16, generator=g)
-    keep = torch.rand(3, 4, 4, generator=g)
+    keep = 0.3 + 0.2 * torch.rand(3, 4, 4, generator=g)  # values in [0.3, 0.5]
     obj = torch.zeros(3, 1, 16, 16)
     obj[:, :, 4:10, 4:10] = 1
-    fig, axes = plot_mask_grid(images, keep, obj)
-    assert isinstance(fig, Figure) and axes.shape == (3, 3)
-    assert axes[0, 1].get_title() == f"keep {keep[0].mean().item():.2f}"
-    # The masked panel is the image times the upsampled keep map.
-    masked = axes[0, 2].get_images()[0].get_array()
-    assert abs(float(masked[0, 0]) - (images[0, 0, 0, 0] * keep[0, 0, 0]).item()) < 1e-5
+    fig, axes = plot_mask_grid(images, keep, obj, labels=torch.tensor([1, 2, 3]),
+                               predictions=torch.tensor([1, 5, 3]))
+    assert isinstance(fig, Figure) and axes.shape == (3, 4)
+    assert axes[0, 1].get_title() == f"keep map\nmean {keep[0].mean().item():.2f}"
+    assert axes[1, 1].get_title() == f"mean {keep[1].mean().item():.2f}"
+    assert axes[0, 0].get_title() == "image\ntrue 1 · pred 1"
+    assert axes[1, 0].get_title() == "true 2 · pred 5" and axes[1, 0].title.get_color() == "red"
+    # One colour bar, on the data's min..max, shared by keep map, overlay and masked image.
+    lo, hi = keep.min().item(), keep.max().item()
+    assert _colorbar_range(fig) == [pytest.approx((lo, hi))]
+    keep_img = axes[0, 1].get_images()[0]
+    assert keep_img.norm.vmin == pytest.approx(lo) and keep_img.norm.vmax == pytest.approx(hi)
+    assert len(axes[0, 2].get_images()) == 2  # the image, the keep map over it
+    # The masked panel is the image times the upsampled keep map, divided by the scale top.
+    masked = axes[0, 3].get_images()[0].get_array()
+    expected = (images[0, 0, 0, 0] * keep[0, 0, 0]).item() / hi
+    assert abs(float(masked[0, 0]) - expected) < 1e-5
+    assert len(axes[0, 0].collections) == 1  # the object outline
     _saved(fig, tmp_path, "grid.png")
 
 
-def test_mask_grid_rgb_into_given_axes(tmp_path):
+def test_mask_grid_fixed_scale_rgb_into_given_axes(tmp_path):
     fig = Figure()
-    axes = fig.subplots(2, 3)
-    out_fig, out_axes = plot_mask_grid(torch.rand(2, 3, 8, 8), torch.ones(2, 2, 2), axes=axes)
-    assert out_fig is fig and out_axes.shape == (2, 3)
+    axes = fig.subplots(2, 4)
+    out_fig, out_axes = plot_mask_grid(torch.rand(2, 3, 8, 8), torch.ones(2, 2, 2), axes=axes,
+                                       vmin=0.0, vmax=1.0, labels=[0, 1], class_names="ab")
+    assert out_fig is fig and out_axes.shape == (2, 4)
+    assert _colorbar_range(fig) == [(0.0, 1.0)]
+    assert out_axes[1, 0].get_title() == "true b"
     _saved(fig, tmp_path, "rgb.png")
+
+
+def test_mask_grid_constant_map_still_has_a_scale():
+    fig, _ = plot_mask_grid(torch.rand(1, 1, 8, 8), torch.full((1, 2, 2), 0.4))
+    (lo, hi), = _colorbar_range(fig)
+    assert lo < 0.4 < hi
 
 
 def test_mask_grid_errors():
     with pytest.raises(ValueError, match="keep_maps"):
         plot_mask_grid(torch.rand(2, 1, 8, 8), torch.rand(3, 2, 2))
-    with pytest.raises(ValueError, match="axes must hold 6"):
+    with pytest.raises(ValueError, match="axes must hold 8"):
         plot_mask_grid(torch.rand(2, 1, 8, 8), torch.rand(2, 2, 2), axes=Figure().subplots(1, 3))
+    with pytest.raises(ValueError, match="labels must hold one class per image \\(2\\)"):
+        plot_mask_grid(torch.rand(2, 1, 8, 8), torch.rand(2, 2, 2), labels=[1, 2, 3])
+    with pytest.raises(ValueError, match="predictions must hold one class per image"):
+        plot_mask_grid(torch.rand(2, 1, 8, 8), torch.rand(2, 2, 2), predictions=[1])
+
+
+def test_keep_masks_per_layer_scale_and_epoch(tmp_path):
+    masks = {"a": 0.4 + 0.1 * torch.rand(2, 4, 4), "b": torch.rand(2, 2, 2)}
+    fig, axes = plot_keep_masks(torch.rand(2, 3, 8, 8), masks, epoch=3)
+    assert axes.shape == (2, 3)
+    assert fig.get_suptitle() == "ERSM keep maps, epoch 3"
+    assert axes[0, 1].get_title() == f"a\nmean {masks['a'][0].mean().item():.2f}"
+    ranges = _colorbar_range(fig)
+    assert ranges[0] == pytest.approx((masks["a"].min().item(), masks["a"].max().item()))
+    assert ranges[1] == pytest.approx((masks["b"].min().item(), masks["b"].max().item()))
+    _saved(fig, tmp_path, "keep.png")
+    fig, _ = plot_keep_masks(torch.rand(1, 1, 8, 8), {"a": torch.rand(1, 2, 2)})
+    assert fig.get_suptitle() == "ERSM keep maps"
+
+
+def test_keep_masks_errors():
+    with pytest.raises(ValueError, match="a non-empty dict"):
+        plot_keep_masks(torch.rand(2, 1, 8, 8), {})
+    with pytest.raises(ValueError, match=r"masks\['a'\] must be \(2, h, w\)"):
+        plot_keep_masks(torch.rand(2, 1, 8, 8), {"a": torch.rand(3, 2, 2)})
 
 
 def test_ema_masks(tmp_path):
-    fig, axes = plot_ema_masks(torch.rand(10, 4, 4), ncols=4)
+    ema = 0.8 + 0.2 * torch.rand(10, 4, 4)
+    dropped = torch.zeros(10, 4, 4)
+    dropped[0, 1, 2] = 1
+    fig, axes = plot_ema_masks(ema, layer="backbone.layer2", p=0.1, dropped=dropped, ncols=4)
     assert axes.shape == (3, 4)
     assert sum(a.get_visible() for a in axes.flat) == 10
+    assert "at backbone.layer2, p = 0.1" in fig.get_suptitle()
+    assert _colorbar_range(fig) == [pytest.approx((ema.min().item(), ema.max().item()))]
+    offsets = axes[0, 0].collections[0].get_offsets()
+    np.testing.assert_allclose(np.asarray(offsets), [[2, 1]])
     _saved(fig, tmp_path, "ema.png")
     with pytest.raises(ValueError, match="ema must be"):
         plot_ema_masks(torch.rand(4, 4))
+    with pytest.raises(ValueError, match="dropped must have the shape of ema"):
+        plot_ema_masks(ema, dropped=torch.zeros(10, 2, 2))

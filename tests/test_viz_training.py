@@ -2,37 +2,60 @@ import pytest
 
 from energymask.viz import plot_training_log, read_metrics_csv
 
-CSV = """epoch,step,ersm/model.layer2/keep_ratio,train_loss,val_acc
-0,9,0.9,1.2,
-0,9,,,0.5
-1,19,0.7,0.8,
-1,19,,,0.8
+# Two epochs of 10 steps: training rows every 5 steps, validation at each epoch's end.
+CSV = """\
+epoch,step,ersm/model.layer2/keep_ratio,train_loss,val_acc,val_loss,test_acc,\
+val_ersm/model.layer2/keep_ratio
+0,4,0.9,1.2,,,,
+0,9,,,0.5,1.1,,0.8
+1,14,0.7,0.8,,,,
+1,19,,,0.8,0.6,,
+2,20,,,,,0.81,
 """
 
 
-def test_read_metrics_csv(tmp_path):
+def _write(tmp_path):
     p = tmp_path / "metrics.csv"
     p.write_text(CSV)
-    data = read_metrics_csv(p)
-    assert data["val_acc"] == [(9.0, 0.5), (19.0, 0.8)]
-    assert data["ersm/model.layer2/keep_ratio"] == [(9.0, 0.9), (19.0, 0.7)]
+    return p
+
+
+def test_read_metrics_csv_in_epochs(tmp_path):
+    data = read_metrics_csv(_write(tmp_path))
+    assert data["val_acc"] == [(1.0, 0.5), (2.0, 0.8)]
+    assert data["ersm/model.layer2/keep_ratio"] == [(0.5, 0.9), (1.5, 0.7)]
+    assert data["val_ersm/model.layer2/keep_ratio"] == [(1.0, 0.8)]
+
+
+def test_read_metrics_csv_without_epochs(tmp_path):
+    p = tmp_path / "metrics.csv"
+    p.write_text("loss\n1.0\n0.5\n")
+    assert read_metrics_csv(p) == {"loss": [(0.0, 1.0), (1.0, 0.5)]}
 
 
 def test_plot_training_log(tmp_path):
-    p = tmp_path / "metrics.csv"
-    p.write_text(CSV)
-    fig, axes = plot_training_log(p)
-    assert axes.shape == (1, 2)
-    assert axes[0, 0].get_legend().get_texts()[0].get_text() == "ersm/model.layer2/keep_ratio"
-    assert list(axes[0, 1].get_lines()[0].get_ydata()) == [0.5, 0.8]
+    fig, axes = plot_training_log(_write(tmp_path))
+    assert axes.shape == (1, 3)
+    loss, keep, val = axes[0]
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["train", "val"]
+    assert loss.get_ylabel() == "cross-entropy loss" and loss.get_xlabel() == "epoch"
+    assert keep.get_legend().get_texts()[0].get_text() == "train layer2"
+    assert [t.get_text() for t in keep.get_legend().get_texts()] == ["train layer2",
+                                                                      "val layer2"]
+    assert keep.get_ylim() == (0, 1.02)
+    assert list(val.get_lines()[0].get_xdata()) == [1.0, 2.0]
+    assert list(val.get_lines()[0].get_ydata()) == [0.5, 0.8]
+    assert val.get_ylabel() == "validation accuracy"
     fig.savefig(tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 0
+    _, axes = plot_training_log(_write(tmp_path), metrics=("test_acc",))
+    assert list(axes[0, 0].get_lines()[0].get_ydata()) == [0.81]
 
 
 def test_plot_training_log_errors(tmp_path):
     with pytest.raises(ValueError, match="is missing"):
         plot_training_log(tmp_path / "none.csv")
-    p = tmp_path / "metrics.csv"
-    p.write_text(CSV)
     with pytest.raises(ValueError, match="'f1' matches none"):
-        plot_training_log(p, metrics=("f1",))
+        plot_training_log(_write(tmp_path), metrics=("f1",))
+    with pytest.raises(ValueError, match="'test' matches none"):
+        plot_training_log(_write(tmp_path), metrics=("test",))  # test_acc: by full name only

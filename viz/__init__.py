@@ -2,21 +2,37 @@
 
 Every function returns ``(fig, axes)`` (``matplotlib.figure.Figure`` objects, no
 pyplot state) or draws into the ``ax``/``axes`` given; none calls ``plt.show()``.
-Save with ``fig.savefig(path)``.
+Save with ``fig.savefig(path)``. Needs matplotlib (``pip install 'energymask[viz]'``).
+
+Conventions shared by every figure (docs/design.md §6, "Figures and the report"):
+colour bars on keep and energy maps, scales set from the data unless given,
+accuracy axes fixed to [0, 1] with clean-accuracy and chance lines, curves told
+apart by marker and line style as well as colour.
 """
 
-from energymask.viz.curves import curve_auc, plot_curves, plot_occlusion
-from energymask.viz.energies import plot_energy_maps
-from energymask.viz.masks import plot_ema_masks, plot_mask_grid
-from energymask.viz.training import plot_training_log, read_metrics_csv
+from energymask._extras import require
+
+require("matplotlib", "energymask.viz (the figures)")  # before the modules that need it
+
+from energymask.viz.curves import (  # noqa: E402
+    curve_auc,
+    plot_curves,
+    plot_occlusion,
+    plot_occlusion_placements,
+)
+from energymask.viz.energies import plot_energy_maps  # noqa: E402
+from energymask.viz.masks import plot_ema_masks, plot_keep_masks, plot_mask_grid  # noqa: E402
+from energymask.viz.training import plot_training_log, read_metrics_csv  # noqa: E402
 
 __all__ = [
     "curve_auc",
     "plot_curves",
     "plot_ema_masks",
     "plot_energy_maps",
+    "plot_keep_masks",
     "plot_mask_grid",
     "plot_occlusion",
+    "plot_occlusion_placements",
     "plot_training_log",
     "read_metrics_csv",
 ]

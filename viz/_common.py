@@ -43,3 +43,41 @@ def new_axes(nrows: int, ncols: int, scale: float = 2.0, axes=None):
     if arr.size != nrows * ncols:
         raise ValueError(f"axes must hold {nrows * ncols} axes, but got {arr.size}")
     return arr[0].figure, arr.reshape(nrows, ncols)
+
+
+def data_range(values, vmin: float | None = None, vmax: float | None = None
+               ) -> tuple[float, float]:
+    """``(vmin, vmax)`` of a colour scale: the finite min / max of ``values`` where not given.
+
+    A constant map gets a small symmetric margin so that the colour bar still has a range.
+    """
+    a = to_numpy(values)
+    a = a[np.isfinite(a)]
+    lo = float(a.min()) if vmin is None and a.size else (0.0 if vmin is None else float(vmin))
+    hi = float(a.max()) if vmax is None and a.size else (1.0 if vmax is None else float(vmax))
+    if not lo < hi:
+        margin = max(abs(lo), 1.0) * 1e-3
+        lo, hi = lo - margin, hi + margin
+    return lo, hi
+
+
+#: (marker, line style) per curve, so overlapping curves stay distinguishable in
+#: colour, in grey print and where they lie on top of each other (markers shrink).
+STYLES = (("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--"),
+          ("X", "-."), ("*", ":"))
+
+
+def style(i: int) -> dict:
+    """Line keywords of the i-th curve: marker, line style and a marker size that shrinks."""
+    marker, line = STYLES[i % len(STYLES)]
+    return {"marker": marker, "linestyle": line, "markersize": max(7.0 - 1.2 * i, 3.0)}
+
+
+def reference_lines(ax, clean: float | None = None, chance: float | None = None) -> None:
+    """Horizontal clean-accuracy (dashed black) and chance (dotted grey) lines, labelled."""
+    if clean is not None:
+        ax.axhline(float(clean), color="black", linestyle="--", linewidth=1.0,
+                   label=f"clean accuracy {float(clean):.3f}")
+    if chance is not None:
+        ax.axhline(float(chance), color="grey", linestyle=":", linewidth=1.2,
+                   label=f"chance {float(chance):.2f}")

@@ -1,65 +1,185 @@
-"""Mask figures: image | keep map | masked image, and PB-EDropout EMA masks per channel."""
+"""Mask figures: ERSM keep maps (on their own, over the image, applied to it) and
+PB-EDropout keep frequencies per channel.
+
+Keep maps are drawn on one colour scale per figure, shared by every panel that
+shows keep values and stated on its colour bar: by default the data's min..max
+(keep values of 0.3-0.5 would look flat on a fixed 0..1 scale), or the
+``vmin``/``vmax`` given.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 
-from energymask.viz._common import as_image, new_axes, to_numpy, upsample
+from energymask.viz._common import as_image, data_range, new_axes, to_numpy, upsample
 
-__all__ = ["plot_mask_grid", "plot_ema_masks"]
+__all__ = ["plot_mask_grid", "plot_keep_masks", "plot_ema_masks"]
+
+CMAP = "viridis"
 
 
-def plot_mask_grid(images, keep_maps, object_masks=None, axes=None, max_rows: int = 8):
-    """One row per image: the image, its keep map (with the object outline), the masked image.
+def _scale_label(what: str, vmin, vmax) -> str:
+    given = vmin is not None or vmax is not None
+    return f"{what} ({'fixed' if given else 'data min to max'} scale)"
+
+
+def _labels_title(labels, predictions, i: int, names) -> tuple[str, str]:
+    """``("true 3 · pred 5", colour)`` for row ``i``; red when the prediction is wrong."""
+    def name(v) -> str:
+        return str(names[int(v)]) if names is not None else str(int(v))
+
+    parts, colour = [], "black"
+    if labels is not None:
+        parts.append(f"true {name(labels[i])}")
+    if predictions is not None:
+        parts.append(f"pred {name(predictions[i])}")
+        if labels is not None and name(labels[i]) != name(predictions[i]):
+            colour = "red"
+    return " · ".join(parts), colour
+
+
+def _check_labels(values, batch: int, arg: str):
+    if values is None:
+        return None
+    a = to_numpy(values).reshape(-1)
+    if a.shape[0] != batch:
+        raise ValueError(f"{arg} must hold one class per image ({batch}), but got {a.shape[0]}")
+    return a.astype(int)
+
+
+def plot_mask_grid(images, keep_maps, object_masks=None, labels=None, predictions=None,
+                   axes=None, max_rows: int = 8, vmin: float | None = None,
+                   vmax: float | None = None, class_names=None, alpha: float = 0.55):
+    """One row per image: image | keep map | keep map over the image | image x keep.
+
+    The object outline (red) is drawn on the first three panels; the true and
+    predicted classes head the image (red when wrong), the mean keep heads the
+    keep map. One colour bar serves the three keep panels.
 
     Args:
         images: (B, C, H, W) with C in {1, 3}, values in [0, 1].
         keep_maps: (B, h, w) keep probabilities or binary masks on the token grid
             (e.g. ``EnergyMask2d.last_keep``), upsampled to (H, W) by nearest neighbour.
         object_masks: optional (B, 1, H, W) ground-truth masks, drawn as a contour.
-        axes: optional (rows, 3) axes to draw into. Default: a new figure.
+        labels, predictions: optional (B,) true and predicted classes.
+        axes: optional (rows, 4) axes to draw into. Default: a new figure.
         max_rows: at most this many images. Default: 8.
+        vmin, vmax: the keep colour scale. Default: min and max of the maps shown.
+        class_names: optional names indexed by class. Default: the class numbers.
+        alpha: opacity of the keep map over the image. Default: 0.55.
 
     Returns:
-        ``(fig, axes)`` with ``axes`` of shape (rows, 3).
+        ``(fig, axes)`` with ``axes`` of shape (rows, 4). The masked image is drawn
+        with its brightness divided by the scale's top (``vmax``), so that the most
+        kept token shows the image at full brightness.
     """
     imgs, keeps = to_numpy(images), to_numpy(keep_maps)
     if imgs.ndim != 4 or keeps.ndim != 3 or imgs.shape[0] != keeps.shape[0]:
         raise ValueError(f"images must be (B, C, H, W) and keep_maps (B, h, w), "
                          f"but got {imgs.shape} and {keeps.shape}")
+    labels = _check_labels(labels, imgs.shape[0], "labels")
+    predictions = _check_labels(predictions, imgs.shape[0], "predictions")
     rows = min(imgs.shape[0], max_rows)
-    fig, ax = new_axes(rows, 3, axes=axes)
+    fig, ax = new_axes(rows, 4, scale=1.9, axes=axes)
+    lo, hi = data_range(keeps[:rows], vmin, vmax)
+    norm = Normalize(lo, hi)
     size = imgs.shape[-2:]
     for i in range(rows):
         img = as_image(imgs[i])
         keep = upsample(keeps[i], size)
-        masked = img * (keep[..., None] if img.ndim == 3 else keep)
+        gray = img if img.ndim == 2 else img.mean(-1)
+        shown = img * (keep[..., None] if img.ndim == 3 else keep) / max(hi, 1e-8)
         cmap = None if img.ndim == 3 else "gray"
         ax[i, 0].imshow(img, cmap=cmap, vmin=0, vmax=1)
-        ax[i, 1].imshow(keep, cmap="viridis", vmin=0, vmax=1)
-        ax[i, 2].imshow(masked, cmap=cmap, vmin=0, vmax=1)
+        ax[i, 1].imshow(keep, cmap=CMAP, norm=norm)
+        ax[i, 2].imshow(gray, cmap="gray", vmin=0, vmax=1)
+        ax[i, 2].imshow(keep, cmap=CMAP, norm=norm, alpha=alpha)
+        ax[i, 3].imshow(np.clip(shown, 0, 1), cmap=cmap, vmin=0, vmax=1)
         if object_masks is not None:
             obj = to_numpy(object_masks[i]).reshape(size)
-            for a in ax[i, :2]:
+            for a in ax[i, :3]:
                 a.contour(obj, levels=[0.5], colors="r", linewidths=0.8)
-        ax[i, 1].set_title(f"keep {keep.mean():.2f}", fontsize=8)
-    for a, t in zip(ax[0], ("image", None, "masked"), strict=True):
-        if t:
-            a.set_title(t, fontsize=8)
+        text, colour = _labels_title(labels, predictions, i, class_names)
+        head = ("image\n" if i == 0 else "") + text
+        ax[i, 0].set_title(head.strip(), fontsize=8, color=colour)
+        ax[i, 1].set_title(("keep map\n" if i == 0 else "") + f"mean {keep.mean():.2f}",
+                           fontsize=8)
+        if i == 0:
+            ax[i, 2].set_title("keep over image", fontsize=8)
+            ax[i, 3].set_title(f"image x keep\n(brightness / {hi:.2f})", fontsize=8)
     for a in ax.flat:
         a.set_xticks([])
         a.set_yticks([])
+    bar = fig.colorbar(ScalarMappable(norm, CMAP), ax=list(ax.flat), shrink=min(0.5, 2.5 / rows),
+                       aspect=25, location="right")
+    bar.set_label(_scale_label("keep probability", vmin, vmax), fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     return fig, ax
 
 
-def plot_ema_masks(ema, axes=None, ncols: int = 8, max_channels: int = 64):
-    """PB-EDropout EMA masks, one panel per channel.
+def plot_keep_masks(images, masks: dict, epoch: int | None = None, axes=None):
+    """One row per image: the image, then the keep map of each ERSM layer.
+
+    Each layer's column has its own colour bar on that layer's data min..max
+    (layers differ in range), shared by its rows. For ``MaskLoggerCallback``.
+
+    Args:
+        images: (N, C, H, W); a 3-channel image is shown in colour, else the first
+            channel in grey, each rescaled to its own min..max.
+        masks: layer name -> (N, h, w) keep probabilities.
+        epoch: named in the title when given.
+        axes: optional (N, 1 + len(masks)) axes. Default: a new figure.
+
+    Returns:
+        ``(fig, axes)``.
+    """
+    imgs = to_numpy(images)
+    if imgs.ndim != 4 or not masks:
+        raise ValueError(f"images must be (N, C, H, W) and masks a non-empty dict, but got "
+                         f"{imgs.shape} and {len(masks)} masks")
+    n = imgs.shape[0]
+    keeps = {k: to_numpy(v) for k, v in masks.items()}
+    for name, k in keeps.items():
+        if k.ndim != 3 or k.shape[0] != n:
+            raise ValueError(f"masks[{name!r}] must be ({n}, h, w), but got {k.shape}")
+    fig, ax = new_axes(n, 1 + len(keeps), scale=2.0, axes=axes)
+    for i in range(n):
+        img = imgs[i, :3] if imgs.shape[1] == 3 else imgs[i, :1]
+        img = (img - img.min()) / max(float(img.max() - img.min()), 1e-8)
+        ax[i, 0].imshow(as_image(img), cmap=None if img.shape[0] == 3 else "gray")
+    for j, (name, k) in enumerate(keeps.items(), start=1):
+        norm = Normalize(*data_range(k))
+        for i in range(n):
+            ax[i, j].imshow(k[i], cmap=CMAP, norm=norm)
+            ax[i, j].set_title(f"mean {k[i].mean():.2f}", fontsize=8)
+        ax[0, j].set_title(f"{name}\nmean {k[0].mean():.2f}", fontsize=8)
+        bar = fig.colorbar(ScalarMappable(norm, CMAP), ax=list(ax[:, j]), shrink=0.6, aspect=30)
+        bar.set_label("keep (data min to max)", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    ax[0, 0].set_title("image", fontsize=8)
+    for a in ax.flat:
+        a.set_xticks([])
+        a.set_yticks([])
+    fig.suptitle("ERSM keep maps" + (f", epoch {epoch}" if epoch is not None else ""))
+    return fig, ax
+
+
+def plot_ema_masks(ema, layer: str | None = None, p: float | None = None, dropped=None,
+                   axes=None, ncols: int = 8, max_channels: int = 64,
+                   vmin: float | None = None, vmax: float | None = None):
+    """PB-EDropout keep frequency (EMA of the chosen masks), one panel per channel.
 
     Args:
         ema: (C, h, w) EMA of the chosen masks, values in [0, 1].
+        layer, p: named in the title when given.
+        dropped: optional (C, h, w) patches the deterministic masks drop (1 = dropped),
+            marked with a white cross.
         axes: optional axes (rows * ncols of them). Default: a new figure.
         ncols: panels per row. Default: 8.
         max_channels: at most this many channels. Default: 64.
+        vmin, vmax: the colour scale. Default: min and max of the channels shown.
 
     Returns:
         ``(fig, axes)``; unused panels are hidden.
@@ -67,16 +187,34 @@ def plot_ema_masks(ema, axes=None, ncols: int = 8, max_channels: int = 64):
     e = to_numpy(ema)
     if e.ndim != 3:
         raise ValueError(f"ema must be (C, h, w), but got {e.shape}")
+    d = None if dropped is None else to_numpy(dropped)
+    if d is not None and d.shape != e.shape:
+        raise ValueError(f"dropped must have the shape of ema {e.shape}, but got {d.shape}")
     c = min(e.shape[0], max_channels)
     ncols = min(ncols, c)
     rows = int(np.ceil(c / ncols))
-    fig, ax = new_axes(rows, ncols, scale=1.2, axes=axes)
+    fig, ax = new_axes(rows, ncols, scale=1.3, axes=axes)
+    norm = Normalize(*data_range(e[:c], vmin, vmax))
     for k, a in enumerate(ax.flat):
         a.set_xticks([])
         a.set_yticks([])
         if k >= c:
             a.set_visible(False)
             continue
-        a.imshow(e[k], cmap="viridis", vmin=0, vmax=1)
+        a.imshow(e[k], cmap=CMAP, norm=norm)
+        if d is not None:
+            r, q = np.nonzero(d[k] > 0.5)
+            a.scatter(q, r, marker="x", color="white", s=14, linewidths=1.0)
         a.set_title(f"ch {k}", fontsize=7)
+    bar = fig.colorbar(ScalarMappable(norm, CMAP), ax=list(ax.flat), shrink=0.8, aspect=30)
+    bar.set_label(_scale_label("keep frequency", vmin, vmax), fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    title = "PB-EDropout keep frequency (EMA of the masks)"
+    if layer is not None:
+        title += f" at {layer}"
+    if p is not None:
+        title += f", p = {p:g}"
+    if d is not None:
+        title += "; x = dropped by the deterministic mask"
+    fig.suptitle(title, fontsize=10)
     return fig, ax

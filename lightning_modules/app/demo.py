@@ -5,12 +5,14 @@ Trains (recipes of :mod:`energymask.lightning_modules.app.recipes`):
 1. a baseline ``small_cnn``;
 2. the authors' frozen-backbone protocol: ERSM on the baseline's frozen features;
 3. ``small_cnn`` with ERSM inside the backbone (after ``layer2``, via ``ERSMCallback``);
-4. ``shallow_cnn`` with ``nn.Dropout2d`` and with PB-EDropout (``PBEDropoutCallback``);
+4. ``shallow_cnn`` with no dropout, with ``nn.Dropout2d`` and with PB-EDropout
+   (``PBEDropoutCallback``);
 
 then runs the deletion test (five orderings), structured occlusion and mask
 quality, and writes to the run folder::
 
-    report.md        the table of numbers and the figures
+    report.md        a report that stands alone (:mod:`.report`): claims' verdicts,
+                     metric definitions, settings, tables, captioned figures, machine
     metrics.json     every number of the report, and the settings
     figures/*.png    masks, energies, deletion curves, occlusion, EMA masks, training log
     logs/            the Lightning log of the ERSM-inside run
@@ -33,11 +35,12 @@ from energymask.viz import (
     plot_ema_masks,
     plot_energy_maps,
     plot_mask_grid,
-    plot_occlusion,
+    plot_occlusion_placements,
     plot_training_log,
 )
 
 from . import recipes as ex
+from .report import deletion_results, machine, model_settings, write_report
 from .settings import ERSM_SETTINGS  # the authors' λ, γ, T with the application's bias
 
 
@@ -48,7 +51,7 @@ def _say(progress: bool, text: str) -> None:
 
 def _save(fig, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=110)
     return path.name
 
 
@@ -56,68 +59,38 @@ def _figures(out: Path, dm, models: dict[str, torch.nn.Module], results: dict[st
              ) -> list[str]:
     """Masks and energies of both ERSM models, curves, EMA masks, training log."""
     fig_dir = out / "figures"
-    x, _, obj = next(iter(ex.eval_loader(dm, 6)))
+    x, y, obj = next(iter(ex.eval_loader(dm, 6)))
+    chance = 1.0 / dm.num_classes
     names = []
     for key in ("frozen_ersm", "ersm_inside"):
         model = models[key]
-        (layer,) = energy_mask_layers(model).values()
+        ((where, layer),) = energy_mask_layers(model).items()
         with torch.no_grad(), computing_energies(layer):
-            model(x)
-        fig, _ = plot_mask_grid(x, layer.last_keep, obj, max_rows=6)
-        fig.suptitle(f"{key}: image | keep map | masked image")
+            predicted = model(x).argmax(-1)
+        fig, _ = plot_mask_grid(x, layer.last_keep, obj, labels=y, predictions=predicted,
+                                max_rows=6)
+        fig.suptitle(f"{key}: ERSM keep map at {where}")
         names.append(_save(fig, fig_dir / f"masks_{key}.png"))
-        fig, _ = plot_energy_maps(layer.last_unary, layer.last_pairwise, max_rows=3)
-        fig.suptitle(f"{key}: energies")
+        fig, _ = plot_energy_maps(layer.last_unary, layer.last_pairwise, images=x, max_rows=3)
+        fig.suptitle(f"{key}: ERSM energies at {where}")
         names.append(_save(fig, fig_dir / f"energies_{key}.png"))
-        deletion = results[key]["deletion"]
-        curves = {k: (deletion["fractions"], v) for k, v in deletion["curves"].items()}
-        fig, _ = plot_curves(curves, auc=deletion["auc"], title=f"deletion test: {key}")
-        names.append(_save(fig, fig_dir / f"deletion_{key}.png"))
-    occ = results["occlusion"]["random"]
-    fig, _ = plot_occlusion(ex.OCCLUSION_FRACTIONS, occ, title="random structured occlusion")
+        for protocol, deletion in deletion_results(results[key]).items():
+            suffix = "" if protocol == "binary" else f"_{protocol}"
+            fig, _ = plot_curves(deletion, title=f"deletion test: {key}", protocol=protocol,
+                                 clean=results["test_accuracy"][key], chance=chance)
+            names.append(_save(fig, fig_dir / f"deletion_{key}{suffix}.png"))
+    fig, _ = plot_occlusion_placements(ex.OCCLUSION_FRACTIONS, results["occlusion"],
+                                       chance=chance, patch_size=ex.OCCLUSION_PATCH_SIZE)
     names.append(_save(fig, fig_dir / "occlusion.png"))
-    pb = [m for m in models["pbedropout"].modules() if isinstance(m, PBEDropout2d)][0]
-    fig, _ = plot_ema_masks(pb.ema_mask, max_channels=32)
-    fig.suptitle("PB-EDropout EMA masks (first 32 channels)")
+    ((where, pb),) = [(n, m) for n, m in models["pbedropout"].named_modules()
+                      if isinstance(m, PBEDropout2d)]
+    fig, _ = plot_ema_masks(pb.ema_mask, layer=where, p=pb.p, max_channels=32)
     names.append(_save(fig, fig_dir / "pbedropout_ema_masks.png"))
     fig, _ = plot_training_log(out / "logs" / "metrics.csv",
-                               ("keep_ratio", "hard_sparsity", "val_acc"))
-    fig.suptitle("ersm_inside: keep ratio and validation accuracy over training")
+                               ("loss", "val_acc", "keep_ratio", "hard_sparsity"))
+    fig.suptitle("ersm_inside: training (ERSM after layer2)")
     names.append(_save(fig, fig_dir / "training_ersm_inside.png"))
     return names
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.3f}"
-
-
-def _report(metrics: dict[str, Any], figures: list[str]) -> str:
-    acc = metrics["test_accuracy"]
-    lines = ["# energymask demo", "",
-             f"Cluttered digits (64x64), {metrics['budget']['num_train']} training images, "
-             f"seed {metrics['seed']}, {metrics['seconds']:.0f} s on CPU.", "",
-             "## Test accuracy", "", "| model | test accuracy |", "|---|---|"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in acc.items()]
-    lines += ["", "## ERSM masks and deletion test", "",
-              "Deletion AUC: accuracy averaged over the fraction of tokens deleted, "
-              "least important first (higher is better).", "",
-              "| model | keep ratio | hard sparsity | IoU | pointing | "
-              + " | ".join(f"AUC {o}" for o in ex.ORDERINGS) + " |",
-              "|---|---|---|---|---|" + "---|" * len(ex.ORDERINGS)]
-    for key in ("frozen_ersm", "ersm_inside"):
-        m, auc = metrics[key]["masks"], metrics[key]["deletion"]["auc"]
-        lines.append(f"| {key} | {_fmt(m['keep_ratio'])} | {_fmt(m['hard_sparsity'])} | "
-                     f"{_fmt(m['iou'])} | {_fmt(m['pointing'])} | "
-                     + " | ".join(_fmt(auc[o]) for o in ex.ORDERINGS) + " |")
-    lines += ["", "## Structured occlusion (accuracy; 8x8 patches)", ""]
-    for placement, table in metrics["occlusion"].items():
-        lines += [f"Placement: {placement}", "",
-                  "| model | " + " | ".join(f"f={f}" for f in ex.OCCLUSION_FRACTIONS) + " |",
-                  "|---|" + "---|" * len(ex.OCCLUSION_FRACTIONS)]
-        lines += [f"| {k} | " + " | ".join(_fmt(a) for a in v) + " |" for k, v in table.items()]
-        lines.append("")
-    lines += ["## Figures", ""] + [f"![{f}](figures/{f})" for f in figures] + [""]
-    return "\n".join(lines)
 
 
 def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, progress: bool = True) -> dict:
@@ -146,11 +119,12 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, progress: bool =
     _say(progress, "3/5 ERSM inside the backbone (after layer2), ERSMCallback")
     models["ersm_inside"], accuracy["ersm_inside"] = ex.train_ersm_inside(
         dm, budget, seed, progress=progress, log_dir=out / "logs", **ERSM_SETTINGS)
-    _say(progress, "4/5 shallow_cnn with Dropout2d and with PB-EDropout")
-    for kind in ("dropout2d", "pbedropout"):
+    _say(progress, "4/5 shallow_cnn with no dropout, Dropout2d and PB-EDropout")
+    for kind in ("none", "dropout2d", "pbedropout"):
         models[kind], accuracy[kind] = ex.train_regularised(dm, budget, seed, kind,
                                                             progress=progress)
 
+    timings = {"training": time.perf_counter() - start}
     _say(progress, "5/5 deletion test, occlusion, mask quality, figures")
     metrics: dict[str, Any] = {"seed": seed, "quick": quick, "budget": budget.to_dict(),
                                "ersm_settings": ERSM_SETTINGS, "test_accuracy": accuracy}
@@ -158,10 +132,17 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, progress: bool =
         metrics[key] = ex.evaluate_ersm(models[key], dm, budget, seed, progress)
     metrics["occlusion"] = ex.occlusion(
         {k: models[k] for k in ("baseline", "frozen_ersm", "ersm_inside")}, dm, seed, progress)
+    timings["evaluation"] = time.perf_counter() - start - timings["training"]
+    x = next(iter(ex.eval_loader(dm, 1)))[0]
+    metrics.update(num_classes=dm.num_classes, occlusion_fractions=list(ex.OCCLUSION_FRACTIONS),
+                   occlusion_patch_size=ex.OCCLUSION_PATCH_SIZE,
+                   models=model_settings(models, x), machine=machine())
     figures = _figures(out, dm, models, metrics)
+    timings["figures"] = time.perf_counter() - start - sum(timings.values())
+    metrics["timings"] = timings
     metrics["seconds"] = time.perf_counter() - start
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "report.md").write_text(_report(metrics, figures))
+    write_report(out, metrics, figures)
     return metrics
 
 

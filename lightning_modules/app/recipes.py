@@ -48,6 +48,7 @@ from .settings import ERSM_SETTINGS
 from .trainer import build_trainer
 
 REGULARISERS = ("none", "dropout", "dropout2d", "dropblock", "pbedropout")
+OCCLUSION_PATCH_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -209,8 +210,9 @@ def occlusion(models: nn.Module | dict[str, nn.Module], dm, seed: int, progress:
     loader = eval_loader(dm)
     out = {}
     for placement in ("random", "object"):
-        result = occlusion_robustness(models, loader, OCCLUSION_FRACTIONS, patch_size=8,
-                                      placement=placement, seed=seed, progress=progress)
+        result = occlusion_robustness(models, loader, OCCLUSION_FRACTIONS,
+                                      patch_size=OCCLUSION_PATCH_SIZE, placement=placement,
+                                      seed=seed, progress=progress)
         out[placement] = result.accuracy
     return out
 
