@@ -37,25 +37,23 @@ trains nothing and rebuilds the table and claims from an earlier JSON.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import statistics
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from _timing import machine, write_json
 
 from energymask.lightning_modules.app import recipes as ex
-from energymask.pbedropout import PBEDropout2d
+from energymask.pbedropout import PBEDropout2d, PBEDropoutSettings
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_BUDGET = replace(ex.Budget(), num_train=500, epochs=14)
-_PB_DEFAULTS = {k: v.default for k, v in inspect.signature(PBEDropout2d).parameters.items()
-                if v.default is not inspect.Parameter.empty}
+_PB_DEFAULTS = asdict(PBEDropoutSettings())
 
 
 def rows(epochs: int) -> list[dict[str, Any]]:
@@ -88,14 +86,28 @@ def run_all(budget: ex.Budget, seeds: list[int], p: float) -> dict[str, dict[str
         dm = ex.datamodule(budget, seed)
         for r in table:
             start = time.perf_counter()
-            _, acc = ex.train_regularised(dm, budget, seed, r["kind"], p=p, progress=False,
-                                          **r["kwargs"])
+            model, acc = ex.train_regularised(dm, budget, seed, r["kind"], p=p, progress=False,
+                                              **r["kwargs"])
             secs = time.perf_counter() - start
             raw[r["key"]]["accuracy"].append(acc)
             raw[r["key"]]["seconds"].append(secs)
-            print(f"[{r['key']:>17}] seed {seed}: test accuracy {acc:.4f} ({secs:.1f} s)",
-                  file=sys.stderr, flush=True)
+            for key, value in drop_stats(model).items():
+                raw[r["key"]].setdefault(key, []).append(value)
+            print(f"[{r['key']:>17}] seed {seed}: test accuracy {acc:.4f} ({secs:.1f} s) "
+                  f"{drop_stats(model)}", file=sys.stderr, flush=True)
     return raw
+
+
+def drop_stats(model: Any) -> dict[str, float]:
+    """PB-EDropout's drop rate of the last training step, of its deterministic masks, and δ."""
+    layers = [m for m in model.modules() if isinstance(m, PBEDropout2d)]
+    if not layers or layers[0].last_drop_rate is None:
+        return {}
+    layer = layers[0]
+    mask = layer.deterministic_mask(tuple(layer.ema_mask.shape[1:]))
+    return {"last_step_drop_rate": layer.last_drop_rate,
+            "deterministic_drop_rate": float(1.0 - mask.mean()),
+            "threshold_offset": float(layer.threshold_offset)}
 
 
 def _std(values: list[float]) -> float:
@@ -107,6 +119,9 @@ def summarise(raw: dict[str, dict[str, list]]) -> dict[str, dict[str, float]]:
     for key, r in raw.items():
         out[key] = {"mean": statistics.fmean(r["accuracy"]), "std": _std(r["accuracy"]),
                     "seconds_mean": statistics.fmean(r["seconds"])}
+        for stat in ("last_step_drop_rate", "deterministic_drop_rate", "threshold_offset"):
+            if r.get(stat):
+                out[key][stat] = statistics.fmean(r[stat])
     for key in out:
         for ref in ("none", "dropout2d"):
             diffs = _paired(raw, key, ref)
@@ -118,6 +133,12 @@ def summarise(raw: dict[str, dict[str, list]]) -> dict[str, dict[str, float]]:
 def _paired(raw: dict[str, dict[str, list]], a: str, b: str) -> list[float]:
     """Per-seed differences ``a - b`` (rows of one seed share data split and init)."""
     return [x - y for x, y in zip(raw[a]["accuracy"], raw[b]["accuracy"], strict=True)]
+
+
+def _drop(s: dict[str, float]) -> str:
+    if "last_step_drop_rate" not in s:
+        return "–"
+    return f"{s['last_step_drop_rate']:.3f} / {s['deterministic_drop_rate']:.3f}"
 
 
 def _ms(s: dict[str, float]) -> str:
@@ -198,16 +219,21 @@ def claims(summary: dict[str, dict[str, float]], raw: dict[str, dict[str, list]]
 def markdown(summary: dict[str, dict[str, float]], raw: dict[str, dict[str, list]],
              table: list[dict[str, Any]], found: list[dict[str, Any]], header: str) -> str:
     lines = [header, "",
-             "| regulariser | test accuracy | Δ vs none | Δ vs Dropout2d | per seed | s / run |",
-             "|---|---:|---:|---:|---|---:|"]
+             "| regulariser | test accuracy | Δ vs none | Δ vs Dropout2d | per seed | s / run "
+             "| drop rate |",
+             "|---|---:|---:|---:|---|---:|---:|"]
     for r in table:
         s = summary[r["key"]]
         seeds = ", ".join(f"{a:.3f}" for a in raw[r["key"]]["accuracy"])
         lines.append(f"| {r['label']} | {_ms(s)} | {s['diff_none']:+.3f} ± "
                      f"{s['diff_none_std']:.3f} | {s['diff_dropout2d']:+.3f} ± "
-                     f"{s['diff_dropout2d_std']:.3f} | {seeds} | {s['seconds_mean']:.0f} |")
+                     f"{s['diff_dropout2d_std']:.3f} | {seeds} | {s['seconds_mean']:.0f} | "
+                     f"{_drop(s)} |")
     lines += ["", "Δ: mean ± std of the per-seed differences (a seed's rows share their "
-                  "data split and initialisation). s / run: wall seconds per training run.",
+                  "data split and initialisation). s / run: wall seconds per training run. "
+                  "drop rate (PB-EDropout): share of patches dropped in the last training step "
+                  "(sampled, or deterministic when frozen) / by the deterministic masks "
+                  "(⌊p·h·w⌉ patches per channel), mean over seeds.",
               ""]
     lines.extend(f"- {c['line']}" for c in found)
     return "\n".join(lines)

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from energymask.ersm import EnergyMask2d, energy_mask_layers
-from energymask.pbedropout import PBEDropout2d
+from energymask.pbedropout import PBEDropout2d, PBEDropoutSettings
 
 from . import runs as _runs
 
@@ -101,7 +101,7 @@ def _train_parser(sub) -> None:
                              ("--pb-beta", "beta", "pairwise weight"),
                              ("--pb-population", "population", "K, candidate masks"),
                              ("--pb-generations", "generations", "G, genetic generations")):
-        default = _runs.default_of(PBEDropout2d, name)
+        default = _runs.default_of(PBEDropoutSettings, name)
         b.add_argument(flag, dest=f"pb_{name}", type=type(default), default=default,
                        metavar="X" if isinstance(default, float) else "N",
                        help=f"{what} (default: %(default)s)")
