@@ -168,7 +168,8 @@ class Potts(NamedTuple):
                 # −f/T = −(u + β deg)/T + (2β/T) · (kept neighbours): one batched matmul
                 kept, adjacency = colours[other], adjacencies[other]
                 neg_field = torch.baddbmm(drives[this], kept, adjacency, alpha=step)
-                uniform = torch.rand(neg_field.shape, generator=generator, device=masks.device)
+                uniform = torch.rand(neg_field.shape, generator=generator, device=masks.device,
+                                     dtype=neg_field.dtype)
                 colours[this] = uniform.lt_(neg_field.sigmoid_())  # float 0/1
         return torch.cat(colours, dim=-1).to(torch.uint8)
 

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -83,7 +84,7 @@ EPS = 1e-6
 
 def _check_float(name: str, value: Any, low: float, high: float, closed: str) -> None:
     """``value`` a finite real in the interval [low, high] with ends open as ``closed`` says."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float, but got {value!r} ({type(value).__name__})")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, but got {value}")
@@ -97,7 +98,7 @@ def _check_float(name: str, value: Any, low: float, high: float, closed: str) ->
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int >= {low}, but got {value!r} "
                         f"({type(value).__name__})")
     if value < low:
@@ -164,6 +165,10 @@ class PBEDropoutSettings:
         for name in ("rescale", "deterministic_inference"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, but got {getattr(self, name)!r}")
+        casts = {"float": float, "int": int}
+        for field in dataclasses.fields(self):  # plain Python values (checkpoints load safely)
+            if field.type in casts:
+                object.__setattr__(self, field.name, casts[field.type](getattr(self, field.name)))
 
     @classmethod
     def of(cls, settings: PBEDropoutSettings | None, **fields: Any) -> PBEDropoutSettings:
@@ -302,8 +307,8 @@ def pb_edropout_2d(
     b, c = x.shape[:2]
     h, w = grid_shape(x.shape[-2], x.shape[-1], s.patch_size)
     if s.p == 0.0 or x.numel() == 0:
-        ones = torch.ones(b, c, h, w, device=x.device)
-        return PBEDropoutOutput(x, ones, torch.zeros(b, c, device=x.device))
+        ones = torch.ones(b, c, h, w, device=x.device, dtype=torch.float32)
+        return PBEDropoutOutput(x, ones, torch.zeros(b, c, device=x.device, dtype=torch.float32))
     call_seed = draw_seed(generator if generator is not None else torch.default_generator)
     seeds = torch.Generator().manual_seed(call_seed)
     device_gen = torch.Generator(device=x.device).manual_seed(call_seed)
@@ -473,7 +478,8 @@ class PBEDropout2d(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
         key = prefix + "ema_mask"
         if key in state_dict and state_dict[key].shape != self.ema_mask.shape:
-            self.ema_mask = torch.empty(state_dict[key].shape, device=self.ema_mask.device)
+            self.ema_mask = torch.empty(state_dict[key].shape, device=self.ema_mask.device,
+                                        dtype=torch.float32)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:

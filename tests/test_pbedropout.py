@@ -54,7 +54,8 @@ def relu_inputs(steps, b=8, c=8, size=32):
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.2, 0.3, 0.5])
 def test_uncalibrated_threshold_drops_less_than_p(p):
     # Why the calibration exists: with δ = 0 the coupling pulls the masks to "keep".
-    out = pb_edropout_2d(relu_inputs(1)[0], p=p, beta=0.5, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    out = pb_edropout_2d(relu_inputs(1)[0], p=p, beta=0.5, generator=gen)
     assert 1.0 - out.mask.mean().item() < p - 0.02
 
 
@@ -337,6 +338,108 @@ def test_bad_inputs():
     layer.train()(torch.zeros(1, 3, 8, 8))
     with pytest.raises(ValueError, match="patch grid of x must be"):
         layer(torch.zeros(1, 3, 16, 16))
+
+
+FLOATS = ("p", "beta", "temperature", "elite_fraction", "mutation_rate", "ema_decay",
+          "calibration_rate")
+INTS = ("patch_size", "population", "generations", "sweeps", "tournament_size")
+
+
+@pytest.mark.parametrize("name", FLOATS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_float_settings_must_be_finite(name, value):
+    with pytest.raises(ValueError, match=f"{name} must be finite, but got -?(nan|inf)"):
+        PBEDropoutSettings(**{name: value})
+
+
+@pytest.mark.parametrize("name", FLOATS)
+def test_float_settings_must_be_numbers(name):
+    with pytest.raises(TypeError, match=f"{name} must be a float, but got '0.1' \\(str\\)"):
+        PBEDropoutSettings(**{name: "0.1"})
+
+
+@pytest.mark.parametrize("name", INTS)
+@pytest.mark.parametrize("value", [2.0, True, "2"])
+def test_int_settings_must_be_ints(name, value):
+    with pytest.raises(TypeError, match=f"{name} must be an int >= [01], but got"):
+        PBEDropoutSettings(**{name: value})
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda: PBEDropoutSettings(rescale=1), TypeError, "rescale must be a bool, but got 1"),
+        (lambda: PBEDropoutSettings(deterministic_inference="yes"), TypeError,
+         "deterministic_inference must be a bool"),
+        (lambda: PBEDropout2d(3, 0.5), TypeError,
+         "settings must be a PBEDropoutSettings or None, but got float"),
+        (lambda: PBEDropout2d(3, drop=0.5), TypeError,
+         r"unknown PB-EDropout setting\(s\) \['drop'\]; the settings are"),
+        (lambda: PBEDropout2d(3.0), TypeError, "channels must be an int >= 1, but got 3.0"),
+        (lambda: PBEDropout2d(3, seed=-1), ValueError, "seed must be an int >= 0, but got -1"),
+        (lambda: PBEDropout2d(3, grid_size=(4,)), ValueError,
+         r"grid_size must be None or \(h, w\), but got \(4,\)"),
+        (lambda: PBEDropout2d(3, grid_size=(4, 0)), ValueError,
+         "grid_size must be an int >= 1, but got 0"),
+    ],
+)
+def test_bad_construction(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_numpy_scalars_become_python_numbers():
+    np = pytest.importorskip("numpy")
+    settings = PBEDropoutSettings(p=np.float32(0.25), population=np.int64(4))
+    assert type(settings.p) is float and type(settings.population) is int
+    assert settings.p == 0.25 and settings.population == 4
+
+
+def test_settings_object_and_fields():
+    settings = PBEDropoutSettings(p=0.3, beta=0.5)
+    layer = PBEDropout2d(3, settings, temperature=0.2)
+    assert layer.settings == PBEDropoutSettings(p=0.3, beta=0.5, temperature=0.2)
+    assert layer.p == 0.3 and settings.temperature == 0.1  # frozen: replaced, not changed
+    with pytest.raises(AttributeError):
+        settings.p = 0.5
+
+
+def test_bad_input_types():
+    layer = PBEDropout2d(3, p=0.5)
+    with pytest.raises(TypeError, match="x must be a floating point tensor, but got torch.int64"):
+        layer(torch.zeros(1, 3, 8, 8, dtype=torch.long))
+    with pytest.raises(TypeError, match="x must be a Tensor"):
+        pb_edropout_2d([[1.0]])
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 8, 8), (2, 3, 0, 8), (2, 3, 8, 0)])
+def test_zero_size_input_gives_empty_result(shape):
+    x = torch.zeros(shape)
+    out = pb_edropout_2d(x, p=0.3)
+    h, w = grid_shape(shape[2], shape[3], 4)
+    assert out.output.shape == shape and out.mask.shape == (shape[0], 3, h, w)
+    assert out.energy.shape == (shape[0], 3)
+    layer = PBEDropout2d(3, p=0.3, seed=0).train()
+    assert layer(x).shape == shape
+    assert layer.ema_mask.numel() == 0 and layer.last_drop_rate is None  # no state change
+    assert layer.threshold_offset.item() == 0.0
+
+
+def test_default_dtype_float64_and_half_module():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        layer = PBEDropout2d(3, p=0.3, seed=0).train()
+        x = make_input().double()
+        assert layer(x).dtype == torch.float64
+        assert layer.ema_mask.dtype == layer.threshold_offset.dtype == torch.float32
+    finally:
+        torch.set_default_dtype(previous)
+    layer = layer.half()  # as Lightning's "16-true" does: the statistics stay float32
+    assert layer.ema_mask.dtype == layer.threshold_offset.dtype == torch.float32
+    y = layer(make_input().half())
+    assert y.dtype == torch.float16 and y.isfinite().all()
+    assert layer.eval()(make_input().half()).dtype == torch.float16
 
 
 def test_apply_patch_mask_any_memory_format():
