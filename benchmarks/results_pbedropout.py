@@ -239,6 +239,22 @@ def markdown(summary: dict[str, dict[str, float]], raw: dict[str, dict[str, list
     return "\n".join(lines)
 
 
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from runs of other seeds with the same budget and p (raw lists joined).
+
+    ``wall_seconds`` is the longest run's: the runs are meant to run side by side.
+    """
+    first = runs[0]
+    for run in runs[1:]:
+        for key in ("budget", "p", "quick"):
+            if run[key] != first[key]:
+                raise ValueError(f"--from-json files differ in {key}: {first[key]} vs {run[key]}")
+    raw = {key: {stat: [v for run in runs for v in run["raw"][key].get(stat, [])]
+                 for stat in first["raw"][key]} for key in first["raw"]}
+    return {**first, "seeds": [s for run in runs for s in run["seeds"]], "raw": raw,
+            "wall_seconds": max(run["wall_seconds"] for run in runs)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -253,11 +269,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None,
                         help=f"epochs (default {DEFAULT_BUDGET.epochs}, "
                              f"{ex.QUICK.epochs} with --quick)")
+    parser.add_argument("--num-val", type=int, default=None,
+                        help=f"validation images, checked every epoch, unused by the table "
+                             f"(default {DEFAULT_BUDGET.num_val})")
     parser.add_argument("--json", metavar="PATH", default=None, help="write the numbers here")
     parser.add_argument("--md", metavar="PATH", default=None, help="write the markdown here")
-    parser.add_argument("--from-json", metavar="PATH", default=None,
+    parser.add_argument("--from-json", metavar="PATH", nargs="+", default=None,
                         help="train nothing: rebuild the table and claims from the raw "
-                             "numbers of an earlier --json (writes only --json/--md)")
+                             "numbers of earlier --json files (several: runs of other seeds "
+                             "with the same budget, merged; writes only --json/--md)")
     args = parser.parse_args()
 
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
@@ -267,6 +287,8 @@ def main() -> None:
         budget = replace(budget, num_train=args.num_train)
     if args.epochs is not None:
         budget = replace(budget, epochs=args.epochs)
+    if args.num_val is not None:
+        budget = replace(budget, num_val=args.num_val)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     p, quick, run_machine = args.p, args.quick, machine()
     json_path, md_path = args.json, args.md
@@ -275,7 +297,7 @@ def main() -> None:
         md_path = str(HERE / "results" / "pbedropout.md")
 
     if args.from_json:
-        old = json.loads(Path(args.from_json).read_text())
+        old = merge([json.loads(Path(path).read_text()) for path in args.from_json])
         budget, seeds, p = ex.Budget(**old["budget"]), old["seeds"], old["p"]
         raw, wall, quick, run_machine = old["raw"], old["wall_seconds"], old["quick"], \
             old["machine"]
@@ -287,7 +309,8 @@ def main() -> None:
     summary = summarise(raw)
     found = claims(summary, raw, budget.epochs // 2)
     header = (f"PB-EDropout vs dropout baselines, shallow_cnn, cluttered digits: "
-              f"{budget.num_train} training / {budget.num_test} test images, "
+              f"{budget.num_train} training / {budget.num_val} validation / "
+              f"{budget.num_test} test images, "
               f"{budget.epochs} epochs, p = {p}, seeds {seeds} "
               f"(mean ± std over seeds); total {wall / 60:.1f} min"
               f"{' (--quick)' if quick else ''}")
