@@ -77,8 +77,12 @@ def rows(epochs: int) -> list[dict[str, Any]]:
     ]
 
 
-def run_all(budget: ex.Budget, seeds: list[int], p: float) -> dict[str, dict[str, list]]:
-    """Train every row for every seed (seeds outer, so rows share the machine's noise)."""
+def run_all(budget: ex.Budget, seeds: list[int], p: float,
+            save: Any = None) -> dict[str, dict[str, list]]:
+    """Train every row for every seed (seeds outer, so rows share the machine's noise).
+
+    ``save(raw)``, when given, is called after every row (partial results survive a kill).
+    """
     table = rows(budget.epochs)
     raw: dict[str, dict[str, list]] = {r["key"]: {"accuracy": [], "seconds": []}
                                        for r in table}
@@ -95,6 +99,8 @@ def run_all(budget: ex.Budget, seeds: list[int], p: float) -> dict[str, dict[str
                 raw[r["key"]].setdefault(key, []).append(value)
             print(f"[{r['key']:>17}] seed {seed}: test accuracy {acc:.4f} ({secs:.1f} s) "
                   f"{drop_stats(model)}", file=sys.stderr, flush=True)
+            if save is not None:
+                save(raw)
     return raw
 
 
@@ -124,6 +130,8 @@ def summarise(raw: dict[str, dict[str, list]]) -> dict[str, dict[str, float]]:
                 out[key][stat] = statistics.fmean(r[stat])
     for key in out:
         for ref in ("none", "dropout2d"):
+            if ref not in raw:
+                continue
             diffs = _paired(raw, key, ref)
             out[key][f"diff_{ref}"] = statistics.fmean(diffs)
             out[key][f"diff_{ref}_std"] = _std(diffs)
@@ -133,6 +141,12 @@ def summarise(raw: dict[str, dict[str, list]]) -> dict[str, dict[str, float]]:
 def _paired(raw: dict[str, dict[str, list]], a: str, b: str) -> list[float]:
     """Per-seed differences ``a - b`` (rows of one seed share data split and init)."""
     return [x - y for x, y in zip(raw[a]["accuracy"], raw[b]["accuracy"], strict=True)]
+
+
+def _diff(s: dict[str, float], ref: str) -> str:
+    if f"diff_{ref}" not in s:
+        return "–"
+    return f"{s[f'diff_{ref}']:+.3f} ± {s[f'diff_{ref}_std']:.3f}"
 
 
 def _drop(s: dict[str, float]) -> str:
@@ -158,23 +172,34 @@ def _wins(raw: dict[str, dict[str, list]], a: str, b: str) -> str:
 
 def claims(summary: dict[str, dict[str, float]], raw: dict[str, dict[str, list]],
            freeze_epoch: int) -> list[dict[str, Any]]:
-    """The papers' two claims and the two ablations, each decided by the numbers."""
+    """The papers' two claims and the two ablations, each decided by the numbers.
+
+    A claim whose rows were not measured (a partial run) is left out.
+    """
     s = summary
+    if not {"none", "dropout", "dropout2d", "pbedropout"} <= set(s):
+        return []
     pb = s["pbedropout"]
     best = max(("dropout", "dropout2d"), key=lambda k: s[k]["mean"])
     diff = pb["mean"] - s[best]["mean"]
     spread = max(pb["std"], s[best]["std"])
     held = diff > 0
     names = {"dropout": "Dropout", "dropout2d": "Dropout2d"}
+    dropblock = f", DropBlock {_ms(s['dropblock'])}" if "dropblock" in s else ""
     beats = (
         f"PB-EDropout beats standard dropout: {'held' if held else 'did not hold'}: "
         f"PB-EDropout {_ms(pb)} vs Dropout {_ms(s['dropout'])}, Dropout2d "
-        f"{_ms(s['dropout2d'])}, DropBlock {_ms(s['dropblock'])}, no dropout "
+        f"{_ms(s['dropout2d'])}{dropblock}, no dropout "
         f"{_ms(s['none'])} (vs the better of "
         f"Dropout/Dropout2d, {names[best]}: {_gap(diff, spread)}; "
         f"{_wins(raw, 'pbedropout', best)})"
     )
 
+    found: list[dict[str, Any]] = [
+        {"claim": "PB-EDropout beats standard dropout", "held": held, "difference": diff,
+         "spread": spread, "compared_with": best, "line": beats}]
+    if "pbedropout_frozen" not in s:
+        return found
     fr = s["pbedropout_frozen"]
     d_pb = fr["mean"] - pb["mean"]
     d_none = fr["mean"] - s["none"]["mean"]
@@ -193,27 +218,24 @@ def claims(summary: dict[str, dict[str, float]], raw: dict[str, dict[str, list]]
         f"{_wins(raw, 'pbedropout_frozen', 'none')})"
     )
 
-    ablations = []
+    found.append({"claim": "frozen masks still effective", "held": held_frozen,
+                  "difference_vs_pbedropout": d_pb, "difference_vs_none": d_none,
+                  "spread": spread_pb, "line": frozen})
     for key, what in (("pbedropout_beta0", f"Gibbs coupling (β={_PB_DEFAULTS['beta']} vs 0)"),
                       ("pbedropout_g0",
                        f"genetic refinement (G={_PB_DEFAULTS['generations']} vs 0)")):
+        if key not in s:
+            continue
         d = pb["mean"] - s[key]["mean"]
         sp = max(pb["std"], s[key]["std"])
-        ablations.append({
+        found.append({
             "claim": what, "held": d > 0, "difference": d, "spread": sp,
             "line": f"Ablation, what the {what} adds: {d:+.3f} "
                     f"(PB-EDropout {_ms(pb)} vs {_ms(s[key])}; "
                     f"{'outside' if abs(d) > sp else 'within'} one std ({sp:.3f}); "
                     f"{_wins(raw, 'pbedropout', key)})",
         })
-    return [
-        {"claim": "PB-EDropout beats standard dropout", "held": held, "difference": diff,
-         "spread": spread, "compared_with": best, "line": beats},
-        {"claim": "frozen masks still effective", "held": held_frozen,
-         "difference_vs_pbedropout": d_pb, "difference_vs_none": d_none,
-         "spread": spread_pb, "line": frozen},
-        *ablations,
-    ]
+    return found
 
 
 def markdown(summary: dict[str, dict[str, float]], raw: dict[str, dict[str, list]],
@@ -223,11 +245,12 @@ def markdown(summary: dict[str, dict[str, float]], raw: dict[str, dict[str, list
              "| drop rate |",
              "|---|---:|---:|---:|---|---:|---:|"]
     for r in table:
+        if r["key"] not in summary:
+            continue
         s = summary[r["key"]]
         seeds = ", ".join(f"{a:.3f}" for a in raw[r["key"]]["accuracy"])
-        lines.append(f"| {r['label']} | {_ms(s)} | {s['diff_none']:+.3f} ± "
-                     f"{s['diff_none_std']:.3f} | {s['diff_dropout2d']:+.3f} ± "
-                     f"{s['diff_dropout2d_std']:.3f} | {seeds} | {s['seconds_mean']:.0f} | "
+        lines.append(f"| {r['label']} | {_ms(s)} | {_diff(s, 'none')} | "
+                     f"{_diff(s, 'dropout2d')} | {seeds} | {s['seconds_mean']:.0f} | "
                      f"{_drop(s)} |")
     lines += ["", "Δ: mean ± std of the per-seed differences (a seed's rows share their "
                   "data split and initialisation). s / run: wall seconds per training run. "
@@ -249,7 +272,7 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
         for key in ("budget", "p", "quick"):
             if run[key] != first[key]:
                 raise ValueError(f"--from-json files differ in {key}: {first[key]} vs {run[key]}")
-    raw = {key: {stat: [v for run in runs for v in run["raw"][key].get(stat, [])]
+    raw = {key: {stat: [v for run in runs for v in run["raw"].get(key, {}).get(stat, [])]
                  for stat in first["raw"][key]} for key in first["raw"]}
     return {**first, "seeds": [s for run in runs for s in run["seeds"]], "raw": raw,
             "wall_seconds": max(run["wall_seconds"] for run in runs)}
@@ -303,8 +326,15 @@ def main() -> None:
             old["machine"]
     else:
         start = time.perf_counter()
-        raw = run_all(budget, seeds, p)
+
+        def save(partial: dict[str, dict[str, list]]) -> None:
+            write_json(json_path, {"machine": run_machine, "quick": quick, "partial": True,
+                                   "budget": budget.to_dict(), "seeds": seeds, "p": p,
+                                   "raw": partial, "wall_seconds": time.perf_counter() - start})
+
+        raw = run_all(budget, seeds, p, save)
         wall = time.perf_counter() - start
+    raw = {k: v for k, v in raw.items() if len(v["accuracy"]) == len(seeds)}  # complete rows
     table = rows(budget.epochs)
     summary = summarise(raw)
     found = claims(summary, raw, budget.epochs // 2)
@@ -313,7 +343,8 @@ def main() -> None:
               f"{budget.num_test} test images, "
               f"{budget.epochs} epochs, p = {p}, seeds {seeds} "
               f"(mean ± std over seeds); total {wall / 60:.1f} min"
-              f"{' (--quick)' if quick else ''}")
+              f"{' (--quick)' if quick else ''}"
+              f"{'' if len(raw) == len(table) else f'; PARTIAL: {len(raw)} of {len(table)} rows'}")
     md = markdown(summary, raw, table, found, header)
     print(md)
     if md_path:

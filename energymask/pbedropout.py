@@ -82,19 +82,15 @@ from energymask.genetic import MUTATIONS, draw_seed, evolve, gather_masks, potts
 EPS = 1e-6
 
 
-def _check_float(name: str, value: Any, low: float, high: float, closed: str) -> None:
-    """``value`` a finite real in the interval [low, high] with ends open as ``closed`` says."""
+def _check_real(name: str, value: Any, allowed: str, ok: Callable[[float], bool]) -> None:
+    """``value`` a finite real number for which ``ok`` holds (``allowed`` says which, in words)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a float, but got {value!r} ({type(value).__name__})")
+        raise TypeError(f"{name} must be a float {allowed}, but got {value!r} "
+                        f"({type(value).__name__})")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, but got {value}")
-    left = "[" if closed in ("both", "left") else "("
-    right = "]" if closed in ("both", "right") else ")"
-    above = value >= low if left == "[" else value > low
-    below = value <= high if right == "]" else value < high
-    if not (above and below):
-        hi = "inf" if math.isinf(high) else high
-        raise ValueError(f"{name} must be in {left}{low}, {hi}{right}, but got {value}")
+    if not ok(value):
+        raise ValueError(f"{name} must be {allowed}, but got {value}")
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
@@ -147,21 +143,20 @@ class PBEDropoutSettings:
     deterministic_inference: bool = True
 
     def __post_init__(self) -> None:
-        inf = math.inf
-        _check_float("p", self.p, 0.0, 1.0, "left")
+        _check_real("p", self.p, "in [0, 1)", lambda v: 0 <= v < 1)
         _check_int("patch_size", self.patch_size, 1)
-        _check_float("beta", self.beta, 0.0, inf, "left")
-        _check_float("temperature", self.temperature, 0.0, inf, "neither")
+        _check_real("beta", self.beta, ">= 0", lambda v: v >= 0)
+        _check_real("temperature", self.temperature, "> 0", lambda v: v > 0)
         _check_int("population", self.population, 1)
         _check_int("generations", self.generations, 0)
         _check_int("sweeps", self.sweeps, 0)
-        _check_float("elite_fraction", self.elite_fraction, 0.0, 1.0, "neither")
+        _check_real("elite_fraction", self.elite_fraction, "in (0, 1)", lambda v: 0 < v < 1)
         _check_int("tournament_size", self.tournament_size, 1)
-        _check_float("mutation_rate", self.mutation_rate, 0.0, 1.0, "both")
+        _check_real("mutation_rate", self.mutation_rate, "in [0, 1]", lambda v: 0 <= v <= 1)
         if self.mutation not in MUTATIONS:
             raise ValueError(f"mutation must be one of {MUTATIONS}, but got {self.mutation!r}")
-        _check_float("ema_decay", self.ema_decay, 0.0, 1.0, "both")
-        _check_float("calibration_rate", self.calibration_rate, 0.0, inf, "left")
+        _check_real("ema_decay", self.ema_decay, "in [0, 1]", lambda v: 0 <= v <= 1)
+        _check_real("calibration_rate", self.calibration_rate, ">= 0", lambda v: v >= 0)
         for name in ("rescale", "deterministic_inference"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, but got {getattr(self, name)!r}")
@@ -477,6 +472,8 @@ class PBEDropout2d(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
         key = prefix + "ema_mask"
+        if key in state_dict and prefix + "threshold_offset" not in state_dict:
+            state_dict[prefix + "threshold_offset"] = torch.zeros(())  # saved before calibration
         if key in state_dict and state_dict[key].shape != self.ema_mask.shape:
             self.ema_mask = torch.empty(state_dict[key].shape, device=self.ema_mask.device,
                                         dtype=torch.float32)

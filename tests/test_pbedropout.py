@@ -222,6 +222,15 @@ def test_state_dict_round_trip_lazy_buffer_and_generator():
     assert torch.equal(fresh.train()(x), layer(x))  # resumed run continues exactly
 
 
+def test_state_dict_without_offset_loads_with_zero_offset():
+    layer = trained_layer()
+    state = layer.state_dict()
+    del state["threshold_offset"]  # a checkpoint from before the calibration
+    fresh = PBEDropout2d(3, p=0.3)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.ema_mask, layer.ema_mask) and fresh.threshold_offset.item() == 0.0
+
+
 def test_grid_size_allocates_buffer():
     layer = PBEDropout2d(3, grid_size=(4, 4))
     assert layer.ema_mask.shape == (3, 4, 4) and (layer.ema_mask == 1).all()
@@ -354,7 +363,7 @@ def test_float_settings_must_be_finite(name, value):
 
 @pytest.mark.parametrize("name", FLOATS)
 def test_float_settings_must_be_numbers(name):
-    with pytest.raises(TypeError, match=f"{name} must be a float, but got '0.1' \\(str\\)"):
+    with pytest.raises(TypeError, match=f"{name} must be a float .*, but got '0.1' \\(str\\)"):
         PBEDropoutSettings(**{name: "0.1"})
 
 

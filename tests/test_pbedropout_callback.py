@@ -98,7 +98,7 @@ def test_resume_keeps_ema_masks(tmp_path):
     [
         ({"freeze_at_epoch": -1}, ValueError, "freeze_at_epoch must be None or an int >= 0"),
         ({"freeze_at_epoch": True}, ValueError, "freeze_at_epoch must be None or an int >= 0"),
-        ({"p": 1.5}, ValueError, r"p must be in \[0.0, 1.0\)"),
+        ({"p": 1.5}, ValueError, r"p must be in \[0, 1\), but got 1.5"),
         ({"beta": float("nan")}, ValueError, "beta must be finite, but got nan"),
         ({"drop": 0.1}, TypeError, r"unknown PB-EDropout setting\(s\) \['drop'\]"),
     ],
