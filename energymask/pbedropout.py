@@ -44,10 +44,9 @@ loop can follow without oscillating, η · slope / (p (1 − p)) < 2, where slop
 = dr/dδ: 0.2–1.5 on 8×8 grids of ReLU noise (β ∈ {0.1, 0.5}), but ~4 on the
 4×4 grids of ``shallow_cnn``'s layer2 in training, where η = 0.1 made r swing
 between 0.03 and 0.2 from step to step. η = 0.03 follows slopes up to 6 and
-warms up in ~40 steps on the flattest grids above (~5 on steep ones).
-δ is a buffer: saved in
-checkpoints, averaged over processes by the callback. :func:`pb_edropout_2d`
-alone is one step at a given δ; it is not calibrated.
+warms up in ~40 steps on the flattest grids above (~5 on steep ones). δ is a
+buffer: saved in checkpoints, averaged over processes by the callback.
+:func:`pb_edropout_2d` alone is one step at a given δ; it is not calibrated.
 
 **Deterministic masks** (inference and frozen training): per channel, drop
 exactly ⌊p·h·w⌉ patches, those with the lowest keep frequency M_c (ties:
