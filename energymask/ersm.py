@@ -1,7 +1,7 @@
 """ERSM: Energy-Regularized Spatial Masking.
 
 Devynck, Faye, Bouchaffra, Lazaar, Lebbah, Azzag, "Energy-Regularized Spatial
-Masking", IJCAI 2026, https://arxiv.org/abs/2604.06893. Maths in DESIGN.md §3:
+Masking", IJCAI 2026, https://arxiv.org/abs/2604.06893. Maths in docs/design.md §3:
 
     x̂_i    = x_i / (‖x_i‖₂ + 1e-6)                  unit p×p×C token
     z_i    = wᵀ x̂_i + b                             energy logit
@@ -16,35 +16,66 @@ Masking", IJCAI 2026, https://arxiv.org/abs/2604.06893. Maths in DESIGN.md §3:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from energymask.kernels import ersm_energy
-from energymask.kernels.reference import EPS, expand_tokens, token_norm
+from energymask.kernels import ersm_energy, expand_tokens, token_logits
 
 
 class EnergyMaskOutput(NamedTuple):
     """Result of :func:`energy_mask_2d`.
 
-    ``output`` is (B, C, H, W); ``keep``, ``logits``, ``unary``, ``pairwise`` and
-    ``energy`` are (B, h, w); ``regularizer`` is a scalar.
+    ``output`` is (B, C, H, W); ``logits``, ``keep``, ``unary``, ``pairwise`` and
+    ``energy`` are (B, h, w); ``regularizer`` is a scalar. The first five fields
+    are those of :class:`energymask.kernels.ErsmEnergy`, in the same order.
     """
 
     output: Tensor
-    keep: Tensor
     logits: Tensor
+    keep: Tensor
     unary: Tensor
     pairwise: Tensor
     energy: Tensor
     regularizer: Tensor
 
 
+def _check_real(name: str, value: object, low: float, strict: bool = False) -> None:
+    """A finite real number >= low (> low when ``strict``); bool is refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, but got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite (not NaN or Inf), but got {value}")
+    if value < low or (strict and value == low):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, but got {value}")
+
+
+def _check_int(name: str, value: object) -> None:
+    """A positive int; bool is refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, but got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, but got {value!r}")
+
+
+def _check_settings(lam: float, gamma: float, temperature: float, eta: float) -> None:
+    for name, value in (("lam", lam), ("gamma", gamma), ("eta", eta)):
+        _check_real(name, value, 0)
+    _check_real("temperature", temperature, 0, strict=True)
+
+
 def _check_input(x: Tensor, channels: int | None, token_size: int) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor (B, C, H, W), but got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"x must be a floating-point tensor (float16, bfloat16, float32 or float64), but got "
+            f"{x.dtype}; convert it first, e.g. x.float()"
+        )
     if x.dim() != 4:
         raise ValueError(f"x must be a 4D feature map (B, C, H, W), but got shape {tuple(x.shape)}")
     if channels is not None and x.shape[1] != channels:
@@ -57,6 +88,10 @@ def _check_input(x: Tensor, channels: int | None, token_size: int) -> None:
 
 
 def _check_forced_mask(forced_mask: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    if not isinstance(forced_mask, Tensor):
+        raise TypeError(
+            f"forced_mask must be a tensor (B, h, w), but got {type(forced_mask).__name__}"
+        )
     if tuple(forced_mask.shape) != shape:
         raise ValueError(
             f"forced_mask must have shape (B, h, w) = {shape}, but got {tuple(forced_mask.shape)}"
@@ -112,38 +147,61 @@ def energy_mask_2d(
 
     Returns:
         :class:`EnergyMaskOutput`. The regulariser is computed from the soft
-        keep map in every mode.
+        keep map in every mode. A zero-size input (B, H or W = 0) gives empty
+        maps and a zero regulariser.
     """
-    _check_call(x, weight, bias, token_size, temperature)
+    _check_call(x, weight, bias, token_size)
+    _check_settings(lam, gamma, temperature, eta)
+    if x.numel() == 0:
+        empty = _empty_maps(x, token_size)
+        return EnergyMaskOutput(x.clone(), *(empty,) * 5, empty.sum())
     res = ersm_energy(x, weight, bias, token_size, lam, gamma, temperature)
     if check_finite:
-        _check_finite(res.logits)
+        _check_finite(res.logits, weight, bias)
     energy = res.unary + res.pairwise
     regularizer = (res.keep * energy).mean()
     if eta:
         regularizer = regularizer + eta * mask_coherence(res.keep).mean()
     if forced_mask is None and not hard:
-        return EnergyMaskOutput(
-            res.output, res.keep, res.logits, res.unary, res.pairwise, energy, regularizer
-        )
+        return EnergyMaskOutput(*res, energy, regularizer)
     keep = _replace_keep(res.keep, forced_mask, hard, forced_soft)
     output = x * expand_tokens(keep, token_size).to(x.dtype)
-    return EnergyMaskOutput(output, keep, res.logits, res.unary, res.pairwise, energy, regularizer)
+    return EnergyMaskOutput(output, res.logits, keep, res.unary, res.pairwise, energy, regularizer)
 
 
-def _check_finite(logits: Tensor) -> None:
-    # A NaN or Inf anywhere in a token reaches its logit: checking the small
-    # (B, h, w) logits costs far less than checking the feature map.
-    if not torch.isfinite(logits).all():
-        raise ValueError("x (the feature map) must be finite, but got NaN or Inf values")
+def _empty_maps(x: Tensor, token_size: int) -> Tensor:
+    """The (B, h, w) maps of a zero-size input, in the dtype the kernels give."""
+    dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    b, _, h, w = x.shape
+    return x.new_zeros(b, h // token_size, w // token_size, dtype=dtype)
 
 
-def _check_call(
-    x: Tensor, weight: Tensor, bias: Tensor, token_size: int, temperature: float
-) -> None:
+def _check_finite(logits: Tensor, weight: Tensor, bias: Tensor) -> None:
+    # A NaN or Inf anywhere in a token, or in the layer's parameters, reaches
+    # its logit: checking the small (B, h, w) logits costs far less than
+    # checking the feature map. Only on failure are the parameters looked at.
+    if torch.isfinite(logits).all():
+        return
+    for name, value in (("weight", weight), ("bias", bias)):
+        if not torch.isfinite(value).all():
+            raise ValueError(
+                f"{name} (a parameter of the ERSM layer) must be finite, but got NaN or Inf "
+                "values: training diverged or the weights were loaded from a bad checkpoint"
+            )
+    raise ValueError("x (the feature map) must be finite, but got NaN or Inf values")
+
+
+def _check_call(x: Tensor, weight: Tensor, bias: Tensor, token_size: int) -> None:
+    _check_int("token_size", token_size)
+    if not isinstance(weight, Tensor) or weight.dim() != 1:
+        got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise TypeError(f"weight must be a 1D tensor of C·p² elements, but got {got}")
+    if not isinstance(bias, Tensor) or bias.dim() not in (0, 2):
+        got = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
+        raise TypeError(
+            f"bias must be a scalar tensor () or a per-position (h, w) one, but got {got}"
+        )
     _check_input(x, weight.numel() // (token_size * token_size), token_size)
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, but got {temperature}")
     grid = (x.shape[2] // token_size, x.shape[3] // token_size)
     if bias.dim() == 2 and tuple(bias.shape) != grid:
         raise ValueError(
@@ -163,17 +221,6 @@ def _replace_keep(
     return keep
 
 
-def token_logits(x: Tensor, weight: Tensor, bias: Tensor, token_size: int = 1) -> Tensor:
-    """z = wᵀ x_i / (‖x_i‖ + 1e-6) + b without materialising unit tokens: (B, C, H, W) -> (B, h, w).
-
-    The cheap inference path: two reads of x instead of the energies' several passes.
-    """
-    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    tokens = F.pixel_unshuffle(xf, token_size) if token_size > 1 else xf
-    projected = torch.einsum("bdhw,d->bhw", tokens, weight.to(tokens.dtype))
-    return projected / (token_norm(tokens)[:, 0] + EPS) + bias.to(tokens.dtype)
-
-
 def energy_mask_2d_inference(
     x: Tensor,
     weight: Tensor,
@@ -185,16 +232,22 @@ def energy_mask_2d_inference(
     check_finite: bool = True,
     forced_soft: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The masked output without energies or regulariser: ``(output, keep, logits)``.
+    """The masked output without energies or regulariser: ``(output, logits, keep)``.
 
-    Same arguments and checks as :func:`energy_mask_2d`; used by the layer in eval mode.
+    Same arguments and checks as :func:`energy_mask_2d` (the fields in the same
+    order); used by the layer in eval mode. The logits come from
+    :func:`energymask.kernels.token_logits`, two reads of x.
     """
-    _check_call(x, weight, bias, token_size, temperature)
+    _check_call(x, weight, bias, token_size)
+    _check_real("temperature", temperature, 0, strict=True)
+    if x.numel() == 0:
+        empty = _empty_maps(x, token_size)
+        return x.clone(), empty, empty
     logits = token_logits(x, weight, bias, token_size)
     if check_finite:
-        _check_finite(logits)
+        _check_finite(logits, weight, bias)
     keep = _replace_keep(torch.sigmoid(-logits / temperature), forced_mask, hard, forced_soft)
-    return x * expand_tokens(keep, token_size).to(x.dtype), keep, logits
+    return x * expand_tokens(keep, token_size).to(x.dtype), logits, keep
 
 
 class EnergyMask2d(nn.Module):
@@ -212,14 +265,17 @@ class EnergyMask2d(nn.Module):
             per-position bias over a fixed token grid. Default: None.
         eta: mask-coherence weight η; 0 is the authors' regulariser. Default: 0.
         hard_inference: in eval mode use 1[keep ≥ 0.5]. Default: False.
-        check_finite: raise on NaN/Inf features. Default: True.
+        check_finite: raise on NaN/Inf features or parameters. Default: True.
 
-    After each forward the layer keeps, detached: ``last_keep``, ``last_logits``,
-    ``last_unary``, ``last_pairwise``, ``last_energy`` (B, h, w). In eval mode
-    only the logits are computed in the forward (the cheap inference path); the
-    energies are computed from the kept input when first read. In training it
-    also keeps ``regularizer`` (with its graph when gradients are on) until
-    :meth:`pop_regularizer` or :func:`collect_regularizer` takes it.
+    After each forward the layer keeps, detached: ``last_keep`` and
+    ``last_logits`` (B, h, w), and, when the energies were computed,
+    ``last_unary``, ``last_pairwise``, ``last_energy`` (B, h, w; None otherwise).
+    In training the energies are always computed, and ``regularizer`` is kept
+    (with its graph when gradients are on) until :meth:`pop_regularizer` or
+    :func:`collect_regularizer` takes it. In eval mode the forward takes the
+    cheap inference path (the logits alone, two reads of x) unless the
+    attribute ``eval_energies`` is True (see :func:`computing_energies`); the
+    layer never holds on to its input.
     """
 
     def __init__(
@@ -236,38 +292,43 @@ class EnergyMask2d(nn.Module):
         check_finite: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive int, but got {channels!r}")
-        if not isinstance(token_size, int) or token_size < 1:
-            raise ValueError(f"token_size must be a positive int, but got {token_size!r}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, but got {temperature}")
-        for name, value in (("lam", lam), ("gamma", gamma), ("eta", eta)):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, but got {value}")
+        _check_int("channels", channels)
+        _check_int("token_size", token_size)
+        _check_settings(lam, gamma, temperature, eta)
+        _check_real("bias_init", bias_init, -math.inf)
         if grid_size is not None and (
-            len(grid_size) != 2 or any(not isinstance(s, int) or s < 1 for s in grid_size)
+            not isinstance(grid_size, (tuple, list))
+            or len(grid_size) != 2
+            or any(
+                isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1
+                for s in grid_size
+            )
         ):
             raise ValueError(
                 f"grid_size must be None or (h, w) positive ints, but got {grid_size!r}"
             )
-        self.channels = channels
-        self.token_size = token_size
+        for name, value in (("hard_inference", hard_inference), ("check_finite", check_finite)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be a bool, but got {value!r}")
+        self.channels = int(channels)
+        self.token_size = int(token_size)
         self.lam, self.gamma, self.temperature, self.eta = lam, gamma, temperature, eta
         self.hard_inference = hard_inference
         self.check_finite = check_finite
-        self.grid_size = tuple(grid_size) if grid_size is not None else None
-        dim = channels * token_size * token_size
+        self.grid_size = (int(grid_size[0]), int(grid_size[1])) if grid_size is not None else None
+        dim = self.channels * self.token_size * self.token_size
         bound = 1.0 / math.sqrt(dim)  # nn.Linear(D, 1) initialisation
         self.weight = nn.Parameter(torch.empty(dim).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.full(self.grid_size or (), float(bias_init)))
         self.forced_mask: Tensor | None = None
         self.forced_soft = False
+        self.eval_energies = False
         self.regularizer: Tensor | None = None
         self.last_keep: Tensor | None = None
         self.last_logits: Tensor | None = None
-        self._energies: tuple[Tensor, Tensor, Tensor] | None = None
-        self._energy_input: Tensor | None = None
+        self.last_unary: Tensor | None = None
+        self.last_pairwise: Tensor | None = None
+        self.last_energy: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         settings = dict(
@@ -276,56 +337,23 @@ class EnergyMask2d(nn.Module):
             forced_mask=self.forced_mask,
             forced_soft=self.forced_soft,
             check_finite=self.check_finite,
+            hard=self.hard_inference and not self.training,
         )
-        if not self.training:
-            # Inference needs only the logits; the energies are computed if asked for.
-            output, keep, logits = energy_mask_2d_inference(
-                x, self.weight, self.bias, hard=self.hard_inference, **settings
-            )
+        if not (self.training or self.eval_energies):
+            output, logits, keep = energy_mask_2d_inference(x, self.weight, self.bias, **settings)
             self.last_keep, self.last_logits = keep.detach(), logits.detach()
-            self._energies, self._energy_input = None, x.detach()
+            self.last_unary = self.last_pairwise = self.last_energy = None
             self.regularizer = None
             return output
         res = energy_mask_2d(
             x, self.weight, self.bias, lam=self.lam, gamma=self.gamma, eta=self.eta, **settings
         )
         self.last_keep, self.last_logits = res.keep.detach(), res.logits.detach()
-        self._energies = (res.unary.detach(), res.pairwise.detach(), res.energy.detach())
-        self._energy_input = None
-        self.regularizer = res.regularizer if torch.is_grad_enabled() else res.regularizer.detach()
+        self.last_unary, self.last_pairwise = res.unary.detach(), res.pairwise.detach()
+        self.last_energy = res.energy.detach()
+        reg = res.regularizer if torch.is_grad_enabled() else res.regularizer.detach()
+        self.regularizer = reg if self.training else None
         return res.output
-
-    def _last_energies(self) -> tuple[Tensor, Tensor, Tensor] | tuple[None, None, None]:
-        if self._energies is None and self._energy_input is not None:
-            with torch.no_grad():
-                res = energy_mask_2d(
-                    self._energy_input,
-                    self.weight,
-                    self.bias,
-                    self.token_size,
-                    self.lam,
-                    self.gamma,
-                    self.temperature,
-                    check_finite=False,
-                )
-            self._energies = (res.unary, res.pairwise, res.energy)
-            self._energy_input = None
-        return self._energies or (None, None, None)
-
-    @property
-    def last_unary(self) -> Tensor | None:
-        """U of the last forward, (B, h, w), detached."""
-        return self._last_energies()[0]
-
-    @property
-    def last_pairwise(self) -> Tensor | None:
-        """P of the last forward, (B, h, w), detached."""
-        return self._last_energies()[1]
-
-    @property
-    def last_energy(self) -> Tensor | None:
-        """E = U + P of the last forward, (B, h, w), detached."""
-        return self._last_energies()[2]
 
     def pop_regularizer(self) -> Tensor | None:
         """Return the regulariser of the last forward and forget it."""
@@ -339,6 +367,22 @@ class EnergyMask2d(nn.Module):
             f"temperature={self.temperature}, eta={self.eta}, {bias}, "
             f"hard_inference={self.hard_inference}"
         )
+
+
+@contextmanager
+def computing_energies(layer: EnergyMask2d) -> Iterator[EnergyMask2d]:
+    """Compute U, P and E in eval mode too inside a ``with`` block (``last_unary``, ...).
+
+    Eval mode skips the energies by default: inference then reads x twice and
+    the layer keeps nothing of it. Inside the block the eval forward takes the
+    training path's energy computation instead (same output and keep map).
+    """
+    saved = layer.eval_energies
+    layer.eval_energies = True
+    try:
+        yield layer
+    finally:
+        layer.eval_energies = saved
 
 
 @contextmanager

@@ -1,14 +1,36 @@
-"""Mask quality against a ground-truth object mask (DESIGN.md §6).
+"""Scores of an ERSM keep map: how much it keeps, how selectively, and where (docs/design.md §6).
 
 ERSM: Energy-Regularized Spatial Masking (Devynck et al., IJCAI 2026, arXiv 2604.06893).
 
-- ``iou``: the hard mask ``keep >= 0.5`` is upsampled (nearest) from the token
-  grid to the object mask's resolution and compared pixel-wise with the object.
+Per image, over its N = h·w tokens with keep probabilities k_i and mean k̄:
+
+- ``keep_ratio`` = k̄, the mean keep probability.
+- ``hard_sparsity`` = (1/N) Σ_i 1[k_i < 0.5]: share of tokens the hard mask
+  closes. A uniform dimming (every k_i = 0.45) reads 1.0 here: it is not
+  a measure of selectivity; the next two are.
+- ``relative_sparsity`` = (1/N) Σ_i 1[k_i < k̄/2]: share of tokens kept less
+  than half as much as the image's average token. 0 for any uniform map.
+- ``keep_gini`` = Σ_i Σ_j |k_i − k_j| / (2 N² k̄), the Gini coefficient of the
+  keep values (0 when k̄ = 0): 0 for a uniform map, (N − 1)/N when one token
+  holds all the keep. A map with a share q of tokens at a and the rest at b
+  has q(1 − q)|a − b| / (q·a + (1 − q)·b).
+- ``entropy`` = (1/N) Σ_i H(k_i) / log 2 with H the binary entropy: 0 for a
+  decided mask (every k_i in {0, 1}), 1 when every k_i = 0.5.
+
+With a ground-truth object mask (pixels > 0.5 are object):
+
+- ``iou``: the hard mask ``k >= 0.5`` upsampled (nearest) from the token grid
+  to the object mask's resolution against the object, pixel-wise; 1 when
+  both are empty.
 - ``pointing``: 1 when the highest-kept token overlaps the object (any object
   pixel inside the token's cell; ties: the first token in raster order).
-- ``keep_ratio``: mean keep probability.
-- ``entropy``: mean binary entropy of the keep map divided by log 2, in [0, 1]
-  (0 = fully decided mask, 1 = every token at 0.5).
+- ``keep_contrast`` = Σ_i f_i k_i / Σ_i f_i − Σ_i (1 − f_i) k_i / Σ_i (1 − f_i),
+  with f_i the share of token i's cell that is object: mean keep on the
+  object minus mean keep on the background, in [−1, 1] (> 0: the object is
+  kept more). NaN for an image with no object or no background pixel.
+
+:func:`mask_scores` gives the per-image tensors (no device sync), and
+:func:`mask_quality` their means over the batch as floats.
 """
 
 from __future__ import annotations
@@ -19,10 +41,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["mask_quality"]
+__all__ = ["mask_quality", "mask_scores"]
 
 
-def _object_mask(object_mask: Tensor, batch: int) -> Tensor:
+def _object_mask(object_mask: Tensor, batch: int, grid: tuple[int, int]) -> Tensor:
+    if not isinstance(object_mask, Tensor):
+        raise TypeError(f"object_mask must be a tensor, but got {type(object_mask).__name__}")
     if object_mask.dim() == 4 and object_mask.shape[1] == 1:
         object_mask = object_mask[:, 0]
     if object_mask.dim() != 3 or object_mask.shape[0] != batch:
@@ -30,42 +54,111 @@ def _object_mask(object_mask: Tensor, batch: int) -> Tensor:
             f"object_mask must have shape (B, H, W) or (B, 1, H, W) with B = {batch}, "
             f"but got {tuple(object_mask.shape)}"
         )
+    if object_mask.shape[1] < grid[0] or object_mask.shape[2] < grid[1]:
+        raise ValueError(
+            f"object_mask {tuple(object_mask.shape[1:])} must be at least the token grid {grid}"
+        )
     return object_mask > 0.5
 
 
-def mask_quality(keep: Tensor, object_mask: Tensor, threshold: float = 0.5) -> dict[str, Tensor]:
-    """Per-image scores of a keep map against the object.
+def _check_keep(keep: Tensor) -> Tensor:
+    if not isinstance(keep, Tensor) or keep.dim() != 3:
+        shape = tuple(keep.shape) if isinstance(keep, Tensor) else type(keep).__name__
+        raise ValueError(f"keep must have shape (B, h, w), but got {shape}")
+    if keep.shape[1] * keep.shape[2] == 0:
+        raise ValueError(f"keep must have at least one token, but got shape {tuple(keep.shape)}")
+    keep = keep.float()
+    if not ((keep >= 0) & (keep <= 1)).all():  # NaN fails both comparisons
+        raise ValueError("keep must hold probabilities in [0, 1], but got values outside (or NaN)")
+    return keep
+
+
+def keep_gini(keep: Tensor) -> Tensor:
+    """Gini coefficient of each image's keep values, (B, h, w) -> (B,); 0 when all are 0."""
+    k = keep.flatten(1).sort(dim=1).values
+    n = k.shape[1]
+    # Σ_i Σ_j |k_i − k_j| = 2 Σ_i (2i − N − 1) k_(i) over the ascending order, i = 1..N.
+    rank = torch.arange(1, n + 1, device=k.device, dtype=k.dtype)
+    total = k.sum(1)
+    pairs = (k * (2 * rank - n - 1)).sum(1)
+    return torch.where(total > 0, pairs / (n * total.clamp_min(1e-30)), torch.zeros_like(total))
+
+
+def keep_contrast(keep: Tensor, object_share: Tensor) -> Tensor:
+    """Mean keep on the object minus on the background, (B, h, w) twice -> (B,).
+
+    ``object_share``: share f_i of each token's cell that is object. NaN for an
+    image whose f is all 0 or all 1.
+    """
+    k, f = keep.flatten(1), object_share.flatten(1)
+    on_object, on_background = f.sum(1), (1 - f).sum(1)
+    contrast = (f * k).sum(1) / on_object.clamp_min(1e-12) - ((1 - f) * k).sum(1) / (
+        on_background.clamp_min(1e-12)
+    )
+    valid = (on_object > 0) & (on_background > 0)
+    return torch.where(valid, contrast, torch.full_like(contrast, math.nan))
+
+
+def mask_scores(
+    keep: Tensor, object_mask: Tensor | None = None, threshold: float = 0.5
+) -> dict[str, Tensor]:
+    """Per-image scores of a keep map (definitions in the module docstring).
 
     Args:
         keep: keep probabilities (B, h, w), e.g. ``layer.last_keep``.
-        object_mask: ground truth (B, H, W) or (B, 1, H, W); > 0.5 is object.
-        threshold: hard-mask threshold. Default: 0.5.
+        object_mask: optional ground truth (B, H, W) or (B, 1, H, W), H ≥ h,
+            W ≥ w; > 0.5 is object. Default: None.
+        threshold: hard-mask threshold of ``hard_sparsity`` and ``iou``. Default: 0.5.
 
     Returns:
-        dict of (B,) float tensors: ``iou``, ``pointing``, ``keep_ratio``, ``entropy``.
-        An image with an empty union has IoU 1 (both empty).
+        dict of (B,) float32 tensors: ``keep_ratio``, ``hard_sparsity``,
+        ``relative_sparsity``, ``keep_gini``, ``entropy``, and with an object
+        mask also ``iou``, ``pointing`` and ``keep_contrast``. B = 0 gives
+        empty tensors.
     """
-    if keep.dim() != 3:
-        raise ValueError(f"keep must have shape (B, h, w), but got {tuple(keep.shape)}")
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not (0 < threshold <= 1)
+    ):
+        raise ValueError(f"threshold must be a number in (0, 1], but got {threshold!r}")
+    keep = _check_keep(keep)
     b, h, w = keep.shape
-    obj = _object_mask(object_mask, b).to(keep.device)
-    big, bw = obj.shape[1:]
-    if big < h or bw < w:
-        raise ValueError(f"object_mask ({big}, {bw}) must be at least the token grid ({h}, {w})")
-    keep = keep.float()
-    hard = F.interpolate((keep >= threshold).float()[:, None], size=(big, bw), mode="nearest")
+    flat = keep.flatten(1)
+    mean = flat.mean(1)
+    k = flat.clamp(1e-12, 1 - 1e-12)
+    scores = {
+        "keep_ratio": mean,
+        "hard_sparsity": (flat < threshold).float().mean(1),
+        "relative_sparsity": (flat < mean[:, None] / 2).float().mean(1),
+        "keep_gini": keep_gini(keep),
+        "entropy": -(k * k.log() + (1 - k) * (1 - k).log()).mean(1) / math.log(2),
+    }
+    if object_mask is None:
+        return scores
+    obj = _object_mask(object_mask, b, (h, w)).to(keep.device)
+    hard = F.interpolate((keep >= threshold).float()[:, None], size=obj.shape[1:], mode="nearest")
     hard = hard[:, 0] > 0.5
     inter = (hard & obj).flatten(1).sum(1).float()
     union = (hard | obj).flatten(1).sum(1).float()
-    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    scores["iou"] = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
     on_grid = F.adaptive_max_pool2d(obj.float()[:, None], (h, w))[:, 0].flatten(1)
-    best = keep.flatten(1).argmax(1)
-    pointing = on_grid.gather(1, best[:, None])[:, 0]
-    k = keep.clamp(1e-12, 1 - 1e-12)
-    ent = -(k * k.log() + (1 - k) * (1 - k).log()).flatten(1).mean(1) / math.log(2)
-    return {
-        "iou": iou,
-        "pointing": pointing,
-        "keep_ratio": keep.flatten(1).mean(1),
-        "entropy": ent,
-    }
+    scores["pointing"] = on_grid.gather(1, flat.argmax(1)[:, None])[:, 0]
+    share = F.adaptive_avg_pool2d(obj.float()[:, None], (h, w))[:, 0]
+    scores["keep_contrast"] = keep_contrast(keep, share)
+    return scores
+
+
+def mask_quality(
+    keep: Tensor, object_mask: Tensor | None = None, threshold: float = 0.5
+) -> dict[str, float]:
+    """The batch means of :func:`mask_scores`, as floats.
+
+    ``keep_contrast`` is the mean over the images that have both object and
+    background (NaN when none has). Weight by B to average over batches. An
+    empty batch (B = 0) gives ``{}``.
+    """
+    scores = mask_scores(keep, object_mask, threshold)
+    if keep.shape[0] == 0:
+        return {}
+    return {k: float(v.nanmean() if k == "keep_contrast" else v.mean()) for k, v in scores.items()}

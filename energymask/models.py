@@ -1,4 +1,5 @@
-"""Small CNNs for 64×64 inputs and the frozen-backbone ERSM classifier.
+"""Small CNNs for 64×64 inputs, the trunk of torchvision / timm classifiers, and the
+frozen-backbone ERSM classifier.
 
 The frozen-backbone protocol is the authors' (DESIGN.md §3): a trained backbone,
 frozen and kept in eval mode, then ERSM, global-average-pool and a linear head.
@@ -58,6 +59,44 @@ def shallow_cnn(in_channels: int = 1, widths: tuple[int, ...] = (32, 64, 128)) -
     backbone = nn.Sequential(stages)
     backbone.out_channels = previous
     return backbone
+
+
+class ForwardFeatures(nn.Module):
+    """``model.forward_features(x)`` as a module: the unpooled features of a timm model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.forward_features(x)
+
+
+def feature_extractor(model: nn.Module) -> nn.Module:
+    """The convolutional trunk of a torchvision or timm classifier: (B, 3, H, W) -> (B, C, h, w).
+
+    The backbone for :class:`FrozenBackboneClassifier`. timm models: their
+    ``forward_features`` (:class:`ForwardFeatures`); torchvision models with a
+    ``features`` trunk (ConvNeXt, EfficientNet, MobileNet, VGG, ...): ``model.features``;
+    torchvision ResNets: every child before ``avgpool``. The modules are shared
+    with ``model``, not copied.
+
+    Raises:
+        TypeError: a model of none of these layouts.
+    """
+    if callable(getattr(model, "forward_features", None)):
+        return ForwardFeatures(model)
+    if isinstance(getattr(model, "features", None), nn.Module):
+        return model.features
+    children = dict(model.named_children())
+    if "avgpool" in children:
+        names = list(children)
+        return nn.Sequential(OrderedDict(
+            (name, children[name]) for name in names[: names.index("avgpool")]))
+    raise TypeError(
+        f"feature_extractor takes a timm model (forward_features), a torchvision model with "
+        f"`features`, or a ResNet-like model with `avgpool`, but got {type(model).__name__}"
+    )
 
 
 class Classifier(nn.Module):

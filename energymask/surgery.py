@@ -8,6 +8,8 @@ the block's parameters move under ``layer3.block.*``, the new layer's under
 
 from __future__ import annotations
 
+import functools
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 import torch
@@ -47,21 +49,21 @@ def insertable_names(model: nn.Module, example_input: Tensor | None = None) -> l
     return [n for n in names if n in four_d]
 
 
-def output_shapes(model: nn.Module, names: Iterable[str], x: Tensor) -> dict[str, torch.Size]:
-    """Shapes of the 4D outputs of the named submodules for input ``x``.
+def trace_calls(model: nn.Module, x: Tensor) -> list[tuple[str, torch.Size | None]]:
+    """Every call of a named submodule during ``model(x)``, in the order the calls return.
 
-    One forward pass in eval mode without gradients; names whose output is not a
-    4D tensor are left out. The model's train/eval mode is restored.
+    Each entry is ``(name, shape)``, with ``shape`` the output's shape when it is
+    a tensor and None otherwise; a module called twice appears twice, and a
+    container returns after its children. One forward pass in eval mode without
+    gradients; the model's train/eval mode is restored.
     """
-    found: dict[str, torch.Size] = {}
-    hooks = []
-    for name in names:
+    calls: list[tuple[str, torch.Size | None]] = []
 
-        def hook(_m, _i, out, name=name):
-            if isinstance(out, Tensor) and out.dim() == 4:
-                found[name] = out.shape
+    def hook(_m, _i, out, name):
+        calls.append((name, out.shape if isinstance(out, Tensor) else None))
 
-        hooks.append(model.get_submodule(name).register_forward_hook(hook))
+    hooks = [m.register_forward_hook(functools.partial(hook, name=name))
+             for name, m in model.named_modules() if name]
     was_training = model.training
     try:
         model.eval()
@@ -71,7 +73,63 @@ def output_shapes(model: nn.Module, names: Iterable[str], x: Tensor) -> dict[str
         model.train(was_training)
         for h in hooks:
             h.remove()
+    return calls
+
+
+def output_shapes(model: nn.Module, names: Iterable[str], x: Tensor) -> dict[str, torch.Size]:
+    """Shapes of the 4D outputs of the named submodules for input ``x`` (first call of each).
+
+    One forward pass in eval mode without gradients (:func:`trace_calls`); names
+    whose output is not a 4D tensor, or that do not run, are left out.
+    """
+    wanted = set(names)
+    found: dict[str, torch.Size] = {}
+    for name, shape in trace_calls(model, x):
+        if name in wanted and shape is not None and len(shape) == 4:
+            found.setdefault(name, shape)
     return found
+
+
+def last_spatial_block(model: nn.Module, x: Tensor) -> str:
+    """The block ``layers=None`` picks: the end of the last stage with a grid larger than 1x1.
+
+    Candidates are submodules with parameters that run once per forward and
+    output a 4D tensor with H * W > 1 for ``x``, outside inserted wrappers. The
+    last candidate to return is the outermost container of the last stage (a
+    ResNet's ``layer4``, a torchvision ConvNeXt's ``features``); a plain
+    ``nn.Sequential`` returns its last child's output, so the choice moves into
+    the last child while that child is a candidate: ``layer4.1`` (ResNet),
+    ``features.7.2`` (torchvision ConvNeXt), ``stages.3`` (timm ConvNeXt),
+    ``features.8`` (torchvision EfficientNet). A pooling layer or a 1x1 output
+    (``avgpool``) is never picked.
+
+    Raises:
+        ValueError: no submodule qualifies.
+    """
+    calls = trace_calls(model, x)
+    counts = Counter(name for name, _ in calls)
+    spatial = {
+        name for name, shape in calls
+        if shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1
+        and counts[name] == 1 and not _inside_wrapper(model, name)
+        and any(True for _ in model.get_submodule(name).parameters())
+    }
+    order = [name for name, _ in calls if name in spatial]
+    if not order:
+        raise ValueError(
+            f"no submodule of {type(model).__name__} with parameters outputs a (B, C, H, W) "
+            f"tensor with H * W > 1 for an input of shape {tuple(x.shape)}; pass the layer names"
+        )
+    name = order[-1]
+    while True:
+        block = model.get_submodule(name)
+        children = list(block.named_children())
+        if type(block).forward is not nn.Sequential.forward or not children:
+            return name
+        child = f"{name}.{children[-1][0]}"
+        if child not in spatial:
+            return name
+        name = child
 
 
 def _inside_wrapper(model: nn.Module, name: str) -> bool:
@@ -104,8 +162,12 @@ def insert_after(
     names: str | Iterable[str],
     factory: Callable[[str, int], nn.Module],
     channels: dict[str, int] | None = None,
+    example_input: Tensor | None = None,
 ) -> dict[str, nn.Module]:
     """Insert ``factory(name, channels)`` after each named submodule of ``model``, in place.
+
+    Everything is checked, and every layer built, before the model changes: a
+    failing call leaves it as it was.
 
     Args:
         model: any module.
@@ -113,31 +175,102 @@ def insert_after(
         factory: builds the layer from the block name and its output channels.
         channels: output channels per name where they cannot be read from the
             block's last conv or norm layer.
+        example_input: an input for ``model``. When given, one forward pass
+            (:func:`trace_calls`) checks that each named block outputs a 4D
+            (B, C, H, W) tensor and runs once per forward (a module its parent
+            calls twice, like the ReLU of torchvision's ``BasicBlock``, is
+            refused: the layer would act twice), and reads the channels.
+            Without it, the repeated-call check runs at the first call of each
+            block's parent (:class:`OneCallCheck`) and raises there.
 
     Returns:
         The inserted layers by block name.
     """
     names = [names] if isinstance(names, str) else list(names)
+    if not all(isinstance(n, str) for n in names):
+        raise TypeError(f"names must be str, but got {names!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"names must be distinct, but got {names}")
     valid = insertable_names(model)
     for name in names:
         if name in valid and isinstance(model.get_submodule(name), InsertedAfter):
             raise ValueError(f"a layer is already inserted after {name!r}")
         if name not in valid:
             raise ValueError(f"unknown layer name {name!r}; valid names are: {', '.join(valid)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"names must be distinct, but got {names}")
+    found = dict(channels or {})
+    if example_input is not None:
+        found = {**_checked_channels(model, names, example_input), **found}
     layers: dict[str, nn.Module] = {}
     for name in names:
-        block = model.get_submodule(name)
-        c = (channels or {}).get(name) or _out_channels(block)
+        c = found.get(name) or _out_channels(model.get_submodule(name))
         if c is None:
             raise ValueError(
                 f"cannot tell the output channels of {name!r}: pass channels={{{name!r}: C}}"
             )
-        layer = factory(name, c)
-        _set_submodule(model, name, InsertedAfter(block, layer))
-        layers[name] = layer
+        layers[name] = factory(name, c)
+    for name in sorted(names, key=lambda n: -n.count(".")):  # inner blocks first
+        wrapper = InsertedAfter(model.get_submodule(name), layers[name])
+        _set_submodule(model, name, wrapper)
+        parent = name.rpartition(".")[0]
+        if example_input is None and parent:
+            OneCallCheck(model.get_submodule(parent), wrapper, name)
     return layers
+
+
+def _repeated_call_error(name: str, calls: int) -> ValueError:
+    parent = name.rpartition(".")[0] or "the model"
+    return ValueError(
+        f"{name!r} runs {calls} times per forward (its parent calls it more than once), so a "
+        f"layer inserted after it would act {calls} times; insert after a block that runs "
+        f"once, for example its parent {parent!r}"
+    )
+
+
+class OneCallCheck:
+    """Refuses, at the first call of ``parent``, an inserted block that it called more than once.
+
+    Hooks on ``parent`` (count from its start, check at its end) and on the
+    wrapper (count); all three are removed after that first call.
+    """
+
+    def __init__(self, parent: nn.Module, wrapper: InsertedAfter, name: str) -> None:
+        self.name, self.calls = name, 0
+        self.handles = [parent.register_forward_pre_hook(self.reset),
+                        wrapper.register_forward_hook(self.count),
+                        parent.register_forward_hook(self.check)]
+
+    def reset(self, *_: object) -> None:
+        self.calls = 0
+
+    def count(self, *_: object) -> None:
+        self.calls += 1
+
+    def check(self, *_: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        if self.calls > 1:
+            raise _repeated_call_error(self.name, self.calls)
+
+
+def _checked_channels(model: nn.Module, names: list[str], x: Tensor) -> dict[str, int]:
+    """Output channels of the named blocks for ``x``; refuses non-4D outputs and repeated calls."""
+    calls = trace_calls(model, x)
+    counts = Counter(name for name, _ in calls)
+    shapes: dict[str, torch.Size | None] = {}
+    for name, shape in calls:
+        shapes.setdefault(name, shape)
+    for name in names:
+        if counts[name] > 1:
+            raise _repeated_call_error(name, counts[name])
+        shape = shapes.get(name)
+        if shape is None or len(shape) != 4:
+            got = "no call" if name not in counts else (
+                tuple(shape) if shape is not None else "not a tensor")
+            raise ValueError(
+                f"layer {name!r} does not output a 4D (B, C, H, W) tensor for the example input "
+                f"of shape {tuple(x.shape)} (got {got})"
+            )
+    return {name: int(shapes[name][1]) for name in names}
 
 
 def inserted_layers(model: nn.Module, kind: type | None = None) -> dict[str, nn.Module]:

@@ -1,4 +1,4 @@
-import pytorch_lightning as pl
+import lightning.pytorch as L  # or: import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -6,7 +6,7 @@ from torch import nn
 from energymask.lightning_modules import ERSMCallback, TensorDataModule, load_for_inference
 
 
-class MyNet(pl.LightningModule):  # your own module: nothing ERSM-specific in it
+class MyNet(L.LightningModule):  # your own module: nothing ERSM-specific in it
     def __init__(self, lr: float = 1e-2):
         super().__init__()
         self.save_hyperparameters()
@@ -28,14 +28,14 @@ class MyNet(pl.LightningModule):  # your own module: nothing ERSM-specific in it
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
 
 
-pl.seed_everything(0)
+L.seed_everything(0)
 x, y = torch.randn(64, 1, 32, 32), torch.randint(0, 10, (64,))
 data = TensorDataModule(train=(x, y), batch_size=16)
 ersm = ERSMCallback(layers="features.6", lam=1e-2, gamma=1e-2, bias_init=0.0)
-trainer = pl.Trainer(max_epochs=2, accelerator="cpu", callbacks=[ersm],
-                     enable_progress_bar=False, enable_model_summary=False)
+trainer = L.Trainer(max_epochs=2, accelerator="cpu", callbacks=[ersm],
+                    enable_progress_bar=False, enable_model_summary=False)
 trainer.fit(MyNet(), datamodule=data)
-print(trainer.logged_metrics)  # ersm/features.6/{keep,sparsity,energy,reg}
+print(trainer.logged_metrics)  # ersm/features.6/{keep_ratio,hard_sparsity,...}
 
 # Later, for inference: the ERSM layer is re-inserted from the checkpoint.
 model = load_for_inference(trainer.checkpoint_callback.best_model_path, MyNet)

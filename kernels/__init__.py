@@ -12,7 +12,7 @@ from torch import Tensor
 
 from . import reference
 from .dispatch import BACKENDS, get_backend, set_backend, triton_available, use_backend, use_triton
-from .reference import ErsmEnergy
+from .reference import ErsmEnergy, expand_tokens, token_logits  # PyTorch on every device
 
 
 def ersm_energy(
@@ -56,10 +56,12 @@ __all__ = [
     "BACKENDS",
     "ErsmEnergy",
     "ersm_energy",
+    "expand_tokens",
     "get_backend",
     "gibbs_sweep",
     "population_energy",
     "set_backend",
+    "token_logits",
     "triton_available",
     "use_backend",
 ]

@@ -4,7 +4,8 @@ Every Triton kernel in this package must match the function of the same name
 here. The references are also the CPU path: they are vectorised, not loops.
 
 - ``ersm_energy``: the ERSM token energy of DESIGN.md §3 (Devynck et al.,
-  "Energy-Regularized Spatial Masking", IJCAI 2026, arXiv 2604.06893).
+  "Energy-Regularized Spatial Masking", IJCAI 2026, arXiv 2604.06893), and
+  ``token_logits``, its logits alone (the inference path; no Triton version).
 - ``population_energy`` and ``gibbs_sweep``: the Potts energy and the
   checkerboard Gibbs update of PB-EDropout (DESIGN.md §4).
 """
@@ -94,6 +95,19 @@ def ersm_energy(
     pairwise = gamma * F.softplus(neighbour_similarity(unit))
     output = (xf * expand_tokens(keep, token_size)).to(in_dtype)
     return ErsmEnergy(output, logits, keep, unary, pairwise)
+
+
+def token_logits(x: Tensor, weight: Tensor, bias: Tensor, token_size: int = 1) -> Tensor:
+    """ERSM energy logits alone: z_i = wᵀ x_i / (‖x_i‖ + 1e-6) + b, (B, C, H, W) -> (B, h, w).
+
+    The cheap inference path of DESIGN.md §3: the same z as :func:`ersm_energy`
+    without materialising the unit tokens (two reads of x instead of the
+    energies' several passes). float16 / bfloat16 inputs give float32 logits.
+    """
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    tokens = F.pixel_unshuffle(xf, token_size) if token_size > 1 else xf
+    projected = torch.einsum("bdhw,d->bhw", tokens, weight.to(tokens.dtype))
+    return projected / (token_norm(tokens)[:, 0] + EPS) + bias.to(tokens.dtype)
 
 
 def population_energy(masks: Tensor, unary: Tensor, beta: float) -> Tensor:

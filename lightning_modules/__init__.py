@@ -1,10 +1,12 @@
 """Lightning shell over the core: callbacks, modules, data modules.
 
-Built on the ``pytorch_lightning`` package (a ``lightning.pytorch`` Trainer is
-refused with a message saying what to do).
+Works with both Lightning packages, ``lightning.pytorch`` (``import
+lightning.pytorch as L``) and ``pytorch_lightning``: the callbacks, modules and
+data modules derive from both packages' base classes (:mod:`._compat`), and the
+callbacks accept a LightningModule of either.
 """
 
-from .checkpoint import load_for_inference
+from .checkpoint import load_for_inference, read_checkpoint
 from .classifier import FrozenBackboneERSM, ImageClassifier
 from .datamodules import (
     CIFAR10DataModule,
@@ -28,4 +30,5 @@ __all__ = [
     "TensorDataModule",
     "load_for_inference",
     "plot_keep_masks",
+    "read_checkpoint",
 ]

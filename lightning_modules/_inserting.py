@@ -1,6 +1,6 @@
 """Shared base of the callbacks that insert layers into a LightningModule.
 
-Lightning's hook order (pytorch_lightning 2.x, ``Trainer._run``): ``setup`` ->
+Lightning's hook order (2.x, both packages, ``Trainer._run``): ``setup`` ->
 ``configure_model`` -> checkpoint restore (model weights, then callback states)
 -> ``strategy.setup`` (which calls ``configure_optimizers``). Inserting layers in
 ``setup`` therefore puts them in the optimiser and lets a resumed checkpoint
@@ -10,36 +10,21 @@ fill their weights and buffers.
 from __future__ import annotations
 
 import functools
-import os
+import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
-import torch
-from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
+from typing_extensions import override
 
-from energymask.surgery import insert_after, insertable_names, inserted_layers, output_shapes
+from energymask.surgery import insert_after, insertable_names, inserted_layers, last_spatial_block
 
-try:
-    from typing_extensions import override
-except ImportError:  # pragma: no cover
-    def override(fn):  # type: ignore[no-redef]
-        return fn
+from ._compat import Callback, package_of
 
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
 
-def check_trainer(trainer: Any, owner: str) -> None:
-    """Refuse a ``lightning.pytorch`` Trainer with a message saying what to do."""
-    module = type(trainer).__module__
-    if not module.startswith("pytorch_lightning"):
-        raise TypeError(
-            f"{owner} is built on `pytorch_lightning`, but the Trainer comes from {module!r}. "
-            "Use `import pytorch_lightning as pl; pl.Trainer(...)` with a "
-            "`pytorch_lightning.LightningModule`, or install the `pytorch-lightning` package."
-        )
-
-
-def example_input(pl_module: pl.LightningModule, trainer: Any) -> Tensor | None:
+def example_input(pl_module: pl.LightningModule) -> Tensor | None:
     """``pl_module.example_input_array`` (first element of a tuple/list), or None."""
     x = pl_module.example_input_array
     if isinstance(x, (tuple, list)):
@@ -47,26 +32,23 @@ def example_input(pl_module: pl.LightningModule, trainer: Any) -> Tensor | None:
     return x if isinstance(x, Tensor) else None
 
 
-def output_channels(model: nn.Module, names: list[str], x: Tensor) -> dict[str, int]:
-    """Channels (dim 1) of the 4D outputs of the named submodules for input ``x``."""
-    return {name: shape[1] for name, shape in output_shapes(model, names, x).items()}
+def rank_zero_info(trainer: pl.Trainer, message: str) -> None:
+    """Log ``message`` on rank 0 through the Lightning package of ``trainer``."""
+    package = package_of(trainer) or "lightning.pytorch"
+    importlib.import_module(f"{package}.utilities").rank_zero_info(message)
 
 
-def checkpoint_states(path: str | os.PathLike) -> dict[str, dict]:
-    """Callback states of a Lightning checkpoint file, read with ``weights_only=True``."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return {str(k): v for k, v in ckpt.get("callbacks", {}).items() if isinstance(v, dict)}
+class InsertingCallback(Callback):
+    """Inserts ``make_layer(channels)`` after named submodules at ``setup``.
 
-
-class InsertingCallback(pl.Callback):
-    """Inserts ``factory(name, channels)`` after named submodules at ``setup``.
-
-    Subclasses set ``kind`` (a plain string saved in the state) and ``layer_type``
-    and implement :meth:`make_layer`.
+    Derives from the ``Callback`` of both Lightning packages (:mod:`._compat`),
+    so it attaches to either package's Trainer and to any LightningModule.
+    Subclasses set ``kind`` (a plain string saved in the state) and implement
+    :meth:`make_layer`; every setting that must match on resume goes in
+    ``settings`` (saved in the state, compared on resume).
     """
 
     kind: str = ""
-    layer_type: type[nn.Module] = nn.Module
 
     def __init__(self, layers: str | list[str] | None, settings: dict[str, Any]) -> None:
         if layers is not None and not isinstance(layers, (str, list, tuple)):
@@ -120,41 +102,51 @@ class InsertingCallback(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._check_saved(state_dict)
 
-    def _matches(self, saved: dict[str, Any]) -> bool:
+    def _differences(self, saved: dict[str, Any]) -> list[str]:
+        """What differs between a saved state and this callback, one "name: saved vs mine" each."""
         mine = self._state()
-        return all(saved.get(k) == mine[k] for k in ("kind", "settings", "layers"))
+        diffs = [f"layers: {saved.get('layers')} in the checkpoint, {mine['layers']} here"
+                 ] if saved.get("layers") != mine["layers"] else []
+        theirs, ours = saved.get("settings") or {}, mine["settings"]
+        for key in sorted(set(theirs) | set(ours), key=str):
+            if theirs.get(key, "<unset>") != ours.get(key, "<unset>"):
+                diffs.append(f"{key}: {theirs.get(key, '<unset>')!r} in the checkpoint, "
+                             f"{ours.get(key, '<unset>')!r} here")
+        return diffs
 
-    def _check_saved(self, saved: dict[str, Any]) -> None:
+    def _check_saved(self, saved: dict[str, Any], path: Any = None) -> None:
+        where = f" (checkpoint {path})" if path else ""
         if saved.get("kind") is None:
             raise ValueError(
                 f"the checkpoint has no {type(self).__name__} state (it was made without this "
                 "callback); to start from its weights, load them into the module "
-                "(`load_state_dict`) and fit without ckpt_path"
+                f"(`load_state_dict`) and fit without ckpt_path{where}"
             )
-        if not self._matches(saved):
+        diffs = self._differences(saved)
+        if diffs:
             mine = self._state()
             raise ValueError(
-                f"the checkpoint was made with {type(self).__name__}(layers={saved.get('layers')}, "
-                f"**{saved.get('settings')}), but this callback has (layers={mine['layers']}, "
-                f"**{mine['settings']}); use the same settings to resume, or load the weights "
-                "without the checkpoint's training state"
+                f"the checkpoint was made with {type(self).__name__}({self._describe(saved)}), "
+                f"but this callback has ({self._describe(mine)}); differs in {'; '.join(diffs)}. "
+                "Use the same settings to resume, or load the weights without the checkpoint's "
+                f"training state{where}"
             )
+
+    @staticmethod
+    def _describe(state: dict[str, Any]) -> str:
+        return f"layers={state.get('layers')}, **{state.get('settings')}"
 
     # -- hooks ------------------------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        check_trainer(trainer, type(self).__name__)
         already = bool(self._layers) and all(
             inserted_layers(pl_module).get(n) is m for n, m in self._layers.items()
         )  # a second fit / validate on the same module
         if not already:
-            names = self._resolve(pl_module, trainer)
-            x = example_input(pl_module, trainer)
-            channels = output_channels(pl_module, names, x) if x is not None else None
+            names, picked = self._resolve(pl_module)
             try:
-                self._layers = insert_after(
-                    pl_module, names, lambda _n, c: self.make_layer(c), channels=channels
-                )
+                self._layers = insert_after(pl_module, names, lambda _n, c: self.make_layer(c),
+                                            example_input=example_input(pl_module))
             except ValueError as err:
                 if "cannot tell the output channels" not in str(err):
                     raise
@@ -166,11 +158,15 @@ class InsertingCallback(pl.Callback):
             self._channels = {n: int(self._channel_count(m)) for n, m in self._layers.items()}
             self._layer_names = names
             kind = type(next(iter(self._layers.values()))).__name__
-            rank_zero_info(f"{type(self).__name__}: inserted {kind} after {', '.join(names)}")
+            how = (" (layers=None: the last block whose output grid is larger than 1x1)"
+                   if picked else "")
+            rank_zero_info(trainer, f"{type(self).__name__}: inserted {kind} after "
+                                    f"{', '.join(names)}{how}")
         original = pl_module.on_load_checkpoint
 
         def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
-            self._check_checkpoint(checkpoint)  # before the model's weights are loaded
+            # before the model's weights are loaded
+            self._check_checkpoint(checkpoint, getattr(trainer, "ckpt_path", None))
             original(checkpoint)
 
         self._wrap(pl_module, "on_load_checkpoint", on_load_checkpoint)
@@ -199,51 +195,35 @@ class InsertingCallback(pl.Callback):
                 delattr(module, hook)
         self._wrapped_hooks = []
 
-    def _check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def _check_checkpoint(self, checkpoint: dict[str, Any], path: Any = None) -> None:
         if "callbacks" not in checkpoint:
             return  # a weights-only checkpoint: nothing to compare
         same_kind = [s for s in checkpoint["callbacks"].values()
                      if isinstance(s, dict) and s.get("kind") == self.kind]
-        if not any(self._matches(st) for st in same_kind):
-            self._check_saved(same_kind[0] if same_kind else {"kind": None})
+        if not any(not self._differences(st) for st in same_kind):
+            self._check_saved(same_kind[0] if same_kind else {"kind": None}, path)
 
     def after_insert(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Subclass hook, called at the end of ``setup``."""
 
-    def _resolve(self, pl_module: pl.LightningModule, trainer: Any) -> list[str]:
-        x = example_input(pl_module, trainer)
+    def _resolve(self, pl_module: pl.LightningModule) -> tuple[list[str], bool]:
+        """The block names to insert after, and whether ``layers=None`` picked them."""
+        x = example_input(pl_module)
         if self._requested is None:
             if x is None:
                 raise ValueError(
-                    f"{type(self).__name__}(layers=None) picks the last submodule with a 4D "
+                    f"{type(self).__name__}(layers=None) picks the last block with a spatial "
                     "output, which needs `pl_module.example_input_array`; set it or pass "
                     f"layers=[...], one of: {', '.join(insertable_names(pl_module))}"
                 )
-            four_d = insertable_names(pl_module, x)
-            if not four_d:
-                raise ValueError(f"no submodule of {type(pl_module).__name__} has a 4D output")
-            return [four_d[-1]]
-        names = list(self._requested)
-        valid = insertable_names(pl_module)
-        for name in names:
+            return [last_spatial_block(pl_module, x)], True
+        for name in self._requested:
             if name in inserted_layers(pl_module):
                 raise ValueError(
                     f"a layer is already inserted after {name!r} (by another callback?); "
                     "attach one callback per layer"
                 )
-            if name not in valid:
-                raise ValueError(
-                    f"unknown layer name {name!r} in layers; valid names are: {', '.join(valid)}"
-                )
-        if x is not None:
-            four_d = set(insertable_names(pl_module, x))
-            for name in names:
-                if name in valid and name not in four_d:
-                    raise ValueError(
-                        f"layer {name!r} does not output a 4D (B, C, H, W) tensor for "
-                        f"example_input_array; 4D outputs: {', '.join(sorted(four_d))}"
-                    )
-        return names
+        return list(self._requested), False
 
 
 def insert_from_state(model: nn.Module, state: dict[str, Any],

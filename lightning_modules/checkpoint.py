@@ -1,26 +1,95 @@
-"""Load a model trained with the energymask callbacks for inference, in one call."""
+"""Read Lightning checkpoints safely, and load a model trained with the callbacks for inference."""
 
 from __future__ import annotations
 
 import os
+import pickle
+from pathlib import Path
 from typing import Any, TypeVar
 
-import pytorch_lightning as pl
 import torch
 
+from ._compat import is_lightning_module
 from ._inserting import insert_from_state
 from .ersm_callback import make_ersm
 from .pbedropout_callback import make_pbedropout
 
-M = TypeVar("M", bound=pl.LightningModule)
+M = TypeVar("M")
 
 FACTORIES = {"ersm": make_ersm, "pbedropout": make_pbedropout}
+
+
+def read_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """A Lightning checkpoint file as a dict, read with ``torch.load(weights_only=True)``.
+
+    Only tensors and plain values are unpickled, so nothing in the file can run.
+    Every failure is a clear error that names the file and says what is wrong.
+
+    Raises:
+        FileNotFoundError: no such file.
+        PermissionError: the file cannot be read.
+        ValueError: a folder, an empty or truncated file, a file that is not a
+            PyTorch checkpoint, one that holds other objects than tensors and
+            plain values, or one without Lightning's ``state_dict``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder, not a checkpoint file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): it was not written completely")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except PermissionError as err:
+        raise PermissionError(f"checkpoint {path} cannot be read: {err}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, IndexError,
+            ValueError, TypeError, AttributeError) as err:
+        if "Unsupported global" in str(err):  # a pickled class or function: refused, not run
+            raise ValueError(
+                f"checkpoint {path} holds objects other than tensors and plain values, which "
+                "torch.load(weights_only=True) refuses (nothing in it was run); it was not "
+                "written by Lightning's checkpointing, or a module saved custom objects in it"
+            ) from None
+        with path.open("rb") as f:
+            zip_file = f.read(4) == b"PK\x03\x04"  # torch.save's format is a zip archive
+        what = ("is truncated or corrupted (an incomplete zip archive)" if zip_file
+                else "is not a PyTorch checkpoint")
+        raise ValueError(
+            f"checkpoint {path} ({size} bytes) {what}: torch.load failed with "
+            f"{type(err).__name__}: {err}"
+        ) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        found = f"keys {sorted(map(str, ckpt))}" if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(
+            f"{path} is not a Lightning checkpoint (no 'state_dict' dict; found {found})"
+        )
+    return ckpt
+
+
+def _callback_states(path: Path, ckpt: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ERSMCallback / PBEDropoutCallback states of a checkpoint, checked."""
+    states = [s for s in (ckpt.get("callbacks") or {}).values()
+              if isinstance(s, dict) and s.get("kind") in FACTORIES]
+    for state in states:
+        layers, settings = state.get("layers"), state.get("settings")
+        channels = state.get("channels", {})
+        if not (isinstance(layers, list) and layers and all(isinstance(n, str) for n in layers)
+                and isinstance(settings, dict) and isinstance(channels, dict)):
+            raise ValueError(
+                f"checkpoint {path} has a malformed {state['kind']} callback state (layers "
+                f"{layers!r}, settings {settings!r}, channels {channels!r}): expected a list of "
+                "layer names and two dicts"
+            )
+    return states
 
 
 def load_for_inference(
     checkpoint_path: str | os.PathLike,
     module_class: type[M],
-    weights_only: bool = True,
     map_location: str | torch.device = "cpu",
     **init_kwargs: Any,
 ) -> M:
@@ -29,29 +98,46 @@ def load_for_inference(
     Builds ``module_class(**hyper_parameters, **init_kwargs)`` (``init_kwargs``
     give what ``save_hyperparameters`` left out, for example ``model=``),
     re-inserts the layers saved in the ERSMCallback / PBEDropoutCallback states,
-    then loads the weights and buffers (EMA masks included). No training code runs.
+    then loads the weights and buffers (EMA masks included). No training code
+    runs, and the file is read with :func:`read_checkpoint` (``weights_only=True``).
 
     Args:
         checkpoint_path: a ``.ckpt`` file written by ``Trainer`` / ``ModelCheckpoint``.
-        module_class: the LightningModule class that was trained.
-        weights_only: read the file with ``torch.load(weights_only=True)``. Default: True.
+        module_class: the LightningModule class that was trained (of either
+            ``lightning.pytorch`` or ``pytorch_lightning``).
         map_location: device for the tensors. Default: "cpu".
         **init_kwargs: constructor arguments, over the saved hyper-parameters.
     """
-    if not (isinstance(module_class, type) and issubclass(module_class, pl.LightningModule)):
+    if not (isinstance(module_class, type) and is_lightning_module(module_class)):
         raise TypeError(
             f"module_class must be a LightningModule subclass, but got {module_class!r}"
         )
-    ckpt = torch.load(checkpoint_path, map_location=map_location, weights_only=weights_only)
-    if "state_dict" not in ckpt:
-        raise ValueError(f"{checkpoint_path} is not a Lightning checkpoint (no 'state_dict' key)")
-    module = module_class(**{**dict(ckpt.get("hyper_parameters", {})), **init_kwargs})
-    states = [s for s in ckpt.get("callbacks", {}).values()
-              if isinstance(s, dict) and s.get("kind") in FACTORIES]
+    path = Path(checkpoint_path)
+    ckpt = read_checkpoint(path, map_location)
+    states = _callback_states(path, ckpt)
+    hparams = {**dict(ckpt.get("hyper_parameters") or {}), **init_kwargs}
+    try:
+        module = module_class(**hparams)
+    except TypeError as err:
+        raise TypeError(
+            f"cannot build {module_class.__name__} from the hyper-parameters of {path} "
+            f"({sorted(hparams)}): {err}; pass the missing or right arguments as **init_kwargs"
+        ) from err
     for state in states:
-        insert_from_state(module, state, FACTORIES)
-    module.load_state_dict(ckpt["state_dict"])
+        try:
+            insert_from_state(module, state, FACTORIES)
+        except (TypeError, ValueError) as err:
+            raise type(err)(
+                f"the {state['kind']} layers saved in {path} do not fit {module_class.__name__} "
+                f"(layers {state['layers']}): {err}"
+            ) from err
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(
+            f"the weights in {path} do not fit {module_class.__name__}: {err}"
+        ) from None
     return module.eval()
 
 
-__all__ = ["load_for_inference"]
+__all__ = ["load_for_inference", "read_checkpoint"]

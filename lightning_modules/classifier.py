@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from energymask.models import FrozenBackboneClassifier
 
+from ._compat import LightningModule
 
-class ImageClassifier(pl.LightningModule):
+
+class ImageClassifier(LightningModule):
     """Any ``model`` (B, C, H, W) -> (B, classes), trained with cross-entropy.
 
     AdamW with a cosine learning-rate schedule over ``max_epochs`` (the
     Trainer's when None). Logs ``{train,val,test}_loss`` and ``{train,val,test}_acc``
-    (top-1 accuracy over samples).
+    (top-1 accuracy over samples). Derives from the ``LightningModule`` of both
+    Lightning packages, so either package's Trainer fits it.
 
     Args:
         model: the network.
@@ -40,12 +43,19 @@ class ImageClassifier(pl.LightningModule):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2, but got {num_classes!r}")
+        for name, value in (("lr", lr), ("weight_decay", weight_decay)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a float, but got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, but got {value} (NaN or Inf)")
         if lr <= 0:
             raise ValueError(f"lr must be > 0, but got {lr}")
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, but got {weight_decay}")
-        if max_epochs is not None and max_epochs < 1:
-            raise ValueError(f"max_epochs must be None or >= 1, but got {max_epochs}")
+        if max_epochs is not None and (
+            isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1
+        ):
+            raise ValueError(f"max_epochs must be None or an int >= 1, but got {max_epochs!r}")
         self.save_hyperparameters(ignore=["model", "example_input_array", "backbone", "head"])
         self.model = model
         self.example_input_array = example_input_array

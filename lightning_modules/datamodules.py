@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from energymask.data import cifar10, image_folder
 from energymask.data.cluttered_digits import NUM_CLASSES, make_splits
+
+from ._compat import LightningDataModule
 
 Split = Dataset | Sequence[Tensor] | None
 
@@ -78,7 +79,7 @@ class _LoaderMixin:
         """Nothing to build (subclasses build their splits here, once)."""
 
 
-class TensorDataModule(_LoaderMixin, pl.LightningDataModule):
+class TensorDataModule(_LoaderMixin, LightningDataModule):
     """Train / val / test splits given as Datasets or tuples of tensors ``(x, y)``.
 
     Args:
@@ -103,7 +104,7 @@ class TensorDataModule(_LoaderMixin, pl.LightningDataModule):
         self.shuffle, self.seed = shuffle, seed
 
 
-class _SplitsDataModule(_LoaderMixin, pl.LightningDataModule):
+class _SplitsDataModule(_LoaderMixin, LightningDataModule):
     """Builds ``{"train", "val", "test"}`` with :meth:`make_splits` at the first ``setup``.
 
     Subclasses set ``num_classes``, ``in_channels`` and ``has_object_masks``.

@@ -10,30 +10,68 @@ adding to it is exact under gradient accumulation and mixed precision.
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
+import torch
 from torch import Tensor
+from typing_extensions import override
 
 from energymask.ersm import EnergyMask2d
+from energymask.mask_quality import mask_scores
 
-from ._inserting import InsertingCallback, override
+from ._inserting import InsertingCallback
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+
+def ersm_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Every :class:`EnergyMask2d` setting but ``channels``, defaults filled in.
+
+    Saved in the callback's state, so a resume compares all of them (a default
+    that changes between versions is caught too). Unknown names: TypeError.
+    """
+    bound = inspect.signature(EnergyMask2d).bind(1, **settings)
+    bound.apply_defaults()
+    return {k: v for k, v in bound.arguments.items() if k != "channels"}
 
 
 def make_ersm(channels: int, settings: dict[str, Any]) -> EnergyMask2d:
     return EnergyMask2d(channels, **settings)
 
 
-def ersm_stats(layer: EnergyMask2d) -> dict[str, Tensor]:
-    """Keep ratio, hard sparsity (share of keep < 0.5) and mean energy of the last forward."""
-    keep, energy = layer.last_keep, layer.last_energy
-    if keep is None or energy is None:
+def batch_object_mask(batch: Any, batch_size: int) -> Tensor | None:
+    """The object mask of a ``(x, y, object_mask)`` batch, as the project's data modules give.
+
+    None when the batch has no third element of shape (B, H, W) or (B, 1, H, W).
+    """
+    if not isinstance(batch, (tuple, list)) or len(batch) < 3:
+        return None
+    mask = batch[2]
+    if not isinstance(mask, Tensor) or mask.dim() not in (3, 4) or mask.shape[0] != batch_size:
+        return None
+    return mask if mask.dim() == 3 or mask.shape[1] == 1 else None
+
+
+def ersm_stats(layer: EnergyMask2d, object_mask: Tensor | None = None) -> dict[str, Tensor]:
+    """Batch means of :func:`~energymask.mask_quality.mask_scores` of the last forward.
+
+    Plus ``energy`` (mean E) when the forward computed the energies (training,
+    or ``eval_energies``). ``keep_contrast`` is left out when no image of the
+    batch has both object and background. Empty for no forward or B = 0.
+    """
+    keep = layer.last_keep
+    if keep is None or keep.shape[0] == 0:
         return {}
-    return {
-        "keep": keep.float().mean(),
-        "sparsity": (keep < 0.5).float().mean(),
-        "energy": energy.float().mean(),
-    }
+    scores = mask_scores(keep, object_mask)
+    stats = {k: v.mean() for k, v in scores.items() if k != "keep_contrast"}
+    contrast = scores.get("keep_contrast")
+    if contrast is not None and not torch.isnan(contrast).all():
+        stats["keep_contrast"] = contrast.nanmean()
+    if layer.last_energy is not None:
+        stats["energy"] = layer.last_energy.float().mean()
+    return stats
 
 
 class ERSMCallback(InsertingCallback):
@@ -43,22 +81,34 @@ class ERSMCallback(InsertingCallback):
         layers: submodule names of the LightningModule (as in ``named_modules()``)
             to put an ERSM layer after. ``None`` picks the last submodule whose
             output is 4D for ``pl_module.example_input_array`` (which must then be set).
-        log_stats: log ``ersm/<layer>/{keep,sparsity,energy,reg}`` each epoch. Default: True.
+        log_stats: log the masks' scores per layer, as epoch means. Default: True.
         **ersm_kwargs: passed to :class:`EnergyMask2d` (``lam``, ``gamma``,
-            ``token_size``, ``temperature``, ``bias_init``, ...).
+            ``token_size``, ``temperature``, ``bias_init``, ...). The state saved in
+            checkpoints holds every setting, defaults included; a resume with
+            other settings is refused.
+
+    Logged with ``log_stats``: ``ersm/<layer>/<score>`` from the training
+    batches, every ``Trainer(log_every_n_steps)``-th batch (the scores cost a
+    device sync), and ``val_ersm/<layer>/<score>`` from every validation batch.
+    Scores: ``keep_ratio``, ``hard_sparsity``, ``relative_sparsity``,
+    ``keep_gini``, ``entropy`` (:mod:`energymask.mask_quality`), with
+    ``(x, y, object_mask)`` batches also ``iou``, ``pointing``,
+    ``keep_contrast``; in training also ``energy`` (mean E) and ``reg`` (R).
 
     The module's ``training_step`` must return the loss (a tensor or a dict with
-    ``"loss"``) and use automatic optimisation.
+    ``"loss"``), or None to skip the batch, and use automatic optimisation.
     """
 
     kind = "ersm"
-    layer_type = EnergyMask2d
 
     def __init__(
         self, layers: str | list[str] | None = None, log_stats: bool = True, **ersm_kwargs: Any
     ) -> None:
+        if not isinstance(log_stats, bool):
+            raise TypeError(f"log_stats must be a bool, but got {log_stats!r}")
         self.log_stats = log_stats
-        super().__init__(layers, ersm_kwargs)
+        self._regs: dict[str, Tensor] = {}
+        super().__init__(layers, ersm_settings(ersm_kwargs))
 
     @override
     def make_layer(self, channels: int) -> EnergyMask2d:
@@ -83,26 +133,51 @@ class ERSMCallback(InsertingCallback):
         self._wrap(pl_module, "training_step", training_step)
 
     def _add_regularizer(self, pl_module: pl.LightningModule, out: Any) -> Any:
+        popped = {name: layer.pop_regularizer() for name, layer in self._layers.items()}
+        regs = {name: reg for name, reg in popped.items() if reg is not None}
+        if out is None:
+            return None  # Lightning skips the batch; so does the regulariser
         loss = out.get("loss") if isinstance(out, dict) else out
         if not isinstance(loss, Tensor):
             raise ValueError(
                 "ERSMCallback needs training_step to return the loss (a tensor or a dict with "
-                f"'loss'), but it returned {type(out).__name__}"
+                f"'loss') or None, but it returned {type(out).__name__}"
             )
-        total = None
-        for name, layer in self._layers.items():
-            reg = layer.pop_regularizer()
-            if reg is None:
-                continue
-            total = reg if total is None else total + reg
-            if self.log_stats:
-                stats = {**ersm_stats(layer), "reg": reg.detach().float()}
-                for key, value in stats.items():
-                    pl_module.log(f"ersm/{name}/{key}", value, on_step=False, on_epoch=True)
-        if total is None:
+        self._regs = {n: r.detach().float() for n, r in regs.items()}
+        if not regs:
             return out
-        loss = loss + total.to(loss.dtype)
+        loss = loss + torch.stack(list(regs.values())).sum().to(loss.dtype)
         return {**out, "loss": loss} if isinstance(out, dict) else loss
 
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:
+        regs, self._regs = self._regs, {}
+        if self.log_stats and batch_idx % max(trainer.log_every_n_steps, 1) == 0:
+            self._log_stats(pl_module, batch, "ersm", regs)
 
-__all__ = ["ERSMCallback", "ersm_stats", "make_ersm"]
+    @override
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        if self.log_stats:
+            self._log_stats(pl_module, batch, "val_ersm", {})
+
+    def _log_stats(self, pl_module: pl.LightningModule, batch: Any, prefix: str,
+                   regs: dict[str, Tensor]) -> None:
+        for name, layer in self._layers.items():
+            if layer.last_keep is None:
+                continue
+            size = layer.last_keep.shape[0]
+            stats = ersm_stats(layer, batch_object_mask(batch, size))
+            if name in regs:
+                stats["reg"] = regs[name]
+            for key, value in stats.items():
+                pl_module.log(f"{prefix}/{name}/{key}", value, on_step=False, on_epoch=True,
+                              batch_size=size)
+
+
+__all__ = ["ERSMCallback", "batch_object_mask", "ersm_settings", "ersm_stats", "make_ersm"]

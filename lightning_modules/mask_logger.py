@@ -10,10 +10,9 @@ import torch
 from matplotlib.figure import Figure
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
+from typing_extensions import override
 
 from energymask.ersm import energy_mask_layers
-
-from ._inserting import override
 
 
 def plot_keep_masks(images: Tensor, masks: dict[str, Tensor]) -> Figure:

@@ -13,15 +13,18 @@ resumed from a checkpoint draws the same masks as a straight one.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from energymask.pbedropout import PBEDropout2d, PBEDropoutSettings
 
-from ._inserting import InsertingCallback, override
+from ._inserting import InsertingCallback
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
 
 CALLBACK_ONLY = ("freeze_at_epoch",)  # in the saved settings (resume check), not the layer's
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
+import pathlib
+import pickle
+
 import pytest
 import pytorch_lightning as pl
 import torch
 
 from energymask.ersm import EnergyMask2d
-from energymask.lightning_modules.checkpoint import load_for_inference
+from energymask.lightning_modules.checkpoint import load_for_inference, read_checkpoint
 from energymask.lightning_modules.classifier import ImageClassifier
 from energymask.lightning_modules.datamodules import TensorDataModule
 from energymask.lightning_modules.ersm_callback import ERSMCallback
@@ -56,9 +60,97 @@ def test_reinserts_pbedropout_with_ema_masks(tmp_path):
         torch.testing.assert_close(loaded(x), module(x))
 
 
+class WritesAFile:
+    """Unpickling this would create ``path``: what a malicious checkpoint does."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _lightning_checkpoint(tmp_path):
+    module, ckpt, x = fit(tmp_path, [ERSMCallback("model.backbone.layer2", bias_init=0.0)])
+    return ckpt
+
+
 def test_bad_input(tmp_path):
     with pytest.raises(TypeError, match="module_class must be a LightningModule subclass"):
         load_for_inference(tmp_path / "x.ckpt", torch.nn.Linear)
     torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.pt")
-    with pytest.raises(ValueError, match="is not a Lightning checkpoint"):
+    with pytest.raises(ValueError, match=r"plain.pt is not a Lightning checkpoint \(no "
+                                         r"'state_dict' dict; found keys \['weights'\]\)"):
         load_for_inference(tmp_path / "plain.pt", ImageClassifier)
+
+
+def test_bad_files_name_the_file_and_the_problem(tmp_path):
+    ckpt = pathlib.Path(_lightning_checkpoint(tmp_path / "run"))
+    data = ckpt.read_bytes()
+    (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    (tmp_path / "text.ckpt").write_text("not a checkpoint at all")
+    (tmp_path / "folder.ckpt").mkdir()
+    torch.save(torch.zeros(2), tmp_path / "tensor.ckpt")
+    cases = {
+        "missing.ckpt": (FileNotFoundError, r"checkpoint .*missing.ckpt does not exist"),
+        "folder.ckpt": (ValueError, r"checkpoint .*folder.ckpt is a folder"),
+        "empty.ckpt": (ValueError, r"checkpoint .*empty.ckpt is empty \(0 bytes\)"),
+        "truncated.ckpt": (ValueError, r"checkpoint .*truncated.ckpt \(\d+ bytes\) is truncated "
+                                       r"or corrupted"),
+        "text.ckpt": (ValueError, r"text.ckpt \(23 bytes\) is not a PyTorch checkpoint"),
+        "tensor.ckpt": (ValueError, r".*tensor.ckpt is not a Lightning checkpoint \(.*found "
+                                    r"Tensor\)"),
+    }
+    for name, (error, match) in cases.items():
+        with pytest.raises(error, match=match):
+            read_checkpoint(tmp_path / name)
+        with pytest.raises(error, match=match):
+            load_for_inference(tmp_path / name, ImageClassifier, model=net())
+
+
+def test_malformed_state_hyper_parameters_and_weights(tmp_path):
+    path = _lightning_checkpoint(tmp_path / "run")
+    good = torch.load(path, weights_only=True)
+    bad_state = {**good, "callbacks": {"x": {"kind": "ersm", "layers": "oops", "settings": {}}}}
+    torch.save(bad_state, tmp_path / "state.ckpt")
+    with pytest.raises(ValueError, match=r"state.ckpt has a malformed ersm callback state"):
+        load_for_inference(tmp_path / "state.ckpt", ImageClassifier, model=net())
+    moved = {**good, "callbacks": {k: {**v, "layers": ["model.nope"]} if isinstance(v, dict)
+                                   and v.get("kind") == "ersm" else v
+                                   for k, v in good["callbacks"].items()}}
+    torch.save(moved, tmp_path / "moved.ckpt")
+    with pytest.raises(ValueError, match=r"the ersm layers saved in .*moved.ckpt do not fit "
+                                         r"ImageClassifier \(layers \['model.nope'\]\): unknown"):
+        load_for_inference(tmp_path / "moved.ckpt", ImageClassifier, model=net())
+    with pytest.raises(TypeError, match=r"cannot build ImageClassifier from the hyper-parameters "
+                                        r"of .*\.ckpt .*pass the missing"):
+        load_for_inference(path, ImageClassifier)  # model= not given
+    other = Classifier(small_cnn(widths=(4, 8, 16)), 16, 3)
+    with pytest.raises(ValueError, match=r"the weights in .*\.ckpt do not fit ImageClassifier"):
+        load_for_inference(path, ImageClassifier, model=other)
+
+
+def test_malicious_pickle_runs_nothing(tmp_path):
+    """A checkpoint whose pickle would write a file: refused on every path, nothing written."""
+    path = _lightning_checkpoint(tmp_path / "run")
+    marker = tmp_path / "pwned"
+    evil = torch.load(path, weights_only=True)
+    evil["hyper_parameters"] = {"payload": WritesAFile(marker)}
+    torch.save(evil, tmp_path / "evil.ckpt")
+    with open(tmp_path / "evil.pkl", "wb") as f:  # a bare pickle, not a torch zip file
+        pickle.dump({"state_dict": {}, "x": WritesAFile(marker)}, f)
+    with pytest.raises(ValueError, match=r"evil.ckpt holds objects other than tensors and plain "
+                                         r"values.*nothing in it was run"):
+        load_for_inference(tmp_path / "evil.ckpt", ImageClassifier, model=net())
+    with pytest.raises(ValueError, match=r"evil.pkl \(\d+ bytes\) is not a PyTorch checkpoint"):
+        load_for_inference(tmp_path / "evil.pkl", ImageClassifier, model=net())
+    for package in ("lightning.pytorch", "pytorch_lightning"):  # resuming: Lightning reads it
+        trainer = importlib.import_module(package).Trainer(
+            accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
+            callbacks=[ERSMCallback("model.backbone.layer2", bias_init=0.0)])
+        with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+            trainer.fit(ImageClassifier(net(), 3), datamodule=TensorDataModule(
+                (torch.zeros(4, 1, 16, 16), torch.zeros(4, dtype=torch.long))),
+                ckpt_path=tmp_path / "evil.ckpt")
+    assert not marker.exists()

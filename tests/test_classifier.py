@@ -60,8 +60,16 @@ def test_frozen_backbone_trains_only_ersm_and_head():
     (dict(num_classes=1), "num_classes must be an int >= 2"),
     (dict(num_classes=3, lr=0.0), "lr must be > 0"),
     (dict(num_classes=3, weight_decay=-1.0), "weight_decay must be >= 0"),
-    (dict(num_classes=3, max_epochs=0), "max_epochs must be None or >= 1"),
+    (dict(num_classes=3, max_epochs=0), "max_epochs must be None or an int >= 1"),
+    (dict(num_classes=3, max_epochs=1.5), "max_epochs must be None or an int >= 1"),
+    (dict(num_classes=3, lr=float("nan")), r"lr must be finite, but got nan \(NaN or Inf\)"),
+    (dict(num_classes=3, weight_decay=float("inf")), r"weight_decay must be finite, but got inf"),
 ])
 def test_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ImageClassifier(nn.Linear(2, 3), **kwargs)
+
+
+def test_settings_of_the_wrong_type():
+    with pytest.raises(TypeError, match="lr must be a float, but got '0.1'"):
+        ImageClassifier(nn.Linear(2, 3), 3, lr="0.1")

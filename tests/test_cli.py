@@ -109,7 +109,7 @@ def test_train_writes_a_run(run_dir):
     assert spec["pbedropout"]["population"] == 4 and spec["pbedropout"]["freeze_at_epoch"] == 1
     assert 0 <= spec["test"]["test_acc"] <= 1
     header = (run_dir / "logs" / "metrics.csv").read_text().splitlines()[0]
-    assert "ersm/model.backbone.layer2/keep" in header and "val_acc" in header
+    assert "ersm/model.backbone.layer2/keep_ratio" in header and "val_acc" in header
 
 
 def test_evaluate_then_plot(run_dir, capsys):
@@ -131,7 +131,8 @@ def test_evaluate_then_plot(run_dir, capsys):
     assert result["occlusion"]["random"]["accuracy"]["model"][0] == pytest.approx(
         result["accuracy"])
     quality = result["mask_quality"]["backbone.layer2.layer"]
-    assert set(quality) == {"iou", "pointing", "keep_ratio", "entropy"}
+    assert set(quality) == {"iou", "pointing", "keep_ratio", "entropy", "hard_sparsity",
+                            "relative_sparsity", "keep_gini", "keep_contrast"}
     assert 0 <= result["pbedropout"]["backbone.layer3.layer"]["ema_keep_ratio"] <= 1
 
     assert main(["plot", "--run", str(run_dir)]) == 0

@@ -1,11 +1,14 @@
+import gc
 import math
+import weakref
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from energymask import EnergyMask2d, collect_regularizer, energy_mask_2d, energy_mask_layers
-from energymask.ersm import forcing
+from energymask.ersm import EnergyMaskOutput, computing_energies, energy_mask_2d_inference, forcing
+from energymask.kernels import ErsmEnergy
 
 
 def loop_reference(x, weight, bias, p, lam, gamma, temperature):
@@ -163,7 +166,7 @@ def test_last_maps_are_detached_and_regularizer_collected():
     assert layer.regularizer is None  # no regulariser in eval mode
 
 
-def test_eval_path_matches_training_path_and_energies_are_lazy():
+def test_eval_energies_only_when_asked_and_same_as_training():
     torch.manual_seed(3)
     layer = EnergyMask2d(3, token_size=2, grid_size=(2, 3), bias_init=0.1, lam=0.5, gamma=0.5)
     x = torch.randn(2, 3, 4, 6)
@@ -171,11 +174,75 @@ def test_eval_path_matches_training_path_and_energies_are_lazy():
         out_train = layer.train()(x)
         train_maps = (layer.last_keep, layer.last_unary, layer.last_pairwise, layer.last_energy)
         out_eval = layer.eval()(x)
-    assert layer._energies is None  # not computed until read
+        assert layer.last_unary is None and layer.last_energy is None  # cheap path
+        torch.testing.assert_close(out_eval, out_train)
+        torch.testing.assert_close(layer.last_keep, train_maps[0])
+        with computing_energies(layer):
+            out_energies = layer(x)
+        assert layer.eval_energies is False  # restored
     eval_maps = (layer.last_keep, layer.last_unary, layer.last_pairwise, layer.last_energy)
-    torch.testing.assert_close(out_eval, out_train)
+    torch.testing.assert_close(out_energies, out_train)
     for a, b in zip(train_maps, eval_maps, strict=True):
         torch.testing.assert_close(a, b)
+    assert layer.regularizer is None  # eval mode has no regulariser, even with energies
+
+
+def test_eval_energies_keep_the_hard_mask():
+    torch.manual_seed(4)
+    layer = EnergyMask2d(3, bias_init=0.0, hard_inference=True).eval()
+    x = torch.randn(2, 3, 4, 4)
+    cheap = layer(x)
+    with computing_energies(layer):
+        full = layer(x)
+    assert torch.equal(cheap, full) and set(layer.last_keep.unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("mode", ["eval", "eval_energies", "train_no_grad"])
+def test_input_not_kept_alive(mode):
+    layer = EnergyMask2d(3, bias_init=0.0).train(mode.startswith("train"))
+    layer.eval_energies = mode == "eval_energies"
+    x = torch.randn(2, 3, 4, 4)
+    alive = weakref.ref(x)
+    with torch.no_grad():
+        layer(x)
+    held = [v for v in vars(layer).values() if isinstance(v, torch.Tensor)]
+    held += [t for v in vars(layer).values() if isinstance(v, tuple) for t in v]
+    assert held and all(t.untyped_storage().data_ptr() != x.data_ptr() for t in held)
+    del x
+    gc.collect()
+    assert alive() is None
+
+
+def test_result_types_share_one_field_order():
+    assert EnergyMaskOutput._fields[: len(ErsmEnergy._fields)] == ErsmEnergy._fields
+    assert EnergyMaskOutput._fields[len(ErsmEnergy._fields) :] == ("energy", "regularizer")
+    g = torch.Generator().manual_seed(5)
+    x, w = torch.randn(1, 2, 3, 3, generator=g), torch.randn(2, generator=g)
+    res = energy_mask_2d(x, w, torch.tensor(0.5), forced_mask=torch.ones(1, 3, 3))
+    output, logits, keep = energy_mask_2d_inference(
+        x, w, torch.tensor(0.5), forced_mask=torch.ones(1, 3, 3)
+    )
+    assert torch.equal(res.keep, torch.ones(1, 3, 3)) and torch.equal(keep, res.keep)
+    torch.testing.assert_close(logits, res.logits)
+    torch.testing.assert_close(output, res.output)
+
+
+@pytest.mark.parametrize(("shape", "p"), [((0, 3, 4, 6), 1), ((0, 3, 4, 6), 2), ((2, 3, 0, 4), 2)])
+@pytest.mark.parametrize("training", [True, False])
+def test_zero_size_input_gives_empty_result(shape, p, training):
+    layer = EnergyMask2d(3, token_size=p, bias_init=0.0).train(training)
+    x = torch.randn(shape, requires_grad=True)
+    out = layer(x)
+    grid = (shape[0], shape[2] // p, shape[3] // p)
+    assert out.shape == x.shape and layer.last_keep.shape == grid
+    if training:
+        assert layer.last_energy.shape == grid
+        reg = collect_regularizer(layer)
+        assert reg.item() == 0.0
+        (out.sum() + reg).backward()  # no error, no NaN
+        assert x.grad.shape == x.shape
+    else:
+        assert layer.regularizer is None
 
 
 def test_extra_repr_shows_settings():
@@ -213,6 +280,9 @@ def test_bad_forced_mask(forced, match):
         layer(torch.randn(1, 3, 4, 4))
 
 
+NAN, INF = float("nan"), float("inf")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -220,6 +290,15 @@ def test_bad_forced_mask(forced, match):
         ({"token_size": 0}, "token_size must be a positive int, but got 0"),
         ({"lam": -1.0}, "lam must be >= 0, but got -1.0"),
         ({"grid_size": (3,)}, r"grid_size must be None or \(h, w\)"),
+        ({"grid_size": (True, 2)}, r"grid_size must be None or \(h, w\) positive ints"),
+        ({"grid_size": 4}, r"grid_size must be None or \(h, w\) positive ints, but got 4"),
+        ({"lam": NAN}, r"lam must be finite \(not NaN or Inf\), but got nan"),
+        ({"gamma": INF}, r"gamma must be finite \(not NaN or Inf\), but got inf"),
+        ({"temperature": NAN}, r"temperature must be finite \(not NaN or Inf\), but got nan"),
+        ({"temperature": INF}, r"temperature must be finite \(not NaN or Inf\), but got inf"),
+        ({"eta": -INF}, r"eta must be finite \(not NaN or Inf\), but got -inf"),
+        ({"bias_init": NAN}, r"bias_init must be finite \(not NaN or Inf\), but got nan"),
+        ({"bias_init": INF}, r"bias_init must be finite \(not NaN or Inf\), but got inf"),
     ],
 )
 def test_bad_settings(kwargs, match):
@@ -227,14 +306,102 @@ def test_bad_settings(kwargs, match):
         EnergyMask2d(3, **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("args", "kwargs", "match"),
+    [
+        ((True,), {}, "channels must be a positive int, but got True"),
+        ((3.0,), {}, "channels must be a positive int, but got 3.0"),
+        ((3,), {"token_size": True}, "token_size must be a positive int, but got True"),
+        ((3,), {"token_size": 2.0}, "token_size must be a positive int, but got 2.0"),
+        ((3,), {"lam": "0.1"}, "lam must be a real number, but got '0.1'"),
+        ((3,), {"temperature": True}, "temperature must be a real number, but got True"),
+        ((3,), {"bias_init": None}, "bias_init must be a real number, but got None"),
+        ((3,), {"hard_inference": 1}, "hard_inference must be a bool, but got 1"),
+        ((3,), {"check_finite": "yes"}, "check_finite must be a bool, but got 'yes'"),
+    ],
+)
+def test_settings_of_wrong_type(args, kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        EnergyMask2d(*args, **kwargs)
+
+
 def test_bad_channels():
     with pytest.raises(ValueError, match="channels must be a positive int, but got 0"):
         EnergyMask2d(0)
 
 
-def test_functional_temperature_error():
-    with pytest.raises(ValueError, match="temperature must be > 0"):
-        energy_mask_2d(torch.randn(1, 1, 2, 2), torch.ones(1), torch.tensor(0.0), temperature=-1)
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"temperature": -1}, "temperature must be > 0"),
+        ({"temperature": NAN}, r"temperature must be finite \(not NaN or Inf\), but got nan"),
+        ({"lam": NAN}, r"lam must be finite \(not NaN or Inf\), but got nan"),
+        ({"gamma": -INF}, r"gamma must be finite \(not NaN or Inf\), but got -inf"),
+        ({"eta": NAN}, r"eta must be finite \(not NaN or Inf\), but got nan"),
+    ],
+)
+def test_functional_setting_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        energy_mask_2d(torch.randn(1, 1, 2, 2), torch.ones(1), torch.tensor(0.0), **kwargs)
+    if set(kwargs) == {"temperature"}:  # the inference path's only float setting
+        with pytest.raises(ValueError, match=match):
+            energy_mask_2d_inference(
+                torch.randn(1, 1, 2, 2), torch.ones(1), torch.tensor(0.0), **kwargs
+            )
+
+
+def test_settings_changed_after_construction_are_checked():
+    layer = EnergyMask2d(3)
+    layer.temperature = NAN
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        layer(torch.randn(1, 3, 2, 2))
+
+
+@pytest.mark.parametrize("param", ["weight", "bias"])
+@pytest.mark.parametrize("value", [NAN, INF])
+@pytest.mark.parametrize("training", [True, False])
+def test_non_finite_parameters_named(param, value, training):
+    layer = EnergyMask2d(3).train(training)
+    with torch.no_grad():
+        getattr(layer, param).view(-1)[0] = value
+    with pytest.raises(ValueError, match=f"{param} \\(a parameter of the ERSM layer\\) must be "
+                                         "finite"):
+        layer(torch.randn(1, 3, 2, 2))
+
+
+@pytest.mark.parametrize(
+    ("x", "match"),
+    [
+        (torch.ones(1, 3, 2, 2, dtype=torch.long), "x must be a floating-point .* torch.int64"),
+        (torch.ones(1, 3, 2, 2, dtype=torch.bool), "x must be a floating-point .* torch.bool"),
+        ([[1.0]], r"x must be a torch.Tensor \(B, C, H, W\), but got list"),
+    ],
+)
+@pytest.mark.parametrize("training", [True, False])
+def test_input_of_wrong_type(x, match, training):
+    with pytest.raises(TypeError, match=match):
+        EnergyMask2d(3).train(training)(x)
+
+
+@pytest.mark.parametrize(
+    ("weight", "bias", "match"),
+    [
+        (torch.ones(1, 3), torch.tensor(0.0), r"weight must be a 1D tensor .* but got \(1, 3\)"),
+        ([1.0, 1.0, 1.0], torch.tensor(0.0), "weight must be a 1D tensor .* but got list"),
+        (torch.ones(3), 0.0, r"bias must be a scalar tensor \(\) .* but got float"),
+        (torch.ones(3), torch.zeros(2), r"bias must be .* \(h, w\) one, but got \(2,\)"),
+    ],
+)
+@pytest.mark.parametrize("function", [energy_mask_2d, energy_mask_2d_inference])
+def test_functional_parameters_of_wrong_type(weight, bias, match, function):
+    with pytest.raises(TypeError, match=match):
+        function(torch.randn(1, 3, 2, 2), weight, bias)
+
+
+def test_forced_mask_of_wrong_type():
+    layer = EnergyMask2d(3)
+    with forcing(layer, [[1.0]]), pytest.raises(TypeError, match="forced_mask must be a tensor"):
+        layer(torch.randn(1, 3, 1, 1))
 
 
 def test_forcing_binary_soft_and_restored():

@@ -9,7 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from energymask.ersm import EnergyMask2d, collect_regularizer
-from energymask.lightning_modules.ersm_callback import ERSMCallback
+from energymask.lightning_modules import ersm_callback
+from energymask.lightning_modules.ersm_callback import ERSMCallback, ersm_settings
 from energymask.surgery import insert_after
 
 torch.set_num_threads(1)
@@ -29,7 +30,7 @@ class Net(pl.LightningModule):
         return self.head(self.features(x).mean((2, 3)))
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
+        x, y = batch[0], batch[1]
         loss = nn.functional.cross_entropy(self(x), y)
         if self.manual_reg:
             loss = loss + collect_regularizer(self)
@@ -83,9 +84,54 @@ def test_automatic_layer_choice_and_logged_stats(tmp_path):
     t = trainer(callbacks=[cb], logger=pl.loggers.CSVLogger(tmp_path))
     t.fit(model, loader())
     assert list(cb.layers) == ["features.2"]  # last submodule with a 4D output
-    for key in ("keep", "sparsity", "energy", "reg"):
+    logged = {k for k in t.logged_metrics if k.startswith("ersm/features.2/")}
+    keys = ("keep_ratio", "hard_sparsity", "relative_sparsity", "keep_gini", "entropy", "energy",
+            "reg")
+    assert logged == {f"ersm/features.2/{key}" for key in keys}
+    assert 0 <= t.logged_metrics["ersm/features.2/keep_ratio"] <= 1
+
+
+class MaskedNet(Net):
+    """Batches (x, y, object_mask) as the project's data modules give; a validation step."""
+
+    def validation_step(self, batch, batch_idx):
+        self(batch[0])
+
+
+def masked_loader(n=8, batch_size=4):
+    g = torch.Generator().manual_seed(0)
+    masks = torch.zeros(n, 1, 8, 8)
+    masks[:, :, 2:6, 2:6] = 1
+    return DataLoader(TensorDataset(torch.randn(n, 1, 8, 8, generator=g),
+                                    torch.randint(0, 3, (n,), generator=g), masks),
+                      batch_size=batch_size)
+
+
+def test_object_scores_logged_in_training_and_validation():
+    pl.seed_everything(0)
+    t = trainer(callbacks=[ERSMCallback("features.2", bias_init=0.0)], num_sanity_val_steps=0)
+    t.fit(MaskedNet(), masked_loader(), masked_loader())
+    scores = ("keep_ratio", "hard_sparsity", "relative_sparsity", "keep_gini", "entropy", "iou",
+              "pointing", "keep_contrast")
+    for key in (*scores, "energy", "reg"):
         assert f"ersm/features.2/{key}" in t.logged_metrics
-    assert 0 <= t.logged_metrics["ersm/features.2/keep"] <= 1
+    val = {k for k in t.logged_metrics if k.startswith("val_ersm/")}
+    assert val == {f"val_ersm/features.2/{key}" for key in scores}  # no energies in eval mode
+    assert -1 <= t.logged_metrics["val_ersm/features.2/keep_contrast"] <= 1
+
+
+def test_scores_every_log_every_n_steps(monkeypatch):
+    calls = []
+
+    def counting(layer, object_mask=None):
+        calls.append(object_mask is not None)
+        return {"keep_ratio": layer.last_keep.mean()}
+
+    monkeypatch.setattr(ersm_callback, "ersm_stats", counting)
+    t = trainer(callbacks=[ERSMCallback("features.2")], log_every_n_steps=3)
+    t.fit(Net(), loader(n=28, batch_size=4))  # 7 batches: 0, 3 and 6 are scored
+    assert calls == [False] * 3
+    assert "ersm/features.2/keep_ratio" in t.logged_metrics
 
 
 def _grads(mode: str, **trainer_kw) -> dict:
@@ -131,10 +177,15 @@ def test_resume_gives_identical_weights(tmp_path):
     for name, value in straight.state_dict().items():
         torch.testing.assert_close(value, resumed.state_dict()[name], msg=name)
 
-    for other in (ERSMCallback("features.2", lam=0.1), ERSMCallback("features.0", lam=0.5)):
+    for other in (ERSMCallback("features.2", lam=0.1), ERSMCallback("features.0", lam=0.5),
+                  ERSMCallback("features.2", lam=0.5, eta=0.1),
+                  ERSMCallback("features.2", lam=0.5, bias_init=0.0)):
         with pytest.raises(ValueError, match=r"checkpoint was made with ERSMCallback\(layers="
-                                             r"\['features.2'\], \*\*\{'lam': 0.5\}\)"):
+                                             r"\['features.2'\], \*\*\{'token_size': 1, "
+                                             r"'lam': 0.5, 'gamma': 0.001"):
             trainer(max_epochs=2, callbacks=[other]).fit(Net(), loader(), ckpt_path=ckpt)
+    same = ERSMCallback("features.2", lam=0.5, gamma=1e-3, bias_init=6.0)  # defaults spelt out
+    trainer(max_epochs=2, callbacks=[same]).fit(Net(), loader(), ckpt_path=ckpt)
 
     plain = trainer(max_epochs=1, enable_checkpointing=True, default_root_dir=tmp_path / "p")
     plain.fit(Net(), loader())
@@ -147,16 +198,27 @@ def test_state_dict_is_plain_and_checked():
     cb = ERSMCallback("features.2", lam=0.5)
     trainer(max_steps=1, callbacks=[cb]).fit(Net(), loader())
     state = cb.state_dict()
-    assert state == {"kind": "ersm", "layers": ["features.2"], "settings": {"lam": 0.5},
+    settings = dict(token_size=1, lam=0.5, gamma=1e-3, temperature=1.0, bias_init=6.0,
+                    grid_size=None, eta=0.0, hard_inference=False, check_finite=True)
+    assert state == {"kind": "ersm", "layers": ["features.2"], "settings": settings,
                      "channels": {"features.2": 8}}
+    assert ersm_settings({"lam": 0.5}) == settings
     cb.load_state_dict(state)
     with pytest.raises(ValueError, match="checkpoint was made with ERSMCallback"):
-        cb.load_state_dict({**state, "settings": {"lam": 0.1}})
+        cb.load_state_dict({**state, "settings": {**settings, "lam": 0.1}})
+    with pytest.raises(ValueError, match="checkpoint was made with ERSMCallback"):
+        cb.load_state_dict({**state, "settings": {"lam": 0.5}})  # a setting missing
 
 
 def test_bad_settings_fail_at_init():
     with pytest.raises(ValueError, match="temperature must be > 0"):
         ERSMCallback("features.2", temperature=0.0)
+    with pytest.raises(ValueError, match=r"lam must be finite \(not NaN or Inf\), but got nan"):
+        ERSMCallback("features.2", lam=float("nan"))
+    with pytest.raises(TypeError, match="token_size must be a positive int, but got True"):
+        ERSMCallback("features.2", token_size=True)
+    with pytest.raises(TypeError, match="log_stats must be a bool, but got 'yes'"):
+        ERSMCallback("features.2", log_stats="yes")
     with pytest.raises(TypeError, match="unexpected keyword"):
         ERSMCallback("features.2", lamda=1.0)
     with pytest.raises(TypeError, match="layers must be None, a str or a list"):
@@ -190,12 +252,28 @@ def test_no_loss_returned():
     class NoLoss(Net):
         def training_step(self, batch, batch_idx):
             self(batch[0])
-            return None
+            return "loss"
 
     model = NoLoss()
-    with pytest.raises(ValueError, match="needs training_step to return the loss"):
+    with pytest.raises(ValueError, match=r"needs training_step to return the loss .* or None, "
+                                         "but it returned str"):
         trainer(callbacks=[ERSMCallback("features.2")]).fit(model, loader())
     assert "training_step" not in vars(model)  # wrapper removed after the crash
+
+
+def test_training_step_returning_none_skips_the_batch():
+    class Skipping(Net):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return None if batch_idx == 0 else loss
+
+    pl.seed_everything(0)
+    model = Skipping()
+    cb = ERSMCallback("features.2", bias_init=0.0)
+    trainer(callbacks=[cb]).fit(model, loader())
+    layer = cb.layers["features.2"]
+    assert layer.regularizer is None  # taken, also from the skipped batch
+    assert layer.bias.item() != 0.0  # the other batch trained
 
 
 def test_manual_optimization_refused():
@@ -206,14 +284,6 @@ def test_manual_optimization_refused():
 
     with pytest.raises(ValueError, match="manual optimisation ignores"):
         trainer(callbacks=[ERSMCallback("features.2")]).fit(Manual(), loader())
-
-
-def test_lightning_package_trainer_refused():
-    from energymask.lightning_modules._inserting import check_trainer
-
-    fake = type("Trainer", (), {"__module__": "lightning.pytorch.trainer.trainer"})()
-    with pytest.raises(TypeError, match="built on `pytorch_lightning`"):
-        check_trainer(fake, "ERSMCallback")
 
 
 def test_dict_loss_gets_regularizer():

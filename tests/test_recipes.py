@@ -98,8 +98,10 @@ def test_ersm_scores_and_deletion(baseline, dm):
     frozen, _ = ex.train_frozen_ersm(baseline[0], dm, TINY, seed=0, progress=False)
     result = ex.evaluate_ersm(frozen, dm, TINY, seed=0, progress=False)
     masks = result["masks"]
-    assert set(masks) == {"iou", "pointing", "keep_ratio", "entropy", "hard_sparsity"}
-    assert all(0.0 <= v <= 1.0 for v in masks.values())
+    assert set(masks) == {"iou", "pointing", "keep_ratio", "entropy", "hard_sparsity",
+                          "relative_sparsity", "keep_gini", "keep_contrast"}
+    assert all(0.0 <= v <= 1.0 for k, v in masks.items() if k != "keep_contrast")
+    assert -1.0 <= masks["keep_contrast"] <= 1.0
     deletion = result["deletion"]
     assert set(deletion["auc"]) == set(ex.ORDERINGS)
     assert deletion["num_samples"] == TINY.deletion_samples

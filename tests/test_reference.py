@@ -48,12 +48,14 @@ def test_ersm_energy_matches_naive_loops(shape, p, per_position):
     want = naive_ersm(x, weight, bias, p, 0.3, 0.7, 1.5)
     for g, e in zip(got, want, strict=True):
         torch.testing.assert_close(g, e)
+    torch.testing.assert_close(ref.token_logits(x, weight, bias, p), want[1])  # inference path
 
 
 def test_ersm_energy_half_input_gives_half_output_float_energies():
     x = torch.randn(1, 4, 3, 3).to(torch.bfloat16)
     res = ref.ersm_energy(x, torch.randn(4), torch.tensor(0.0))
     assert res.output.dtype == torch.bfloat16 and res.logits.dtype == torch.float32
+    assert ref.token_logits(x, torch.randn(4), torch.tensor(0.0)).dtype == torch.float32
 
 
 def test_ersm_energy_gradcheck_float64():

@@ -12,7 +12,7 @@ from energymask import (
     remove_inserted,
     small_cnn,
 )
-from energymask.surgery import output_shapes
+from energymask.surgery import last_spatial_block, output_shapes, trace_calls
 
 
 def ersm_factory(name, channels):
@@ -98,3 +98,87 @@ def test_output_shapes_of_4d_outputs_only_and_mode_restored(model):
                            torch.randn(2, 1, 64, 64))
     assert shapes == {"backbone.layer1": (2, 4, 32, 32), "backbone.layer3": (2, 8, 8, 8)}
     assert model.training
+
+
+class ReusesItsReLU(nn.Module):
+    """Like torchvision's BasicBlock: one ReLU module called twice per forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.conv2(self.relu(self.conv1(x))) + x)
+
+
+def test_module_called_twice_is_refused():
+    model = nn.Sequential(ReusesItsReLU())
+    x = torch.randn(1, 2, 4, 4)
+    assert [name for name, _ in trace_calls(model, x)] == ["0.conv1", "0.relu", "0.conv2",
+                                                           "0.relu", "0"]
+    with pytest.raises(ValueError, match=r"'0.relu' runs 2 times per forward .* act 2 times; "
+                                         r"insert after a block that runs once, for example its "
+                                         r"parent '0'"):
+        insert_after(model, "0.relu", ersm_factory, example_input=x)
+    assert not inserted_layers(model)
+
+
+def test_module_called_twice_is_refused_at_the_first_forward_without_example():
+    model = nn.Sequential(ReusesItsReLU())
+    insert_after(model, "0.relu", ersm_factory, channels={"0.relu": 2})
+    with pytest.raises(ValueError, match=r"'0.relu' runs 2 times per forward"):
+        model(torch.randn(1, 2, 4, 4))
+    ok = nn.Sequential(ReusesItsReLU())
+    insert_after(ok, "0.conv1", ersm_factory)
+    ok(torch.randn(1, 2, 4, 4))
+    block = ok[0]
+    assert not block._forward_hooks and not block._forward_pre_hooks  # removed after one call
+    assert not block.conv1._forward_hooks
+
+
+def test_failing_call_leaves_the_model_unchanged(model):
+    x = torch.randn(1, 1, 64, 64)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    structure = repr(model)
+    calls = []
+
+    def factory(name, channels):
+        calls.append(name)
+        if name == "backbone.layer3":
+            raise ValueError("bad settings")
+        return ersm_factory(name, channels)
+
+    failing = [
+        (dict(names=["backbone.layer1", "backbone.layer9"]), ValueError, "unknown layer name"),
+        (dict(names=["backbone.layer1", "head"], example_input=x), ValueError,
+         r"'head' does not output a 4D .* \(got \(1, 3\)\)"),
+        (dict(names=["backbone.layer1", "backbone.layer3"]), ValueError, "bad settings"),
+        (dict(names=["backbone.layer1", "backbone.layer3.6"]), ValueError,
+         "cannot tell the output channels of 'backbone.layer3.6'"),
+        (dict(names=["backbone.layer1", 3]), TypeError, "names must be str"),
+    ]
+    for kwargs, error, match in failing:
+        with pytest.raises(error, match=match):
+            insert_after(model, factory=factory, **kwargs)
+        assert repr(model) == structure and not inserted_layers(model)
+        assert model.state_dict().keys() == state.keys()
+    assert "backbone.layer1" in calls  # layers were built, then dropped
+
+
+def test_example_input_gives_the_channels():
+    model = nn.Sequential(nn.Conv2d(1, 3, 1), nn.Identity())
+    layers = insert_after(model, "1", ersm_factory, example_input=torch.randn(1, 1, 4, 4))
+    assert layers["1"].channels == 3
+
+
+def test_last_spatial_block(model):
+    # small_cnn: backbone.layer3 is a Sequential ending in a MaxPool (no parameters)
+    assert last_spatial_block(model, torch.randn(1, 1, 64, 64)) == "backbone.layer3"
+    # at 8x8 layer3 pools 2x2 to 1x1: its last module with parameters before the pool
+    assert last_spatial_block(model, torch.randn(1, 1, 8, 8)) == "backbone.layer3.4"
+    seq = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Sequential(nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 1)))
+    assert last_spatial_block(seq, torch.randn(1, 1, 6, 6)) == "1.1"  # into the last child
+    with pytest.raises(ValueError, match=r"no submodule of Sequential with parameters outputs a "
+                                         r"\(B, C, H, W\) tensor with H \* W > 1"):
+        last_spatial_block(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), torch.randn(1, 1, 3, 3))

@@ -26,17 +26,17 @@ def read_metrics_csv(path: str | Path) -> dict[str, list[tuple[float, float]]]:
     return out
 
 
-def plot_training_log(path: str | Path, metrics: tuple[str, ...] = ("keep", "val_acc"),
+def plot_training_log(path: str | Path, metrics: tuple[str, ...] = ("keep_ratio", "val_acc"),
                       axes=None):
     """One panel per metric over training steps.
 
     A metric matches the column of that name, any column starting with
     ``name/`` or ``name_`` (``val_acc_epoch``) and any ending in ``/name``: the
-    callbacks log ``ersm/<layer>/keep``, ``pbedropout/<layer>/drop_rate``.
+    callbacks log ``ersm/<layer>/keep_ratio``, ``pbedropout/<layer>/drop_rate``.
 
     Args:
         path: the ``metrics.csv`` written by ``CSVLogger``.
-        metrics: names to draw. Default: ("keep", "val_acc").
+        metrics: names to draw. Default: ("keep_ratio", "val_acc").
         axes: optional axes, one per metric. Default: a new figure.
 
     Returns:

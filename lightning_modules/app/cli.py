@@ -286,7 +286,7 @@ def _accuracy_and_masks(net: torch.nn.Module, loader: DataLoader, with_masks: bo
         if with_masks:
             for name, layer in layers.items():
                 for k, v in mask_quality(layer.last_keep, batch[2]).items():
-                    sums[name][k] = sums[name].get(k, 0.0) + float(v.sum())
+                    sums[name][k] = sums[name].get(k, 0.0) + v * len(y)
     quality = {n: {k: v / total for k, v in s.items()} for n, s in sums.items() if s}
     return {"accuracy": correct / total, "num_samples": total, "mask_quality": quality}
 
@@ -360,7 +360,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if log.is_file():
         columns = viz.read_metrics_csv(log)
         wanted = [c for c in ("train_loss", "train_acc", "val_acc") if c in columns]
-        wanted += [c for c in columns if c.endswith(("/keep", "/drop_rate"))]
+        wanted += [c for c in columns if c.endswith(("/keep_ratio", "/drop_rate"))]
         if wanted:
             _save(viz.plot_training_log(log, metrics=tuple(wanted))[0],
                   figures / "training.png", written)

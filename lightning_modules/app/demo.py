@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from energymask.ersm import energy_mask_layers
+from energymask.ersm import computing_energies, energy_mask_layers
 from energymask.pbedropout import PBEDropout2d
 from energymask.viz import (
     plot_curves,
@@ -65,7 +65,7 @@ def _figures(out: Path, dm, models: dict[str, torch.nn.Module], results: dict[st
     for key in ("frozen_ersm", "ersm_inside"):
         model = models[key]
         (layer,) = energy_mask_layers(model).values()
-        with torch.no_grad():
+        with torch.no_grad(), computing_energies(layer):
             model(x)
         fig, _ = plot_mask_grid(x, layer.last_keep, obj, max_rows=6)
         fig.suptitle(f"{key}: image | keep map | masked image")
@@ -84,7 +84,8 @@ def _figures(out: Path, dm, models: dict[str, torch.nn.Module], results: dict[st
     fig, _ = plot_ema_masks(pb.ema_mask, max_channels=32)
     fig.suptitle("PB-EDropout EMA masks (first 32 channels)")
     names.append(_save(fig, fig_dir / "pbedropout_ema_masks.png"))
-    fig, _ = plot_training_log(out / "logs" / "metrics.csv", ("keep", "sparsity", "val_acc"))
+    fig, _ = plot_training_log(out / "logs" / "metrics.csv",
+                               ("keep_ratio", "hard_sparsity", "val_acc"))
     fig.suptitle("ersm_inside: keep ratio and validation accuracy over training")
     names.append(_save(fig, fig_dir / "training_ersm_inside.png"))
     return names

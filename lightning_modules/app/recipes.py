@@ -207,18 +207,15 @@ def accuracy(model: nn.Module, loader: Iterable) -> float:
 
 @torch.no_grad()
 def ersm_mask_scores(model: nn.Module, loader: Iterable) -> dict[str, float]:
-    """Mean keep ratio, hard sparsity, IoU, pointing game and entropy of the ERSM masks."""
+    """The ERSM masks' :func:`~energymask.mask_quality.mask_quality` scores, means over images."""
     (layer,) = energy_mask_layers(model).values()
     sums: dict[str, float] = {}
     total = 0
     with eval_mode(model):
         for batch in loader:
             model(batch[0])
-            keep = layer.last_keep
-            scores = mask_quality(keep, batch[2])
-            scores["hard_sparsity"] = (keep < 0.5).float().flatten(1).mean(1)
-            for k, v in scores.items():
-                sums[k] = sums.get(k, 0.0) + float(v.sum())
+            for k, v in mask_quality(layer.last_keep, batch[2]).items():
+                sums[k] = sums.get(k, 0.0) + v * len(batch[1])
             total += len(batch[1])
     return {k: v / total for k, v in sums.items()}
 

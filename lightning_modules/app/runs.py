@@ -134,6 +134,6 @@ def load_model(spec: dict[str, Any], checkpoint: Path) -> ImageClassifier:
     model = build_model(m["backbone"], m["in_channels"], m["num_classes"])
     try:
         return load_for_inference(checkpoint, ImageClassifier, model=model)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError) as err:
         raise ValueError(f"{str(checkpoint)!r} is not an energymask checkpoint of this run "
                          f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
