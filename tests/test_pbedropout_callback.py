@@ -112,7 +112,7 @@ def test_saved_settings_cover_every_setting_and_rebuild_the_layer():
     cb = PBEDropoutCallback("features.3", freeze_at_epoch=4, p=0.2, seed=3)
     settings = cb.state_dict()["settings"]
     assert settings["freeze_at_epoch"] == 4 and settings["seed"] == 3
-    assert settings["beta"] == 0.1 and settings["calibration_rate"] == 0.1  # defaults too
+    assert settings["beta"] == 0.1 and settings["calibration_rate"] == 0.03  # defaults too
     layer = make_pbedropout(8, settings)
     assert layer.settings.p == 0.2 and layer.channels == 8
 
