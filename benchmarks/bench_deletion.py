@@ -1,18 +1,24 @@
-"""Fast deletion path vs the naive loop (DESIGN.md §6, §8).
+"""Fast deletion path vs the naive loop on torchvision ResNet-18 (docs/design.md §6, §8).
 
-Same model, same data, same orderings (energy, magnitude, random), every step
-0..N: the fast path must give identical accuracies; the time ratio is printed
-and written with ``--json PATH``. Two set-ups: ERSM before the head
-(FrozenBackboneClassifier, 64x64 -> 8x8 = 64 tokens) and ERSM inside the
-backbone (Classifier with ERSM after ``backbone.layer2``, 32x32 -> 8x8 = 64 tokens).
+Same model, same data, same orderings (energy, magnitude, random): the fast
+path (the model cut at the ERSM layer from its traced forward, masks stacked
+along the batch) must give the naive loop's curves exactly; the time ratio is
+printed and written with ``--json PATH``. Two placements of the ERSM layer:
 
-The fast path saves the prefix (network before the layer) for all but one
-forward per batch; its gain is bounded by about (prefix + suffix) / suffix,
-plus what batching the steps buys. Before the head the suffix is a pool and a
-linear layer, so the gain is large; inside the backbone the remaining blocks
-run for every step and the gain is small.
+- ``inside_backbone``: inserted after ``layer3.0`` (inside the backbone: the suffix is
+  ``layer3.1``, ``layer4`` and the head, about a third of the network);
+- ``head_side``: inserted after ``layer4`` (before the head: the suffix is the
+  pool and the linear layer).
 
-    python benchmarks/bench_deletion.py [--quick] [--json PATH] [--device cuda]
+The gain is bounded by about (prefix + suffix) / suffix, plus what batching
+the steps buys; the fast path's fixed cost (tracing, and a check on 3 images
+worth about one forward of a batch) is paid once per call. Weights are random
+(nothing is downloaded); labels are the clean predictions, so the curves are
+informative.
+
+    python benchmarks/bench_deletion.py [--quick] [--json PATH] [--device cuda] [--threads N]
+
+(``results/deletion.json``: ``--threads 1 --json benchmarks/results/deletion.json``.)
 """
 
 from __future__ import annotations
@@ -22,65 +28,57 @@ import json
 import time
 
 import torch
+import torchvision
 from torch.utils.data import DataLoader, TensorDataset
 
-from energymask import Classifier, EnergyMask2d, FrozenBackboneClassifier, insert_after, small_cnn
+from energymask import EnergyMask2d, insert_after
 from energymask.deletion import deletion_curve
 
 ORDERINGS = ("energy", "magnitude", "random")
+PLACEMENTS = {"inside_backbone": "layer3.0", "head_side": "layer4"}
 
 
-def _head_side(widths: tuple[int, ...]) -> tuple[torch.nn.Module, int]:
+def _model(after: str, device: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return FrozenBackboneClassifier(small_cnn(3, widths), widths[-1], 10, bias_init=-1.0), 64
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    insert_after(model, [after], lambda n, c: EnergyMask2d(c, bias_init=0.0))
+    return model.to(device).eval()
 
 
-def _inside(widths: tuple[int, ...]) -> tuple[torch.nn.Module, int]:
-    torch.manual_seed(0)
-    model = Classifier(small_cnn(3, widths), widths[-1], 10)
-    insert_after(model, ["backbone.layer2"], lambda n, c: EnergyMask2d(c, bias_init=-1.0))
-    return model, 32
-
-
-def _time(repeats: int, *args, **kwargs) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = deletion_curve(*args, **kwargs)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+def _time(device: str, *args, **kwargs) -> tuple[float, object]:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = deletion_curve(*args, **kwargs)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, out
 
 
 def run(quick: bool, device: str = "cpu") -> dict:
-    # best of 3 for the fast path (short, noisy); the naive loop runs long enough once
-    n_images, batch, repeats = (8, 8, 3) if quick else (32, 32, 3)
-    widths = (8, 16, 32) if quick else (32, 64, 128)
+    n_images, batch, size, steps = (4, 4, 64, 5) if quick else (32, 16, 128, 17)
     results = {}
-    for name, make in (("head_side", _head_side), ("inside_backbone", _inside)):
-        model, size = make(widths)
-        model.to(device).eval()
-        with torch.no_grad():  # no bias: predictions follow the kept tokens
-            model.head.bias.zero_()
+    for name, after in PLACEMENTS.items():
+        model = _model(after, device)
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(n_images, 3, size, size, generator=g)
-        with torch.no_grad():  # labels = clean predictions: curves start at 1 and decay
-            y = model(x.to(device)).argmax(-1).cpu()
-        dl = DataLoader(TensorDataset(x.to(device), y.to(device)), batch_size=batch)
-        kw = dict(orderings=ORDERINGS)
-        deletion_curve(model, dl, steps=2, **kw)  # warm-up: lazy imports, allocator
-        t_fast, fast = _time(repeats, model, dl, steps_per_forward=65, **kw)
-        t_naive, naive = _time(1, model, dl, method="naive", **kw)
-        assert fast.curves == naive.curves, f"{name}: fast and naive curves differ"
-        assert fast.settings["method"] == "fast"
+        x = torch.randn(n_images, 3, size, size, generator=g).to(device)
+        with torch.no_grad():
+            y = model(x).argmax(-1)
+        dl = DataLoader(TensorDataset(x, y), batch_size=batch)
+        kw = dict(orderings=ORDERINGS, steps=steps, progress=False)
+        deletion_curve(model, dl, **{**kw, "steps": 2})  # warm-up: tracing, allocator
+        t_fast, fast = _time(device, model, dl, steps_per_forward=steps, **kw)
+        t_naive, naive = _time(device, model, dl, method="naive", **kw)
+        if fast.curves != naive.curves:
+            raise AssertionError(f"{name}: fast and naive curves differ")
+        if fast.settings["method"] != "fast":
+            raise AssertionError(f"{name}: the fast path fell back to the naive loop")
         results[name] = {
+            "inserted_after": after,
             "tokens": fast.num_tokens,
             "steps": len(fast.steps),
             "images": n_images,
-            "widths": list(widths),
+            "input_size": size,
             "batch": batch,
             "fast_s": t_fast,
             "naive_s": t_naive,
@@ -89,10 +87,12 @@ def run(quick: bool, device: str = "cpu") -> dict:
             "auc": fast.auc,
         }
         print(
-            f"{name:16s} N={fast.num_tokens} steps={len(fast.steps)} images={n_images}: "
-            f"fast {t_fast:.3f}s naive {t_naive:.3f}s -> {t_naive / t_fast:.1f}x (identical)"
+            f"resnet18 ERSM after {after:8s} N={fast.num_tokens} steps={len(fast.steps)} "
+            f"images={n_images} ({size}x{size}): fast {t_fast:.3f}s naive {t_naive:.3f}s "
+            f"-> {t_naive / t_fast:.1f}x (identical curves)"
         )
     return {
+        "model": "torchvision resnet18 (random weights)",
         "device": device,
         "threads": torch.get_num_threads(),
         "quick": quick,
@@ -105,7 +105,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small run for CI")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     parser.add_argument("--device", default="cpu", help="torch device. Default: cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads. Default: torch's")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = run(args.quick, args.device)
     if args.json:
         with open(args.json, "w") as f:

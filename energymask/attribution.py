@@ -1,4 +1,4 @@
-"""Attribution maps beside the ERSM keep map, and their rank agreement (DESIGN.md §6).
+"""Attribution maps beside the ERSM keep map, and their rank agreement (docs/design.md §6).
 
 ERSM: Energy-Regularized Spatial Masking (Devynck et al., IJCAI 2026, arXiv 2604.06893).
 
@@ -21,7 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from energymask.deletion import eval_mode, find_ersm_layer
+from energymask._extras import require
+from energymask.deletion import find_ersm_layer
+from energymask.ersm import forcing
+from energymask.evaluation import eval_mode
 from energymask.orderings import gradcam_scores
 
 __all__ = ["attribution_maps", "rankdata", "spearman"]
@@ -67,27 +70,37 @@ def attribution_maps(
 
     Returns:
         dict with ``keep`` (B, h, w), ``maps`` {name: (B, H, W)}, ``grid_maps``
-        {name: (B, h, w)} and ``spearman`` {name: (B,)}.
+        {name: (B, h, w)} and ``spearman`` {name: (B,)}. B = 0 gives empty tensors.
     """
-    from captum.attr import Occlusion
-
+    captum = require("captum.attr", "attribution maps")
     if images.dim() != 4:
         raise ValueError(f"images must have shape (B, C, H, W), but got {tuple(images.shape)}")
-    if not isinstance(window, int) or not 1 <= window <= min(images.shape[-2:]):
+    targets = torch.as_tensor(targets)
+    if targets.shape != images.shape[:1]:
+        raise ValueError(f"targets must have shape (B,) = ({images.shape[0]},), but got "
+                         f"{tuple(targets.shape)}")
+    if isinstance(window, bool) or not isinstance(window, int) or not (
+        1 <= window <= min(images.shape[-2:])
+    ):
         raise ValueError(
             f"window must be an int in [1, {min(images.shape[-2:])}], but got {window!r}"
         )
     _, ersm = find_ersm_layer(model, layer)
     c, hh, ww = images.shape[1:]
-    with eval_mode(model):
-        ersm.forced_mask = None
+    with eval_mode(model), forcing(ersm, None):
         with torch.no_grad():
             model(images)
         keep = ersm.last_keep.float().cpu()
         h, w = keep.shape[1:]
+        if images.shape[0] == 0:  # Captum cannot run on an empty batch
+            empty, grid = images.new_zeros(0, hh, ww).cpu(), keep.new_zeros(0, h, w)
+            names = ("occlusion", "gradcam")
+            return {"keep": keep, "maps": dict.fromkeys(names, empty),
+                    "grid_maps": dict.fromkeys(names, grid),
+                    "spearman": dict.fromkeys(names, keep.new_zeros(0))}
         stride = max(1, window // 2)
         with torch.no_grad():
-            occ = Occlusion(model).attribute(
+            occ = captum.Occlusion(model).attribute(
                 images,
                 sliding_window_shapes=(c, window, window),
                 strides=(c, stride, stride),

@@ -1,4 +1,4 @@
-"""Structured occlusion robustness in input space (DESIGN.md §6).
+"""Structured occlusion robustness in input space (docs/design.md §6).
 
 ERSM: Energy-Regularized Spatial Masking (Devynck et al., IJCAI 2026, arXiv 2604.06893).
 
@@ -22,13 +22,20 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from energymask.deletion import _batches, eval_mode, split_batch
+from energymask.evaluation import (
+    DEFAULT_FRACTIONS,
+    eval_mode,
+    loader_length,
+    progress_bar,
+    split_batch,
+)
 
 __all__ = ["OcclusionResult", "occlude", "occlusion_robustness"]
 
@@ -112,24 +119,27 @@ def occlude(
 def occlusion_robustness(
     models: dict[str, nn.Module] | nn.Module,
     dataloader: Iterable,
-    fractions: Sequence[float] = (0.0, 0.1, 0.25, 0.5),
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
     patch_size: int = 8,
     placement: str = "random",
     fill: str = "zero",
     seed: int = 0,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> OcclusionResult:
     """Accuracy of each model on images with a fraction f occluded by square patches.
 
     Args:
         models: one model or a dict name -> model (all see the same occlusions).
         dataloader: yields (x, y) or (x, y, object_mask) with mask (B, 1, H, W) or (B, H, W).
-        fractions: occluded fractions in [0, 1]. Default: (0, 0.1, 0.25, 0.5).
+        fractions: occluded fractions in [0, 1]. Default: :data:`DEFAULT_FRACTIONS`.
         patch_size: side of a square patch in pixels. Default: 8.
         placement: ``"random"``, ``"object"`` or ``"background"``. Default: ``"random"``.
         fill: ``"zero"``, ``"mean"`` or ``"noise"``. Default: ``"zero"``.
         seed: seed of placements and noise. Default: 0.
-        progress: tqdm bar over batches. Default: False.
+        progress: progress bar, see :func:`energymask.evaluation.progress_bar`.
+            Default: None (on a terminal, for runs over 2 s).
+
+    Empty batches are skipped; a dataloader without any sample is an error.
     """
     if isinstance(models, nn.Module):
         models = {"model": models}
@@ -145,32 +155,33 @@ def occlusion_robustness(
     if fill not in FILLS:
         raise ValueError(f"fill must be one of {list(FILLS)}, but got {fill!r}")
     correct = {name: torch.zeros(len(fractions), dtype=torch.long) for name in models}
-    total = 0
-    ctxs = [eval_mode(m) for m in models.values()]
-    for ctx in ctxs:
-        ctx.__enter__()
-    try:
-        with torch.no_grad():
-            for i, batch in enumerate(_batches(dataloader, progress, "occlusion")):
-                x, y = split_batch(batch)
-                mask = batch[2] if len(batch) > 2 else None
-                if patch_size > min(x.shape[-2:]):
-                    raise ValueError(
-                        f"patch_size must be <= the image size {tuple(x.shape[-2:])}, "
-                        f"but got {patch_size}"
-                    )
-                for j, f in enumerate(fractions):
-                    gen = torch.Generator().manual_seed(seed + i)
-                    xo = occlude(x, f, patch_size, placement, fill, mask, gen)
-                    for name, model in models.items():
-                        pred = model(xo).argmax(-1).cpu()
-                        correct[name][j] += (pred == y.cpu()).sum()
-                total += y.shape[0]
-    finally:
-        for ctx in reversed(ctxs):
-            ctx.__exit__(None, None, None)
-    if total == 0:
+    total = n_batches = 0
+    bar = progress_bar(loader_length(dataloader), "occlusion", progress)
+    with ExitStack() as stack, torch.no_grad(), bar:
+        for model in models.values():
+            stack.enter_context(eval_mode(model))
+        for i, batch in enumerate(dataloader):
+            n_batches += 1
+            bar.update()
+            x, y, mask = split_batch(batch)
+            if y.shape[0] == 0:
+                continue
+            if patch_size > min(x.shape[-2:]):
+                raise ValueError(
+                    f"patch_size must be <= the image size {tuple(x.shape[-2:])}, "
+                    f"but got {patch_size}"
+                )
+            for j, f in enumerate(fractions):
+                gen = torch.Generator().manual_seed(seed + i)
+                xo = occlude(x, f, patch_size, placement, fill, mask, gen)
+                for name, model in models.items():
+                    pred = model(xo).argmax(-1).cpu()
+                    correct[name][j] += (pred == y.cpu()).sum()
+            total += y.shape[0]
+    if n_batches == 0:
         raise ValueError("dataloader is empty: it yielded no batch")
+    if total == 0:
+        raise ValueError(f"dataloader yielded {n_batches} batches, all empty (0 samples)")
     settings = dict(patch_size=patch_size, placement=placement, fill=fill, seed=seed)
     return OcclusionResult(
         fractions=fractions,

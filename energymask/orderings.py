@@ -1,4 +1,4 @@
-"""Token orderings for deletion / insertion tests at an ERSM layer (DESIGN.md §6).
+"""Token orderings for deletion / insertion tests at an ERSM layer (docs/design.md §6).
 
 ERSM: Energy-Regularized Spatial Masking (Devynck et al., IJCAI 2026, arXiv 2604.06893).
 
@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ORDERINGS = ("energy", "magnitude", "random", "gradcam", "feature_ablation")
+from energymask._extras import require
+from energymask.evaluation import ORDERINGS
 
 Ordering = str | Callable[[Tensor, Tensor], Tensor] | Tensor
 
@@ -64,13 +65,18 @@ def random_scores(shape: tuple[int, int, int], seed: int) -> Tensor:
 
 
 def gradcam_scores(
-    model: nn.Module, layer: nn.Module, x: Tensor, y: Tensor, token_size: int
+    forward: Callable[[Tensor], Tensor], layer: nn.Module, x: Tensor, y: Tensor, token_size: int
 ) -> Tensor:
-    """Captum ``LayerGradCam`` at the input of ``layer``, pooled to the token grid (B, h, w)."""
-    from captum.attr import LayerGradCam
+    """Captum ``LayerGradCam`` at the input of ``layer``, pooled to the token grid (B, h, w).
 
+    ``forward`` maps ``x`` to logits and calls ``layer`` on the way: the model and
+    its images, or the model cut at the layer and the layer's input.
+    """
+    captum = require("captum.attr", "the Grad-CAM ordering")
     with torch.enable_grad():
-        cam = LayerGradCam(model, layer).attribute(x, target=y, attribute_to_layer_input=True)
+        cam = captum.LayerGradCam(forward, layer).attribute(
+            x, target=y, attribute_to_layer_input=True
+        )
     return F.avg_pool2d(cam.detach().float(), token_size)[:, 0]
 
 
@@ -92,12 +98,11 @@ def feature_ablation_scores(
 
     ``suffix`` maps features entering the ERSM layer to logits.
     """
-    from captum.attr import FeatureAblation
-
+    captum = require("captum.attr", "the FeatureAblation ordering")
     b, _, hh, ww = features.shape
     fmask = token_feature_mask(hh, ww, token_size, features.device)
     with torch.no_grad():
-        attr = FeatureAblation(suffix).attribute(
+        attr = captum.FeatureAblation(suffix).attribute(
             features,
             baselines=0.0,
             target=y,
@@ -115,14 +120,19 @@ def compute_scores(
     logits: Tensor,
     token_size: int,
     seed: int,
-    model: nn.Module,
     layer: nn.Module,
-    x: Tensor,
     y: Tensor,
+    forward: Callable[[Tensor], Tensor],
+    inputs: Tensor,
     suffix: Callable[[Tensor], Tensor],
     perturbations_per_eval: int = 1,
 ) -> Tensor:
-    """Scores (B, h, w) of one ordering for one batch (higher = more important)."""
+    """Scores (B, h, w) of one ordering for one batch (higher = more important).
+
+    ``features`` (B, C, H, W) enter ``layer``, whose energy ``logits`` are (B, h, w);
+    Grad-CAM runs ``forward(inputs)`` (it calls ``layer``); FeatureAblation runs
+    ``suffix(features)`` -> logits.
+    """
     shape = tuple(logits.shape)
     if isinstance(ordering, Tensor):
         scores = ordering
@@ -135,7 +145,7 @@ def compute_scores(
     elif ordering == "random":
         scores = random_scores(shape, seed)
     elif ordering == "gradcam":
-        scores = gradcam_scores(model, layer, x, y, token_size)
+        scores = gradcam_scores(forward, layer, inputs, y, token_size)
     else:  # feature_ablation (names are checked by check_orderings)
         scores = feature_ablation_scores(suffix, features, y, token_size, perturbations_per_eval)
     if not isinstance(scores, Tensor) or tuple(scores.shape) != shape:

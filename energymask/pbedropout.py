@@ -15,7 +15,7 @@ X (B, C, H, W) and patch size s, the patch grid is h = ⌈H/s⌉, w = ⌈W/s⌉
 Training step, for every (b, c) plane at once:
 
 1. sample K masks by ``sweeps`` checkerboard Gibbs sweeps from Bernoulli(½) starts
-   (``energymask.genetic.sample``);
+   (``energymask.potts.sample``);
 2. refine them for G generations (``energymask.genetic.evolve``, fitness −E or
    a user ``fitness``);
 3. apply the fittest mask m* of the final population (lowest energy for the
@@ -57,7 +57,7 @@ is kept in most samples. Inference uses them when ``deterministic_inference``
 Frozen: train with the deterministic masks, no sampling, no EMA or δ update.
 
 Implementation: steps 1–2 run under ``torch.no_grad()`` on uint8 populations
-(K, B·C, h·w) with the patches in checkerboard order (``energymask.genetic``);
+(K, B·C, h·w) with the patches in checkerboard order (``energymask.potts``, ``.genetic``);
 the applied mask and the energies are float32, the output keeps the input
 dtype (float64, float16, bfloat16, autocast). Non-finite activities (NaN / Inf
 in x) count as activity 0, so a NaN plane still drops a share p of its patches
@@ -79,7 +79,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from energymask.genetic import MUTATIONS, draw_seed, evolve, gather_masks, potts, sample
+from energymask.genetic import MUTATIONS, evolve, gather_masks
+from energymask.kernels import draw_seed
+from energymask.potts import potts, sample
 
 EPS = 1e-6
 

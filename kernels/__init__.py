@@ -1,18 +1,62 @@
-"""Energy kernels: Triton on CUDA, PyTorch references elsewhere (DESIGN.md §5).
+"""Energy kernels: Triton on CUDA, PyTorch references elsewhere (docs/design.md §5).
 
-The rest of the package calls only the dispatching entry points below; they
-have the signatures of :mod:`energymask.kernels.reference`. The Triton modules
-are imported lazily, on the first call that needs them, so this package imports
-where Triton is absent.
+The only door into the kernels: the rest of the package imports the names
+below and nothing from the submodules. ``ersm_energy``, ``population_energy``
+and ``gibbs_sweep`` have the signatures of the functions of the same name in
+:mod:`energymask.kernels.reference` and pick their backend once per call
+(:mod:`energymask.kernels.dispatch`): the Triton kernel on CUDA tensors (or
+when forced), the reference otherwise; ``token_logits`` (the cheap inference
+logits) and ``expand_tokens`` are PyTorch on every device. For PB-EDropout's populations the
+backend is picked once per model, by the mask layout (:func:`potts_lattice`,
+:mod:`energymask.kernels.lattice`); :func:`lattice_energy` and
+:func:`lattice_sweep` follow the layout. A Triton kernel that fails to compile
+or launch falls back to the reference with one warning, or raises under
+``ENERGYMASK_STRICT_KERNELS=1``. The Triton modules are imported lazily, on the
+first call that needs them, so this package imports where Triton is absent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import ModuleType
+
+import torch
 from torch import Tensor
 
+from . import lattice as _lattice
 from . import reference
-from .dispatch import BACKENDS, get_backend, set_backend, triton_available, use_backend, use_triton
-from .reference import ErsmEnergy, expand_tokens, token_logits  # PyTorch on every device
+from .dispatch import (
+    BACKENDS,
+    STRICT_ENV,
+    get_backend,
+    guarded,
+    set_backend,
+    triton_available,
+    use_backend,
+    use_triton,
+)
+from .lattice import Lattice, draw_seed, to_grid, to_sites
+from .reference import ErsmEnergy, checkerboard, expand_tokens, token_logits  # PyTorch everywhere
+
+
+def _ersm_triton() -> ModuleType:
+    from . import ersm_triton
+
+    return ersm_triton
+
+
+def _potts_triton() -> ModuleType:
+    from . import potts_triton
+
+    return potts_triton
+
+
+def _triton(module: Callable[[], ModuleType], name: str, fallback: Callable, *args):
+    """``name`` of the Triton ``module()``, or ``fallback`` if it fails (:func:`guarded`).
+
+    The module is imported on first use (plain imports: ``torch.compile`` traces them).
+    """
+    return guarded(name, lambda: getattr(module(), name)(*args), lambda: fallback(*args))
 
 
 def ersm_energy(
@@ -25,19 +69,18 @@ def ersm_energy(
     temperature: float = 1.0,
 ) -> ErsmEnergy:
     """ERSM token energies and masked output; see :func:`reference.ersm_energy`."""
+    args = (x, weight, bias, token_size, lam, gamma, temperature)
     if use_triton(x):
-        from .ersm_triton import ersm_energy as triton_ersm_energy
-
-        return triton_ersm_energy(x, weight, bias, token_size, lam, gamma, temperature)
-    return reference.ersm_energy(x, weight, bias, token_size, lam, gamma, temperature)
+        return _triton(_ersm_triton, "ersm_energy", reference.ersm_energy, *args)
+    return reference.ersm_energy(*args)
 
 
 def population_energy(masks: Tensor, unary: Tensor, beta: float) -> Tensor:
     """(K, B, C) Potts energies of a mask population; see :func:`reference.population_energy`."""
     if use_triton(masks):
-        from .potts_triton import population_energy as triton_population_energy
-
-        return triton_population_energy(masks, unary, beta)
+        return _triton(
+            _potts_triton, "population_energy", reference.population_energy, masks, unary, beta
+        )
     return reference.population_energy(masks, unary, beta)
 
 
@@ -45,23 +88,80 @@ def gibbs_sweep(
     masks: Tensor, unary: Tensor, beta: float, temperature: float, parity: int, seed: int
 ) -> Tensor:
     """One checkerboard colour of Gibbs updates; see :func:`reference.gibbs_sweep`."""
+    args = (masks, unary, beta, temperature, parity, seed)
     if use_triton(masks):
-        from .potts_triton import gibbs_sweep as triton_gibbs_sweep
+        return _triton(_potts_triton, "gibbs_sweep", reference.gibbs_sweep, *args)
+    return reference.gibbs_sweep(*args)
 
-        return triton_gibbs_sweep(masks, unary, beta, temperature, parity, seed)
-    return reference.gibbs_sweep(masks, unary, beta, temperature, parity, seed)
+
+def potts_lattice(height: int, width: int, like: Tensor) -> Lattice:
+    """The mask layout of populations on the device of ``like``, backend chosen here, once.
+
+    Grid order where the Triton kernels run on ``like``, checkerboard order for
+    the PyTorch site-layout sweep otherwise.
+    """
+    return _lattice.lattice(height, width, like.device, grid_order=use_triton(like))
+
+
+def lattice_energy(masks: Tensor, lat: Lattice, unary: Tensor, field: Tensor, beta: float):
+    """E(m) (K, P) float32 of masks (K, P, n) in the layout ``lat``.
+
+    ``unary`` (B, C, h, w); ``field`` (P, n) = u + β deg in site order.
+    """
+    if lat.grid_order:
+        grid = to_grid(masks, lat, unary.shape[:2])
+        energy = _triton(_potts_triton, "population_energy", reference.population_energy,
+                         grid, unary, beta)  # fmt: skip
+        return energy.flatten(1)
+    return _lattice.site_energy(masks, lat, field, beta)
+
+
+def lattice_sweep(
+    masks: Tensor,
+    lat: Lattice,
+    unary: Tensor,
+    field: Tensor,
+    beta: float,
+    temperature: float,
+    generator: torch.Generator,
+    seeds: torch.Generator,
+    sweeps: int = 1,
+) -> Tensor:
+    """``sweeps`` checkerboard Gibbs sweeps (colour 0, then 1) of masks (K, P, n) uint8.
+
+    ``generator`` draws the uniforms of the PyTorch path (device generator),
+    ``seeds`` (CPU) the seeds of the Triton kernel. Returns new masks.
+    """
+    if not lat.grid_order:
+        return _lattice.site_sweep(masks, lat, field, beta, temperature, generator, sweeps)
+    grid = to_grid(masks, lat, unary.shape[:2])
+    for _ in range(sweeps):
+        for parity in (0, 1):
+            grid = _triton(_potts_triton, "gibbs_sweep", reference.gibbs_sweep,
+                           grid, unary, beta, temperature, parity, draw_seed(seeds))  # fmt: skip
+    return grid.reshape(masks.shape)
 
 
 __all__ = [
     "BACKENDS",
+    "STRICT_ENV",
     "ErsmEnergy",
+    "Lattice",
+    "checkerboard",
+    "draw_seed",
     "ersm_energy",
     "expand_tokens",
     "get_backend",
     "gibbs_sweep",
+    "lattice_energy",
+    "lattice_sweep",
     "population_energy",
+    "potts_lattice",
     "set_backend",
+    "to_grid",
+    "to_sites",
     "token_logits",
     "triton_available",
     "use_backend",
+    "use_triton",
 ]

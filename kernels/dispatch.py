@@ -3,6 +3,8 @@
 Default ``"auto"``: Triton for CUDA tensors when Triton imports, the reference
 otherwise. ``"triton"`` forces the Triton code (on CPU tensors it needs
 ``TRITON_INTERPRET=1`` set before import); ``"reference"`` forces PyTorch.
+A Triton kernel that fails on the user's GPU falls back to the reference with
+one warning (:func:`guarded`), unless ``ENERGYMASK_STRICT_KERNELS=1``.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 
 BACKENDS = ("auto", "triton", "reference")
 _backend = "auto"
+T = TypeVar("T")
 _triton_ok: bool | None = None
 
 
@@ -73,3 +78,38 @@ def use_triton(tensor: torch.Tensor) -> bool:
             )
         return True
     return tensor.is_cuda and triton_available()
+
+
+STRICT_ENV = "ENERGYMASK_STRICT_KERNELS"
+_failed: dict[str, str] = {}  # kernel name -> error of its first failure
+
+
+def strict() -> bool:
+    """True when ``ENERGYMASK_STRICT_KERNELS=1``: a failing Triton kernel raises."""
+    return os.environ.get(STRICT_ENV, "0") == "1"
+
+
+def guarded(name: str, fast: Callable[[], T], fallback: Callable[[], T]) -> T:
+    """``fast()`` (a Triton launch), or ``fallback()`` (the reference) if it fails.
+
+    A kernel that fails to compile or launch on this GPU (an old architecture, an
+    untried Triton) warns once, naming the kernel and the error, and from then on
+    runs the reference. Bad arguments (``ValueError``, ``TypeError``) are the
+    caller's error and always raise; so does everything under :func:`strict`.
+    """
+    if name not in _failed:
+        try:
+            return fast()
+        except (ValueError, TypeError):
+            raise
+        except Exception as exc:
+            if strict():
+                raise
+            _failed[name] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(
+                f"energymask: Triton kernel {name!r} failed ({_failed[name]}); "
+                f"using the PyTorch reference from now on (set {STRICT_ENV}=1 to raise)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return fallback()

@@ -1,13 +1,17 @@
-"""Plain PyTorch references for the energy kernels (DESIGN.md §5).
+"""Plain PyTorch references for the energy kernels (docs/design.md §5).
 
 Every Triton kernel in this package must match the function of the same name
-here. The references are also the CPU path: they are vectorised, not loops.
+here (``tests/test_ersm_triton.py``, ``tests/test_potts_triton.py``). They are
+vectorised, not loops, and they are the CPU path of the public entry points
+and the fallback of a Triton kernel that fails. PB-EDropout's sampler on CPU
+runs the same Potts model in the site layout of :mod:`energymask.kernels.lattice`
+(one matmul per colour), checked against these.
 
-- ``ersm_energy``: the ERSM token energy of DESIGN.md §3 (Devynck et al.,
+- ``ersm_energy``: the ERSM token energy of docs/design.md §3 (Devynck et al.,
   "Energy-Regularized Spatial Masking", IJCAI 2026, arXiv 2604.06893), and
   ``token_logits``, its logits alone (the inference path; no Triton version).
 - ``population_energy`` and ``gibbs_sweep``: the Potts energy and the
-  checkerboard Gibbs update of PB-EDropout (DESIGN.md §4).
+  checkerboard Gibbs update of PB-EDropout (docs/design.md §4).
 """
 
 from __future__ import annotations
@@ -100,7 +104,7 @@ def ersm_energy(
 def token_logits(x: Tensor, weight: Tensor, bias: Tensor, token_size: int = 1) -> Tensor:
     """ERSM energy logits alone: z_i = wᵀ x_i / (‖x_i‖ + 1e-6) + b, (B, C, H, W) -> (B, h, w).
 
-    The cheap inference path of DESIGN.md §3: the same z as :func:`ersm_energy`
+    The cheap inference path of docs/design.md §3: the same z as :func:`ersm_energy`
     without materialising the unit tokens (two reads of x instead of the
     energies' several passes). float16 / bfloat16 inputs give float32 logits.
     """
@@ -167,11 +171,11 @@ def gibbs_sweep(
         parity: 0 or 1, the colour updated. seed: integer seed.
 
     Returns:
-        New float32 masks (K, B, C, h, w).
+        New masks (K, B, C, h, w), in the dtype of ``masks`` (uint8 stays uint8).
     """
     field = conditional_field(masks, unary, beta)
     generator = torch.Generator(device=masks.device).manual_seed(int(seed))
     uniform = torch.rand(field.shape, generator=generator, device=masks.device)
-    sampled = (uniform < torch.sigmoid(-field / temperature)).float()
+    sampled = (uniform < torch.sigmoid(-field / temperature)).to(masks.dtype)
     site = checkerboard(field.shape[-2], field.shape[-1], parity, masks.device)
-    return torch.where(site, sampled, masks.float())
+    return torch.where(site, sampled, masks)

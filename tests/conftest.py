@@ -1,12 +1,14 @@
-"""Test set-up: run Triton kernels in the CPU interpreter (KERNELS.md).
+"""Test set-up: run Triton kernels in the CPU interpreter (KERNELS.md), strictly.
 
 ``TRITON_INTERPRET`` is read when the kernel modules are decorated, so it is set
-here, before any test imports the package.
+here, before any test imports the package. ``ENERGYMASK_STRICT_KERNELS=1``: a
+failing Triton kernel raises instead of falling back to the reference.
 """
 
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("ENERGYMASK_STRICT_KERNELS", "1")
 
 import itertools  # noqa: E402
 

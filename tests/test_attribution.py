@@ -56,3 +56,16 @@ def test_errors():
         attribution_maps(model, torch.zeros(1, 32, 32), torch.tensor([0]))
     with pytest.raises(ValueError, match="window must be an int"):
         attribution_maps(model, torch.zeros(1, 1, 32, 32), torch.tensor([0]), window=64)
+
+
+def test_empty_batch_gives_empty_maps():
+    out = attribution_maps(_model(), torch.zeros(0, 1, 32, 32), torch.zeros(0, dtype=torch.long))
+    assert out["keep"].shape == (0, 4, 4)
+    assert out["maps"]["occlusion"].shape == (0, 32, 32)
+    assert out["grid_maps"]["gradcam"].shape == (0, 4, 4)
+    assert out["spearman"]["occlusion"].shape == (0,)
+
+
+def test_targets_must_match_the_batch():
+    with pytest.raises(ValueError, match=r"targets must have shape \(B,\) = \(2,\)"):
+        attribution_maps(_model(), torch.zeros(2, 1, 32, 32), torch.tensor([0]))

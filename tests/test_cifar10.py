@@ -76,3 +76,76 @@ def test_splits_disjoint_and_seeded(tmp_path):
     assert s["val"].indices != cifar10_splits(root, val_fraction=0.2, seed=2)["val"].indices
     with pytest.raises(ValueError, match="val_fraction"):
         cifar10_splits(root, val_fraction=1.0)
+
+
+class _WritesFile:
+    """A pickle payload that would create ``path`` when unpickled."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("where", ["data", "whole file", "meta"])
+def test_malicious_pickle_runs_nothing(tmp_path, where):
+    root = _fake(tmp_path / "c")
+    target = tmp_path / "pwned"
+    evil = _WritesFile(target)
+    name = "batches.meta" if where == "meta" else "test_batch"
+    payload = evil if where == "whole file" else {b"data": evil, b"labels": [0],
+                                                   b"label_names": evil}
+    with open(root / name, "wb") as f:
+        pickle.dump(payload, f)
+    with pytest.raises(ValueError, match=rf"cannot read CIFAR-10 batch .*{name}: it asks for io"
+                                         r"\.open.*refused"):
+        load_cifar10(root, train=False)
+    assert not target.exists()
+
+
+def test_real_format_still_reads(tmp_path):
+    """Protocol 2 (bytes via _codecs), numpy scalars and arrays of labels are allowed."""
+    root = _fake(tmp_path / "c")
+    d = {b"batch_label": b"testing batch 1 of 1", b"filenames": [b"a.png", b"b.png"],
+         b"data": np.zeros((2, 3072), np.uint8), b"labels": [np.int64(3), 9]}
+    for protocol in (2, 5):
+        with open(root / "test_batch", "wb") as f:
+            pickle.dump(d, f, protocol=protocol)
+        _, labels, _ = load_cifar10(root, train=False)
+        assert labels.tolist() == [3, 9]
+
+
+@pytest.mark.parametrize("labels, match", [
+    ([0, 10], r"test_batch: b'labels' must be in 0..9, but label 10 at row 1"),
+    ([-1, 2], r"test_batch: b'labels' must be in 0..9, but label -1 at row 0"),
+    ([0.5, 1.0], r"test_batch: b'labels' must be a list of ints in 0..9, but got float64"),
+    (["cat", "dog"], r"test_batch: b'labels' must be a list of ints"),
+])
+def test_bad_labels_refused(tmp_path, labels, match):
+    root = _fake(tmp_path / "c")
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}, f)
+    with pytest.raises(ValueError, match=match):
+        load_cifar10(root, train=False)
+
+
+def test_bad_data_and_meta_refused(tmp_path):
+    root = _fake(tmp_path / "c")
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, f)
+    with pytest.raises(ValueError, match=r"test_batch: b'data' must be a uint8 NumPy array"):
+        load_cifar10(root, train=False)
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump([1, 2], f)
+    with pytest.raises(ValueError, match=r"test_batch must hold a dict, but holds a list"):
+        load_cifar10(root, train=False)
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}, f)
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [b"a", b"b"]}, f)
+    with pytest.raises(ValueError, match=r"batches.meta: b'label_names' must name 10 classes"):
+        load_cifar10(root, train=False)
+    (root / "test_batch").write_bytes(b"\x80\x04")  # truncated pickle
+    with pytest.raises(ValueError, match=r"cannot read CIFAR-10 batch .*test_batch"):
+        load_cifar10(root, train=False)

@@ -98,3 +98,12 @@ def test_errors():
         generate_cluttered_digits(src[:10], lab[:10], 4, mask_threshold=1.0)
     with pytest.raises(ValueError, match="source_fractions"):
         make_splits(source_fractions=(0.5, 0.5, 0.0))
+
+
+@pytest.mark.parametrize("name", ["clutter_intensity", "background_amplitude",
+                                  "spurious_strength", "mask_threshold"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_float_settings_must_be_finite(name, value):
+    src, lab = load_source_digits()
+    with pytest.raises(ValueError, match=rf"{name} must .* but got {value}"):
+        generate_cluttered_digits(src[:10], lab[:10], 4, **{name: value})

@@ -72,3 +72,54 @@ def test_package_imports_and_runs_without_triton():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "torch.Size([1, 3, 3])" in done.stdout
+
+
+def broken_kernel_setup(monkeypatch):
+    """Replace the Gibbs kernel by one that cannot compile (a non-power-of-two arange)."""
+    triton = pytest.importorskip("triton")
+    tl = pytest.importorskip("triton.language")
+    potts = pytest.importorskip("energymask.kernels.potts_triton")
+
+    @triton.jit
+    def broken(m_ptr, u_ptr, out_ptr, n_planes, n_unary, H, W, beta, inv_t, parity, seed,
+               BLOCK_P: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+        tl.store(out_ptr + tl.arange(0, 3), tl.load(m_ptr + tl.arange(0, 3)))
+
+    monkeypatch.setattr(potts, "_gibbs_sweep", broken)
+    monkeypatch.setattr(dispatch, "_failed", {})
+    masks = (torch.rand(2, 1, 1, 3, 3, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    return masks, torch.zeros(1, 1, 3, 3)
+
+
+def test_failing_kernel_raises_when_strict(monkeypatch):
+    masks, unary = broken_kernel_setup(monkeypatch)
+    monkeypatch.setenv(dispatch.STRICT_ENV, "1")
+    with kernels.use_backend("triton"), pytest.raises(Exception, match="arange"):
+        kernels.gibbs_sweep(masks, unary, 0.5, 1.0, 0, 7)
+
+
+def test_failing_kernel_falls_back_to_the_reference_with_one_warning(monkeypatch, recwarn):
+    masks, unary = broken_kernel_setup(monkeypatch)
+    monkeypatch.setenv(dispatch.STRICT_ENV, "0")
+    want = reference.gibbs_sweep(masks, unary, 0.5, 1.0, 0, 7)
+    with kernels.use_backend("triton"):
+        with pytest.warns(RuntimeWarning, match=r"Triton kernel 'gibbs_sweep' failed \(.*arange"):
+            got = kernels.gibbs_sweep(masks, unary, 0.5, 1.0, 0, 7)
+        again = kernels.gibbs_sweep(masks, unary, 0.5, 1.0, 1, 8)  # no second warning
+    assert torch.equal(got, want)
+    assert torch.equal(again, reference.gibbs_sweep(masks, unary, 0.5, 1.0, 1, 8))
+    assert len(recwarn) == 0
+    assert "gibbs_sweep" in dispatch._failed
+
+
+def test_bad_arguments_are_not_swallowed_by_the_fallback(monkeypatch):
+    monkeypatch.setenv(dispatch.STRICT_ENV, "0")
+    monkeypatch.setattr(dispatch, "_failed", {})
+    pytest.importorskip("energymask.kernels.potts_triton")
+    with kernels.use_backend("triton"), pytest.raises(ValueError, match="masks must be"):
+        kernels.population_energy(torch.zeros(2, 1, 1, 3, 3), torch.zeros(1, 1, 3, 4), 0.5)
+    assert dispatch._failed == {}
+
+
+def test_suite_runs_strict():
+    assert dispatch.strict()

@@ -104,18 +104,61 @@ def test_gradcheck_float64(per_position):
     )
 
 
-@pytest.mark.parametrize("blocks", [(2, 16)])
-def test_tiled_launch_matches_reference(monkeypatch, blocks):
-    """Several channel chunks and spatial tiles per plane, as on a GPU."""
-    monkeypatch.setattr(ersm_triton, "BLOCKS", blocks)
-    x, weight, bias = inputs((2, 5, 5, 7, 1), torch.float32, True, seed=5)
-    want = ref.ersm_energy(x, weight, bias, 1, 0.5, 0.8, 1.3)
-    gen = torch.Generator().manual_seed(6)
+def compare(shape, per_position, seed, dtype=torch.float32):
+    x, weight, bias = inputs(shape, dtype, per_position, seed=seed)
+    want = ref.ersm_energy(x, weight, bias, shape[-1], 0.5, 0.8, 1.3)
+    gen = torch.Generator().manual_seed(seed + 1)
     upstream = [torch.randn(r.shape, generator=gen) for r in want]
-    want, want_grads = run(ref.ersm_energy, x, weight, bias, 1, upstream)
-    got, got_grads = run(ersm_triton.ersm_energy, x, weight, bias, 1, upstream)
+    want, want_grads = run(ref.ersm_energy, x, weight, bias, shape[-1], upstream)
+    got, got_grads = run(ersm_triton.ersm_energy, x, weight, bias, shape[-1], upstream)
     for g, e in zip(got + got_grads, want + want_grads, strict=True):
-        torch.testing.assert_close(g, e, **TOL[torch.float32])
+        torch.testing.assert_close(g.float(), e.float(), **TOL[dtype])
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7, 1), (2, 2, 6, 10, 2), (3, 5, 3, 3, 1)])
+@pytest.mark.parametrize("per_position", [False, True])
+def test_gpu_tiling_matches_reference(monkeypatch, shape, per_position):
+    """The tiles a GPU launch picks: several programs per plane, a partial last tile."""
+    monkeypatch.setattr(ersm_triton, "GPU_TILING", True)
+    bsz, c, hh, ww, p = shape
+    tile = ersm_triton.gpu_tile(c * p * p, hh * ww // p**2, bsz)
+    assert tile.block_s == 8 and (hh * ww // p**2) % 8 != 0  # tail mask of the last program
+    compare(shape, per_position, seed=5)
+
+
+@pytest.mark.parametrize("tile", [(2, 8), (4, 2)])
+def test_channel_chunks_and_small_tiles_match_reference(monkeypatch, tile):
+    """More channels than BLOCK_D (several chunks, a partial last one), tiny BLOCK_S."""
+    monkeypatch.setattr(ersm_triton, "BLOCKS", ersm_triton.Tile(*tile))
+    compare((2, 5, 5, 7, 1), True, seed=7)
+    compare((1, 3, 4, 6, 2), False, seed=8)
+
+
+def test_gradcheck_float64_with_gpu_tiling(monkeypatch):
+    monkeypatch.setattr(ersm_triton, "BLOCKS", ersm_triton.Tile(2, 4))
+    x, weight, bias = inputs((2, 3, 3, 4, 1), torch.float64, True, seed=9)
+    args = tuple(t.detach().double().requires_grad_() for t in (x, weight, bias))
+    assert torch.autograd.gradcheck(
+        lambda *a: tuple(ersm_triton.ersm_energy(*a, 1, 0.5, 0.5, 1.0)), args, fast_mode=True
+    )
+
+
+@pytest.mark.parametrize("channels", [64, 256, 2048])
+@pytest.mark.parametrize("size", [7, 14, 56])
+def test_gpu_tile_fills_an_h100_and_fits_the_register_budget(channels, size):
+    tile = ersm_triton.gpu_tile(channels, size * size, 64)
+    programs = 64 * -(-size * size // tile.block_s)
+    assert programs >= ersm_triton.TARGET_PROGRAMS
+    assert tile.block_d * tile.block_s <= ersm_triton.TILE_ELEMENTS
+    assert tile.block_s >= 8  # one 32-byte sector of float32 per channel row
+
+
+def test_softplus_is_exact_for_large_negative_arguments():
+    """U = λ softplus(z) with z ≈ −30: e^z, not log(1 + e^z) rounded to 0."""
+    x = torch.ones(1, 2, 2, 2)
+    weight = torch.zeros(2)
+    got = ersm_triton.ersm_energy(x, weight, torch.tensor(-30.0), 1, 1.0, 1.0, 1.0)
+    torch.testing.assert_close(got.unary, torch.full((1, 2, 2), 9.357623e-14), rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("per_position", [False, True])
@@ -166,3 +209,32 @@ def test_layer_on_triton_backend_compiles_without_graph_breaks():
     (want_dx,) = torch.autograd.grad(want, x)
     torch.testing.assert_close(got, want, **TOL[torch.float32])
     torch.testing.assert_close(got_dx, want_dx, **TOL[torch.float32])
+
+
+def test_failing_backward_kernel_falls_back_to_reference_gradients(monkeypatch):
+    from energymask.kernels import dispatch
+
+    def broken(*args):
+        raise RuntimeError("ptxas fatal: unsupported gpu architecture (test)")
+
+    monkeypatch.setattr(ersm_triton, "backward", broken)
+    monkeypatch.setattr(dispatch, "_failed", {})
+    monkeypatch.setenv(dispatch.STRICT_ENV, "0")
+    x, weight, bias = inputs((1, 3, 4, 4, 1), torch.float32, True, seed=10)
+    upstream = [torch.ones(()) for _ in range(5)]
+    with pytest.warns(RuntimeWarning, match="'ersm_energy backward' failed .*ptxas fatal"):
+        got = run(ersm_triton.ersm_energy, x, weight, bias, 1, upstream)[1]
+    want = run(ref.ersm_energy, x, weight, bias, 1, upstream)[1]
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g, e, **TOL[torch.float32])
+    monkeypatch.setattr(dispatch, "_failed", {})
+    monkeypatch.setenv(dispatch.STRICT_ENV, "1")
+    with pytest.raises(RuntimeError, match="ptxas fatal"):
+        run(ersm_triton.ersm_energy, x, weight, bias, 1, upstream)
+
+
+def test_rejects_samples_beyond_int32_offsets():
+    x = torch.empty(1, 2**16, 2**8, 2**7, device="meta")
+    with pytest.raises(ValueError, match=r"x: one sample's token map must hold < 2\*\*31 values"):
+        ersm_triton.forward(x, torch.empty(2**16, device="meta"), torch.empty((), device="meta"),
+                            1e-3, 1e-3, 1.0)  # fmt: skip

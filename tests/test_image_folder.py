@@ -33,12 +33,46 @@ def test_resize_and_gray(tmp_path):
     assert all(ds[i][0].shape == (1, 8, 6) for i in range(len(ds)))
 
 
-def test_corrupt_image_skipped_with_warning(tmp_path):
+def test_corrupt_image_refused_or_skipped(tmp_path):
     root = _tree(tmp_path / "t")
     (root / "cat" / "bad.png").write_bytes(b"\x89PNG garbage")
-    with pytest.warns(UserWarning, match="bad.png"):
-        ds = ImageFolder(root)
-    assert len(ds) == 5
+    with pytest.raises(ValueError, match=r"1 image\(s\) under .* cannot be decoded: "
+                                         r".*cat/bad.png \(.*\).*bad_images='skip'"):
+        ImageFolder(root)
+    with pytest.warns(UserWarning, match=r"skipping 1 image\(s\) .*cat/bad.png"):
+        ds = ImageFolder(root, bad_images="skip")
+    assert len(ds) == 5 and [p.name for p, _ in ds.skipped] == ["bad.png"]
+    with pytest.raises(ValueError, match="bad_images must be one of"):
+        ImageFolder(root, bad_images="ignore")
+
+
+def test_truncated_jpeg_caught_at_scan(tmp_path):
+    root = _tree(tmp_path / "t")
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+        root / "dog" / "big.jpg", quality=95)
+    data = (root / "dog" / "big.jpg").read_bytes()
+    (root / "dog" / "big.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"decoded: .*dog/big.jpg \(OSError: .*truncated"):
+        ImageFolder(root)
+
+
+def test_file_broken_after_scan_names_it(tmp_path):
+    ds = ImageFolder(_tree(tmp_path / "t"))
+    ds.samples[0][0].write_bytes(b"gone")
+    with pytest.raises(ValueError, match=r"image .*cat/0.png can no longer be decoded"):
+        ds[0]
+
+
+def test_16_bit_png_scaled_not_saturated(tmp_path):
+    (tmp_path / "t" / "a").mkdir(parents=True)
+    values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "t" / "a" / "deep.png")
+    assert Image.open(tmp_path / "t" / "a" / "deep.png").mode.startswith("I")
+    x, _ = ImageFolder(tmp_path / "t", mode="L")[0]
+    torch.testing.assert_close(x, torch.from_numpy(values / 65535.0).float()[None])
+    rgb, _ = ImageFolder(tmp_path / "t")[0]
+    assert rgb.shape == (3, 1, 4) and torch.equal(rgb[0], rgb[2]) and torch.equal(rgb[:1], x)
 
 
 def test_errors(tmp_path):
@@ -48,11 +82,20 @@ def test_errors(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "flat" / "a.png")
     with pytest.raises(ValueError, match="no class sub-folders"):
         ImageFolder(tmp_path / "flat")
-    (tmp_path / "empty" / "a").mkdir(parents=True)
-    with pytest.raises(ValueError, match="no readable image"):
-        ImageFolder(tmp_path / "empty")
     with pytest.raises(ValueError, match="mode"):
         ImageFolder(_tree(tmp_path / "t"), mode="CMYK")
+
+
+def test_empty_class_folder_refused(tmp_path):
+    root = _tree(tmp_path / "t")
+    (root / "emu").mkdir()
+    (root / "emu" / "notes.txt").write_text("no images")
+    with pytest.raises(ValueError, match=r"class folders must hold images .*but \[.*emu'\]"):
+        ImageFolder(root)
+    (root / "emu" / "bad.png").write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match="bad.png"), \
+            pytest.raises(ValueError, match=r"hold none once the bad ones are skipped"):
+        ImageFolder(root, bad_images="skip")
 
 
 def test_splits(tmp_path):
@@ -68,3 +111,56 @@ def test_splits(tmp_path):
 def test_split_dataset_errors():
     with pytest.raises(ValueError, match="sum to 1"):
         split_dataset(list(range(4)), (0.5, 0.6), seed=0)
+
+
+def test_empty_split_refused(tmp_path):
+    root = _tree(tmp_path / "t")  # 5 images: 0.1 of them is none
+    with pytest.raises(ValueError, match=r"the val split of image folder .* is empty: "
+                                         r"5 images x 0.1 rounds down to 0"):
+        image_folder_splits(root, val_fraction=0.1, test_fraction=0.4)
+    s = image_folder_splits(root, val_fraction=0.0, test_fraction=0.2)
+    assert s["val"] is None and len(s["test"]) == 1 and len(s["train"]) == 4
+
+
+def test_train_test_layout(tmp_path):
+    _tree(tmp_path / "t" / "train")
+    _tree(tmp_path / "t" / "test")
+    s = image_folder_splits(tmp_path / "t", val_fraction=0.2, test_fraction=0.0)
+    assert len(s["val"]) == 1 and len(s["train"]) == 4 and len(s["test"]) == 5
+    assert s["test"].classes == ["cat", "dog"]
+    (tmp_path / "t" / "test" / "cow").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "t" / "test" / "cow" / "a.png")
+    with pytest.raises(ValueError, match=r"must have the same class folders, but got "
+                                         r"\['cat', 'dog'\] and \['cat', 'cow', 'dog'\]"):
+        image_folder_splits(tmp_path / "t")
+
+
+def test_nan_fraction_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"val_fraction and test_fraction .* but got nan"):
+        image_folder_splits(_tree(tmp_path / "t"), val_fraction=float("nan"))
+
+
+def _png_16bit_rgb(path, pixels):
+    """A 48-bit RGB PNG written by hand (Pillow cannot write one)."""
+    import struct
+    import zlib
+
+    h, w, _ = pixels.shape
+    raw = b"".join(b"\x00" + pixels[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(kind, data):
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_rgb_png_scaled(tmp_path):
+    (tmp_path / "t" / "a").mkdir(parents=True)
+    pixels = np.array([[[0, 32768, 65535], [65535, 0, 257]]], dtype=np.uint16)
+    _png_16bit_rgb(tmp_path / "t" / "a" / "rgb48.png", pixels)
+    x, _ = ImageFolder(tmp_path / "t")[0]
+    expected = torch.from_numpy(pixels / 65535.0).float().permute(2, 0, 1)
+    torch.testing.assert_close(x, expected, rtol=0, atol=1 / 255)  # Pillow keeps 8 bits

@@ -85,3 +85,16 @@ def test_errors():
         occlusion_robustness(model, dl, patch_size=0)
     with pytest.raises(ValueError, match="object_mask must have shape"):
         occlude(x[:2], 0.5, 8, "object", object_mask=torch.zeros(2, 16, 16))
+
+
+def test_empty_batches():
+    dl, x, y = _data()
+    model = _model()
+    batches = list(dl)
+    empty = (x[:0], y[:0])
+    assert occlude(x[:0], 0.5, 8).shape == (0, 1, 32, 32)
+    ref = occlusion_robustness(model, batches, fractions=(0, 0.5))
+    got = occlusion_robustness(model, [*batches, empty], fractions=(0, 0.5))
+    assert got.accuracy == ref.accuracy and got.num_samples == ref.num_samples == 10
+    with pytest.raises(ValueError, match="yielded 2 batches, all empty"):
+        occlusion_robustness(model, [empty, empty])

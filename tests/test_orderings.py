@@ -83,5 +83,5 @@ def test_compute_scores_checks_shape():
     with pytest.raises(ValueError, match=r"shape \(B, h, w\)"):
         compute_scores(
             torch.zeros(1, 3, 3), features=torch.zeros(1, 1, 2, 2), logits=torch.zeros(1, 2, 2),
-            token_size=1, seed=0, model=None, layer=None, x=None, y=None, suffix=None,
+            token_size=1, seed=0, layer=None, y=None, forward=None, inputs=None, suffix=None,
         )

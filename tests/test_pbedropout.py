@@ -4,7 +4,6 @@ import pytest
 import torch
 from scipy import stats
 
-from energymask.genetic import potts, sample
 from energymask.kernels import population_energy
 from energymask.pbedropout import (
     PBEDropout2d,
@@ -16,6 +15,7 @@ from energymask.pbedropout import (
     pb_edropout_2d,
     row_quantile,
 )
+from energymask.potts import potts, sample
 
 
 def make_input(b=4, c=3, h=16, w=16, seed=0):

@@ -81,3 +81,52 @@ def test_custom_ops_pass_opcheck_and_compile_without_graph_breaks():
     want = step(masks, unary)
     for g, e in zip(got, want, strict=True):
         torch.testing.assert_close(g, e)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize(
+    "tile, shape",
+    [((2, 8), (3, 2, 2, 5, 7)), ((1, 4), (2, 1, 3, 3, 5)), (None, (1, 1, 3, 40, 40))],
+)
+def test_gpu_tiling_matches_reference(monkeypatch, tile, shape):
+    """Several programs over the planes and over each plane's sites, partial last ones.
+
+    ``None``: the tile a GPU picks for a 40x40 grid (chunks of 1024 sites).
+    """
+    if tile is None:
+        monkeypatch.setattr(potts, "GPU_TILING", True)
+        assert potts.gpu_tile(3, 1600) == potts.Tile(1, 1024)
+    else:
+        monkeypatch.setattr(potts, "BLOCKS", potts.Tile(*tile))
+    gen = torch.Generator().manual_seed(7)
+    masks = (torch.rand(shape, generator=gen) < 0.5).to(torch.uint8)
+    unary = torch.randn(shape[1:], generator=gen)
+    torch.testing.assert_close(
+        potts.population_energy(masks, unary, 0.6),
+        ref.population_energy(masks, unary, 0.6),
+        rtol=1e-5, atol=1e-4,
+    )  # fmt: skip
+    # T -> 0: the sweep is deterministic, so it must equal the reference exactly
+    for parity in (0, 1):
+        got = potts.gibbs_sweep(masks, unary, 0.6, 1e-6, parity, seed=3)
+        assert got.dtype == torch.uint8
+        assert torch.equal(got, ref.gibbs_sweep(masks, unary, 0.6, 1e-6, parity, seed=3))
+
+
+def test_uint8_masks_stay_uint8_and_match_float_masks():
+    gen = torch.Generator().manual_seed(2)
+    masks = (torch.rand(4, 2, 2, 3, 5, generator=gen) < 0.5).to(torch.uint8)
+    unary = torch.randn(2, 2, 3, 5, generator=gen)
+    swept = potts.gibbs_sweep(masks, unary, 0.5, 1.0, 1, seed=9)
+    assert swept.dtype == torch.uint8
+    assert torch.equal(swept.float(), potts.gibbs_sweep(masks.float(), unary, 0.5, 1.0, 1, seed=9))
+    want = potts.population_energy(masks.float(), unary, 0.5)
+    torch.testing.assert_close(potts.population_energy(masks, unary, 0.5), want)
+
+
+@pytest.mark.parametrize("size", [4, 16, 128])
+@pytest.mark.parametrize("population", [1, 32])
+def test_gpu_tile_bounds_the_work_per_program(size, population):
+    tile = potts.gpu_tile(population * 8 * 64, size * size)
+    assert tile.block_p * tile.block <= potts.TILE_SITES
+    assert tile.block <= 1024  # 128x128 grids in chunks: no spills (tests/test_kernels_compile.py)

@@ -146,3 +146,13 @@ def test_token_norm_matches_vector_norm_with_zero_gradient_at_zero(dtype):
     (grad,) = torch.autograd.grad(got.sum(), tokens)
     assert torch.isfinite(grad).all()
     assert (grad[1, :, 2, 3] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_gibbs_sweep_keeps_the_mask_dtype(dtype):
+    gen = torch.Generator().manual_seed(4)
+    masks = (torch.rand(3, 1, 2, 4, 4, generator=gen) < 0.5).to(dtype)
+    unary = torch.randn(1, 2, 4, 4, generator=gen)
+    out = ref.gibbs_sweep(masks, unary, 0.5, 1.0, 0, seed=2)
+    assert out.dtype == dtype
+    assert torch.equal(out.float(), ref.gibbs_sweep(masks.float(), unary, 0.5, 1.0, 0, seed=2))

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-
+from energymask.evaluation import auc as curve_auc  # the one AUC, kept under its viz name
 from energymask.viz._common import to_numpy
 
 __all__ = ["curve_auc", "plot_curves", "plot_occlusion"]
-
-
-def curve_auc(fractions, accuracies) -> float:
-    """Trapezoid area under ``accuracies`` over ``fractions``, divided by the fraction span."""
-    f, a = to_numpy(fractions), to_numpy(accuracies)
-    span = float(f[-1] - f[0])
-    if span <= 0:
-        raise ValueError(f"fractions must increase, but got {f.tolist()}")
-    return float(np.sum((a[1:] + a[:-1]) * np.diff(f)) / 2 / span)
 
 
 def _draw(ax, f, a, label: str) -> None:

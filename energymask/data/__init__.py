@@ -1,4 +1,6 @@
-"""Datasets: cluttered digits (default, no download), CIFAR-10 pickles, image folders.
+"""Datasets: cluttered digits (default, no download), CIFAR-10 pickles, image folders;
+their image format (:mod:`~energymask.data.transforms`) and shuffled loading that
+resumes exactly (:mod:`~energymask.data.resumable`).
 
 Plain ``torch.utils.data.Dataset`` classes and ``make_splits``-style functions; no
 Lightning here (the DataModules in ``energymask.lightning_modules`` wrap these).
@@ -12,11 +14,17 @@ from energymask.data.cluttered_digits import (
     make_splits,
 )
 from energymask.data.image_folder import ImageFolder, image_folder_splits
+from energymask.data.resumable import EpochSampler, ResumableLoader
+from energymask.data.transforms import Formatted, ImageTransform
 
 __all__ = [
     "CIFAR10Pickles",
     "ClutteredDigits",
+    "EpochSampler",
+    "Formatted",
     "ImageFolder",
+    "ImageTransform",
+    "ResumableLoader",
     "cifar10_splits",
     "generate_cluttered_digits",
     "image_folder_splits",

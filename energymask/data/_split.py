@@ -20,3 +20,24 @@ def split_dataset(dataset: Dataset, fractions: tuple[float, ...], seed: int) -> 
         out.append(Subset(dataset, perm[start:start + s]))
         start += s
     return out
+
+
+def named_splits(dataset: Dataset, fractions: dict[str, float], seed: int,
+                 source: str) -> dict[str, Subset | None]:
+    """:func:`split_dataset` by name; the last name takes the remainder.
+
+    A split whose fraction is 0 is None (not asked for); a split asked for that
+    gets no sample raises ``ValueError`` naming ``source`` (so an evaluation never
+    meets an empty split).
+    """
+    names = list(fractions)
+    subsets = split_dataset(dataset, tuple(fractions.values()), seed)
+    out: dict[str, Subset | None] = {}
+    for name, subset in zip(names, subsets, strict=True):
+        asked = fractions[name] > 0 or name == names[-1]
+        if asked and len(subset) == 0:
+            raise ValueError(
+                f"the {name} split of {source} is empty: {len(dataset)} images x "
+                f"{fractions[name]:g} rounds down to 0; add images or raise the {name} share")
+        out[name] = subset if asked else None
+    return out

@@ -7,7 +7,11 @@ Expected layout::
         test_batch
         batches.meta           (optional: class names)
 
-Each batch is a pickle dict with ``b"data"`` (N, 3072) uint8 and ``b"labels"``.
+Each batch is a pickle dict with ``b"data"`` (N, 3072) uint8 and ``b"labels"``
+(ints in 0..9). The pickles are read by a restricted unpickler that builds only
+what the format uses (dicts, lists, bytes, str, ints, NumPy arrays): a file
+that asks for any other type or function is refused, so a malicious file runs
+no code.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from energymask.data._split import split_dataset
+from energymask.data._split import named_splits
 
 __all__ = ["CIFAR10Pickles", "cifar10_splits", "load_cifar10"]
 
@@ -30,12 +34,53 @@ LAYOUT = ("a 'cifar-10-batches-py' folder holding data_batch_1 .. data_batch_5, 
           "and batches.meta (python pickles)")
 
 
+# The only globals a CIFAR-10 pickle needs: NumPy's array (and scalar) rebuilders, under
+# their NumPy 1 and 2 module names, and _codecs.encode (bytes in protocol-2 pickles).
+ALLOWED_GLOBALS = frozenset({
+    *((m, name) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+      for name in ("_reconstruct", "scalar")),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class _Unpickler(pickle.Unpickler):
+    """Refuses every global outside :data:`ALLOWED_GLOBALS` (no code runs)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"it asks for {module}.{name}, which a CIFAR-10 batch never holds "
+                "(refused: only dicts, lists, bytes, str, ints and NumPy arrays are allowed)")
+        return super().find_class(module, name)
+
+
 def _read(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            d = _Unpickler(f, encoding="bytes").load()
     except Exception as e:  # noqa: BLE001 - any unreadable file is a layout error
         raise ValueError(f"cannot read CIFAR-10 batch {path}: {e}; expected {LAYOUT}") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"CIFAR-10 batch {path} must hold a dict, but holds a "
+                         f"{type(d).__name__}")
+    return d
+
+
+def _labels(path: Path, labels) -> np.ndarray:
+    """``labels`` as int64, checked to be integers in 0..9."""
+    try:
+        out = np.asarray(labels)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{path}: b'labels' must be a list of ints in 0..9 ({e})") from e
+    if out.ndim != 1 or not (out.dtype.kind in "iu" or out.size == 0):
+        raise ValueError(f"{path}: b'labels' must be a list of ints in 0..9, but got "
+                         f"{out.dtype} with shape {out.shape}")
+    bad = np.flatnonzero((out < 0) | (out > 9))
+    if bad.size:
+        raise ValueError(f"{path}: b'labels' must be in 0..9, but label {int(out[bad[0]])} "
+                         f"at row {int(bad[0])} is not ({bad.size} such labels)")
+    return out.astype(np.int64)
 
 
 def load_cifar10(root: str | Path, train: bool = True) -> tuple[Tensor, Tensor, list[str]]:
@@ -53,19 +98,25 @@ def load_cifar10(root: str | Path, train: bool = True) -> tuple[Tensor, Tensor, 
         if b"data" not in d or b"labels" not in d:
             raise ValueError(f"{root / name} must hold b'data' and b'labels', "
                              f"but has keys {sorted(d)}")
-        x = np.asarray(d[b"data"], dtype=np.uint8)
-        if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or x.shape[0] != len(d[b"labels"]):
+        x, y = d[b"data"], _labels(root / name, d[b"labels"])
+        if not isinstance(x, np.ndarray) or x.dtype != np.uint8:
+            raise ValueError(f"{root / name}: b'data' must be a uint8 NumPy array, but got "
+                             f"{getattr(x, 'dtype', type(x).__name__)}")
+        if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or x.shape[0] != len(y):
             raise ValueError(f"{root / name}: b'data' must be (N, 3072) with N labels, "
-                             f"but got {x.shape} and {len(d[b'labels'])} labels")
+                             f"but got {x.shape} and {len(y)} labels")
         data.append(x)
-        labels.extend(d[b"labels"])
+        labels.append(y)
     images = torch.from_numpy(np.concatenate(data)).view(-1, 3, 32, 32)
     names = [f"class_{i}" for i in range(10)]
     if (root / "batches.meta").is_file():
         meta = _read(root / "batches.meta")
         names = [n.decode() if isinstance(n, bytes) else str(n)
                  for n in meta.get(b"label_names", names)]
-    return images, torch.as_tensor(labels, dtype=torch.int64), names
+        if len(names) != 10:
+            raise ValueError(f"{root / 'batches.meta'}: b'label_names' must name 10 classes, "
+                             f"but names {len(names)}")
+    return images, torch.from_numpy(np.concatenate(labels)), names
 
 
 class CIFAR10Pickles(Dataset):
@@ -95,11 +146,16 @@ class CIFAR10Pickles(Dataset):
 
 
 def cifar10_splits(root: str | Path, val_fraction: float = 0.1, seed: int = 0,
-                   transform=None) -> dict[str, Dataset]:
+                   transform=None) -> dict[str, Dataset | None]:
     """``{"train", "val", "test"}``: the training batches split by ``seed`` into train and
-    val (``val_fraction``), and the test batch. ``transform`` applies to all three."""
+    val (``val_fraction``; 0 gives no val split, None), and the test batch.
+    ``transform`` applies to all three. An empty split raises ``ValueError``."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), but got {val_fraction}")
     full = CIFAR10Pickles(root, train=True, transform=transform)
-    train, val = split_dataset(full, (1.0 - val_fraction, val_fraction), seed)
-    return {"train": train, "val": val, "test": CIFAR10Pickles(root, False, transform)}
+    test = CIFAR10Pickles(root, False, transform)
+    if len(test) == 0:
+        raise ValueError(f"the test split of {str(root)!r} is empty: test_batch holds no image")
+    splits = named_splits(full, {"val": val_fraction, "train": 1.0 - val_fraction}, seed,
+                          f"CIFAR-10 folder {str(root)!r}")
+    return {**splits, "test": test}

@@ -149,6 +149,11 @@ def generate_cluttered_digits(
         raise ValueError(f"clutter_size must be in (0, {lo}], but got {clutter_size}")
     if not 0.0 <= mask_threshold < 1.0:
         raise ValueError(f"mask_threshold must be in [0, 1), but got {mask_threshold}")
+    for name, value in (("clutter_intensity", clutter_intensity),
+                        ("background_amplitude", background_amplitude)):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite float >= 0 (no NaN or Inf), "
+                             f"but got {value}")
 
     g = torch.Generator().manual_seed(seed)
     n_src = sources.shape[0]

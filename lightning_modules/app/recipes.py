@@ -87,7 +87,7 @@ def datamodule(budget: Budget, seed: int, spurious: bool = False,
     """
     dm = ClutteredDigitsDataModule(budget.num_train, budget.num_val, budget.num_test,
                                    spurious=spurious, spurious_strength=spurious_strength,
-                                   seed=seed, batch_size=budget.batch_size)
+                                   seed=seed, batch_size=budget.batch_size, with_masks=True)
     dm.setup()
     return dm
 

@@ -58,7 +58,7 @@ def build_datamodule(data: dict[str, Any], batch_size: int, seed: int):
     if name == "cluttered-digits":
         return ClutteredDigitsDataModule(
             data["num_train"], data["num_val"], data["num_test"], spurious=data["spurious"],
-            seed=seed, batch_size=batch_size,
+            seed=seed, batch_size=batch_size, with_masks=True,
         )  # fmt: skip
     if name in ("cifar10", "image-folder") and not data.get("data_dir"):
         raise ValueError(f"--data {name} needs --data-dir, the folder holding the data")
