@@ -16,7 +16,12 @@ from energymask.ersm import (
 from energymask.mask_quality import mask_quality
 from energymask.models import Classifier, FrozenBackboneClassifier, shallow_cnn, small_cnn
 from energymask.occlusion import OcclusionResult, occlusion_robustness
-from energymask.pbedropout import PBEDropout2d, PBEDropoutOutput, pb_edropout_2d
+from energymask.pbedropout import (
+    PBEDropout2d,
+    PBEDropoutOutput,
+    PBEDropoutSettings,
+    pb_edropout_2d,
+)
 from energymask.surgery import (
     InsertedAfter,
     insert_after,
@@ -43,6 +48,7 @@ __all__ = [
     "InsertedAfter",
     "PBEDropout2d",
     "PBEDropoutOutput",
+    "PBEDropoutSettings",
     "collect_regularizer",
     "drop_block_2d",
     "energy_mask_2d",

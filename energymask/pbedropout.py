@@ -1,4 +1,4 @@
-"""PB-EDropout: patch-based energy dropout (DESIGN.md §4, our formalisation).
+"""PB-EDropout: patch-based energy dropout (docs/design.md §4, our formalisation).
 
 No public code exists; this file is the project's formalisation. For an input
 X (B, C, H, W) and patch size s, the patch grid is h = ⌈H/s⌉, w = ⌈W/s⌉
@@ -6,7 +6,8 @@ X (B, C, H, W) and patch size s, the patch grid is h = ⌈H/s⌉, w = ⌈W/s⌉
 
     a_{b,c,k} = mean |X_{b,c}| over patch k                 patch activity
     â         = (a − mean_k a) / (std_k a + ε)              per (b, c)
-    u_{b,c,k} = t_{b,c} − â_{b,c,k},  t = p-quantile of â_{b,c}   unary energy
+    u_{b,c,k} = t_{b,c} + δ − â_{b,c,k}                     unary energy
+                t = p-quantile of â_{b,c}, δ = calibration offset
     E(m)      = Σ_k m_k u_k + β Σ_{(k,l)∈N4} [m_k ≠ m_l]    m ∈ {0,1}^{h×w}, 1 = keep
     P(m)      ∝ exp(−E(m) / T)
     P(m_k = 1 | rest) = sigmoid(−(u_k + β Σ_{l∈N4(k)} (1 − 2 m_l)) / T)
@@ -21,24 +22,56 @@ Training step, for every (b, c) plane at once:
    default fitness), upsampled to pixels and cropped to H×W, with inverted
    dropout scaling ``y = X · m* / keep_{b,c}``, keep = kept pixel fraction of
    the (b, c) plane (planes with nothing kept give 0);
-4. EMA per channel: ``M_c ← α M_c + (1 − α) mean_b m*_{b,c}``.
+4. EMA per channel: ``M_c ← α M_c + (1 − α) mean_b m*_{b,c}`` (keep frequency).
 
-Inference: ``m = 1[M_c ≥ 0.5]`` per channel, input independent, same rescaling.
-Frozen: train with the inference masks, no sampling, no EMA update.
+**p is a promise, as in nn.Dropout.** With δ = 0 about a fraction p of the
+patches lean to be dropped, but the coupling β pulls masks to the local
+majority (mostly "keep" when p < 0.5), so the realised drop rate falls short:
+0.045 at p = 0.1 with β = 0.1, T = 0.1, and 0.001 with β = 0.5. The layer
+therefore calibrates δ, one scalar per layer, by integral control on the drop
+rate r of each training step (share of dropped patches)::
+
+    δ ← δ + η (p − r) / (p (1 − p))     η = ``calibration_rate``, δ = buffer ``threshold_offset``
+
+Why this calibration: it shifts the whole Gibbs distribution and leaves the
+rest of the method untouched (the applied mask is still the fittest sampled
+mask, for any β, T, G or fitness), it costs one scalar and no extra sampling,
+and integral control makes the long-run mean of r equal p exactly (the mean
+error over N steps is p(1 − p) (δ_N − δ_0) / (η N)). The price is a warm-up
+of a few tens of steps and some lag when the features change. The division by
+p (1 − p) evens out the loop gain over p. η bounds the steepest response the
+loop can follow without oscillating, η · slope / (p (1 − p)) < 2, where slope
+= dr/dδ: 0.2–1.5 on 8×8 grids of ReLU noise (β ∈ {0.1, 0.5}), but ~4 on the
+4×4 grids of ``shallow_cnn``'s layer2 in training, where η = 0.1 made r swing
+between 0.03 and 0.2 from step to step. η = 0.03 follows slopes up to 6 and
+warms up in ~40 steps on the flattest grids above (~5 on steep ones). δ is a
+buffer: saved in checkpoints, averaged over processes by the callback.
+:func:`pb_edropout_2d` alone is one step at a given δ; it is not calibrated.
+
+**Deterministic masks** (inference and frozen training): per channel, drop
+exactly ⌊p·h·w⌉ patches, those with the lowest keep frequency M_c (ties:
+lowest grid index first), same rescaling (:func:`lowest_keep_mask`). A fixed
+threshold ``1[M_c ≥ 0.5]`` would drop nothing when p < 0.5, since every patch
+is kept in most samples. Inference uses them when ``deterministic_inference``
+(default, as the paper says), else it is the identity, as in ``nn.Dropout``.
+Frozen: train with the deterministic masks, no sampling, no EMA or δ update.
 
 Implementation: steps 1–2 run under ``torch.no_grad()`` on uint8 populations
-(K, B·C, h·w) with the patches in checkerboard order (``energymask.genetic``:
-a Gibbs half-sweep is one batched matmul, a sigmoid and one uniform per site of
-that colour; energies from the same adjacency matrix; flips by geometric gaps);
-the applied mask and the energies are returned as float32, the output keeps the
-input dtype (float16 / bfloat16 under autocast work). The ``pbedropout.*``
-profiler ranges (unary, sample, refine, apply) time the phases.
+(K, B·C, h·w) with the patches in checkerboard order (``energymask.potts``, ``.genetic``);
+the applied mask and the energies are float32, the output keeps the input
+dtype (float64, float16, bfloat16, autocast). Non-finite activities (NaN / Inf
+in x) count as activity 0, so a NaN plane still drops a share p of its patches
+(its output stays NaN, as x is). The ``pbedropout.*`` profiler ranges (unary,
+sample, refine, apply) time the phases.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -53,6 +86,103 @@ from energymask.potts import potts, sample
 EPS = 1e-6
 
 
+def _check_real(name: str, value: Any, allowed: str, ok: Callable[[float], bool]) -> None:
+    """``value`` a finite real number for which ``ok`` holds (``allowed`` says which, in words)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float {allowed}, but got {value!r} "
+                        f"({type(value).__name__})")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, but got {value}")
+    if not ok(value):
+        raise ValueError(f"{name} must be {allowed}, but got {value}")
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= {low}, but got {value!r} "
+                        f"({type(value).__name__})")
+    if value < low:
+        raise ValueError(f"{name} must be an int >= {low}, but got {value}")
+
+
+@dataclass(frozen=True)
+class PBEDropoutSettings:
+    """Every setting of PB-EDropout, validated once when built (``ValueError`` / ``TypeError``).
+
+    Args:
+        p: drop rate in [0, 1); the realised training rate (calibrated) and the
+            share dropped by the deterministic masks. Default: 0.1.
+        patch_size: s, patch side in pixels. Default: 4.
+        beta: β >= 0, pairwise weight (contiguous dropped regions). Default: 0.1.
+        temperature: T > 0, randomness of the masks. Default: 0.1.
+        population: K >= 1 candidate masks per plane. Default: 16.
+        generations: G >= 0 genetic generations. Default: 2.
+        sweeps: Gibbs sweeps from the random start. Default: 2.
+        elite_fraction: share of K kept as elite, in (0, 1). Default: 0.25.
+        tournament_size: >= 1. Default: 2.
+        mutation_rate: μ in [0, 1], flip rate of ``"flip"``. Default: 0.05.
+        mutation: ``"flip"`` or ``"gibbs"`` (one sweep). Default: ``"flip"``.
+        rescale: inverted-dropout scaling by the kept pixel fraction. Default: True.
+        ema_decay: α in [0, 1] of the keep-frequency EMA (layer only). Default: 0.99.
+        calibration_rate: η >= 0 of the δ controller (layer only; 0 turns the
+            calibration off). Default: 0.03.
+        deterministic_inference: eval mode applies the deterministic masks;
+            False: identity (layer only). Default: True.
+    """
+
+    p: float = 0.1
+    patch_size: int = 4
+    beta: float = 0.1
+    temperature: float = 0.1
+    population: int = 16
+    generations: int = 2
+    sweeps: int = 2
+    elite_fraction: float = 0.25
+    tournament_size: int = 2
+    mutation_rate: float = 0.05
+    mutation: str = "flip"
+    rescale: bool = True
+    ema_decay: float = 0.99
+    calibration_rate: float = 0.03
+    deterministic_inference: bool = True
+
+    def __post_init__(self) -> None:
+        _check_real("p", self.p, "in [0, 1)", lambda v: 0 <= v < 1)
+        _check_int("patch_size", self.patch_size, 1)
+        _check_real("beta", self.beta, ">= 0", lambda v: v >= 0)
+        _check_real("temperature", self.temperature, "> 0", lambda v: v > 0)
+        _check_int("population", self.population, 1)
+        _check_int("generations", self.generations, 0)
+        _check_int("sweeps", self.sweeps, 0)
+        _check_real("elite_fraction", self.elite_fraction, "in (0, 1)", lambda v: 0 < v < 1)
+        _check_int("tournament_size", self.tournament_size, 1)
+        _check_real("mutation_rate", self.mutation_rate, "in [0, 1]", lambda v: 0 <= v <= 1)
+        if self.mutation not in MUTATIONS:
+            raise ValueError(f"mutation must be one of {MUTATIONS}, but got {self.mutation!r}")
+        _check_real("ema_decay", self.ema_decay, "in [0, 1]", lambda v: 0 <= v <= 1)
+        _check_real("calibration_rate", self.calibration_rate, ">= 0", lambda v: v >= 0)
+        for name in ("rescale", "deterministic_inference"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, but got {getattr(self, name)!r}")
+        casts = {"float": float, "int": int}
+        for field in dataclasses.fields(self):  # plain Python values (checkpoints load safely)
+            if field.type in casts:
+                object.__setattr__(self, field.name, casts[field.type](getattr(self, field.name)))
+
+    @classmethod
+    def of(cls, settings: PBEDropoutSettings | None, **fields: Any) -> PBEDropoutSettings:
+        """``settings`` with ``fields`` replaced (defaults when None); unknown names raise."""
+        if settings is not None and not isinstance(settings, cls):
+            raise TypeError(f"settings must be a PBEDropoutSettings or None, but got "
+                            f"{type(settings).__name__}; pass p=... and the others by name")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise TypeError(f"unknown PB-EDropout setting(s) {unknown}; "
+                            f"the settings are {sorted(known)}")
+        return dataclasses.replace(settings or cls(), **fields)
+
+
 class PBEDropoutOutput(NamedTuple):
     """``output`` (B, C, H, W); ``mask`` (B, C, h, w) float32; ``energy`` (B, C) float32."""
 
@@ -61,47 +191,13 @@ class PBEDropoutOutput(NamedTuple):
     energy: Tensor
 
 
-def check_settings(
-    p: float,
-    patch_size: int,
-    beta: float,
-    temperature: float,
-    population: int,
-    generations: int,
-    sweeps: int,
-    elite_fraction: float,
-    tournament_size: int,
-    mutation_rate: float,
-    mutation: str,
-) -> None:
-    """Raise ``ValueError`` for any setting out of range."""
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"p must be in [0, 1), but got {p}")
-    if patch_size < 1:
-        raise ValueError(f"patch_size must be >= 1, but got {patch_size}")
-    if beta < 0:
-        raise ValueError(f"beta must be >= 0, but got {beta}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, but got {temperature}")
-    if population < 1:
-        raise ValueError(f"population must be >= 1, but got {population}")
-    if generations < 0:
-        raise ValueError(f"generations must be >= 0, but got {generations}")
-    if sweeps < 0:
-        raise ValueError(f"sweeps must be >= 0, but got {sweeps}")
-    if not 0.0 < elite_fraction < 1.0:
-        raise ValueError(f"elite_fraction must be in (0, 1), but got {elite_fraction}")
-    if tournament_size < 1:
-        raise ValueError(f"tournament_size must be >= 1, but got {tournament_size}")
-    if not 0.0 <= mutation_rate <= 1.0:
-        raise ValueError(f"mutation_rate must be in [0, 1], but got {mutation_rate}")
-    if mutation not in MUTATIONS:
-        raise ValueError(f"mutation must be one of {MUTATIONS}, but got {mutation!r}")
-
-
 def check_input(x: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a Tensor (B, C, H, W), but got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"x must be 4D (B, C, H, W), but got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating point tensor, but got {x.dtype}")
 
 
 def grid_shape(height: int, width: int, patch_size: int) -> tuple[int, int]:
@@ -122,34 +218,33 @@ def row_quantile(values: Tensor, q: float) -> Tensor:
     return torch.lerp(smallest[..., lo : lo + 1], smallest[..., hi : hi + 1], position - lo)
 
 
-def patch_unary(x: Tensor, patch_size: int, p: float) -> Tensor:
-    """Unary energy u = t − â of DESIGN.md §4, float32 (B, C, h, w).
+def patch_unary(x: Tensor, patch_size: int, p: float, offset: float | Tensor = 0.0) -> Tensor:
+    """Unary energy u = t + δ − â of the module docstring, float32 (B, C, h, w).
 
-    Computed as u = (t' − (a − mean)) / (std + ε) with t' the p-quantile of
+    Computed as u = (t' − (a − mean)) / (std + ε) + δ with t' the p-quantile of
     a − mean: the same value, since the quantile commutes with the affine map.
+    Non-finite activities count as 0. ``offset`` δ: float or 0-dim tensor.
     """
     activity = F.avg_pool2d(x.detach().float().abs(), patch_size, patch_size, ceil_mode=True)
+    activity = torch.where(activity.isfinite(), activity, 0.0)
     flat = activity.flatten(-2)
     centred = flat - flat.mean(dim=-1, keepdim=True)
     std = centred.square().mean(dim=-1, keepdim=True).sqrt_()
-    return ((row_quantile(centred, p) - centred) / (std + EPS)).view_as(activity)
+    unary = (row_quantile(centred, p) - centred) / (std + EPS)
+    return (unary + offset).view_as(activity)
 
 
-def sample_population(
-    unary: Tensor,
-    population: int,
-    sweeps: int,
-    beta: float,
-    temperature: float,
-    generator: torch.Generator,
-    seeds: torch.Generator,
-) -> Tensor:
-    """K masks (K, B, C, h, w) float32 by ``sweeps`` checkerboard Gibbs sweeps from random starts.
+def lowest_keep_mask(keep_frequency: Tensor, p: float) -> Tensor:
+    """Deterministic masks: (C, h, w) keep frequencies -> (C, h, w) float32 in {0, 1}.
 
-    Grid-layout wrapper of :func:`energymask.potts.sample`.
+    Per channel, the ⌊p·h·w⌉ patches with the lowest keep frequency are 0
+    (dropped), ties broken by grid index (lowest first, a stable sort), the
+    rest are 1.
     """
-    model = potts(unary, beta, temperature)
-    return model.grid(sample(model, population, sweeps, generator, seeds))
+    flat = keep_frequency.detach().float().flatten(1)
+    count = math.floor(p * flat.shape[1] + 0.5)
+    dropped = torch.sort(flat, dim=1, stable=True).indices[:, :count]
+    return torch.ones_like(flat).scatter_(1, dropped, 0.0).view_as(keep_frequency)
 
 
 def apply_patch_mask(x: Tensor, mask: Tensor, patch_size: int, rescale: bool = True) -> Tensor:
@@ -180,24 +275,22 @@ def apply_patch_mask(x: Tensor, mask: Tensor, patch_size: int, rescale: bool = T
 
 def pb_edropout_2d(
     x: Tensor,
-    p: float = 0.1,
-    patch_size: int = 4,
-    beta: float = 0.1,
-    temperature: float = 0.1,
-    population: int = 16,
-    generations: int = 2,
-    sweeps: int = 2,
-    elite_fraction: float = 0.25,
-    tournament_size: int = 2,
-    mutation_rate: float = 0.05,
-    mutation: str = "flip",
-    rescale: bool = True,
+    settings: PBEDropoutSettings | None = None,
+    *,
+    offset: float | Tensor = 0.0,
     fitness: Callable[[Tensor], Tensor] | None = None,
     generator: torch.Generator | None = None,
+    **fields: Any,
 ) -> PBEDropoutOutput:
-    """One training-mode PB-EDropout step on x (B, C, H, W); see the module docstring.
+    """One training-mode PB-EDropout step on x (B, C, H, W) at threshold offset δ.
 
     Args:
+        settings: :class:`PBEDropoutSettings`, or None for the defaults; any
+            of its fields may also be given by name (``p=0.3``) and replace it.
+            ``ema_decay``, ``calibration_rate`` and ``deterministic_inference``
+            are the layer's and not used here.
+        offset: δ (float or 0-dim tensor on x's device). Default: 0, which
+            drops less than p when β > 0: :class:`PBEDropout2d` calibrates it.
         fitness: optional callable masks (K, B, C, h, w) float32 -> (K, B, C),
             higher is better, used instead of −E; the applied mask is then the
             fittest one. ``energy`` in the output is always E of that mask.
@@ -205,30 +298,28 @@ def pb_edropout_2d(
             (from the global RNG when None), so seeded calls are reproducible.
 
     Returns:
-        ``PBEDropoutOutput(output, mask m* (B, C, h, w), energy E(m*) (B, C))``.
+        ``PBEDropoutOutput(output, mask m* (B, C, h, w), energy E(m*) (B, C))``;
+        an empty batch (any size 0) gives empty tensors of those shapes.
     """
     check_input(x)
-    check_settings(
-        p, patch_size, beta, temperature, population, generations, sweeps,
-        elite_fraction, tournament_size, mutation_rate, mutation,
-    )  # fmt: skip
+    s = PBEDropoutSettings.of(settings, **fields)
     b, c = x.shape[:2]
-    h, w = grid_shape(x.shape[-2], x.shape[-1], patch_size)
-    if p == 0.0:
-        ones = torch.ones(b, c, h, w, device=x.device)
-        return PBEDropoutOutput(x, ones, torch.zeros(b, c, device=x.device))
+    h, w = grid_shape(x.shape[-2], x.shape[-1], s.patch_size)
+    if s.p == 0.0 or x.numel() == 0:
+        ones = torch.ones(b, c, h, w, device=x.device, dtype=torch.float32)
+        return PBEDropoutOutput(x, ones, torch.zeros(b, c, device=x.device, dtype=torch.float32))
     call_seed = draw_seed(generator if generator is not None else torch.default_generator)
     seeds = torch.Generator().manual_seed(call_seed)
     device_gen = torch.Generator(device=x.device).manual_seed(call_seed)
     with torch.no_grad():
         with record_function("pbedropout.unary"):
-            model = potts(patch_unary(x, patch_size, p), beta, temperature)
+            model = potts(patch_unary(x, s.patch_size, s.p, offset), s.beta, s.temperature)
         with record_function("pbedropout.sample"):
-            masks = sample(model, population, sweeps, device_gen, seeds)
+            masks = sample(model, s.population, s.sweeps, device_gen, seeds)
         with record_function("pbedropout.refine"):
             masks, scores = evolve(
-                masks, model, generations, device_gen, seeds,
-                elite_fraction, tournament_size, mutation_rate, mutation, fitness,
+                masks, model, s.generations, device_gen, seeds,
+                s.elite_fraction, s.tournament_size, s.mutation_rate, s.mutation, fitness,
             )  # fmt: skip
             top = scores.max(dim=0, keepdim=True)
             best = gather_masks(masks, top.indices)
@@ -236,15 +327,19 @@ def pb_edropout_2d(
             energy = -top.values if fitness is None else model.energy(best)
             energy = energy.view(b, c)
     with record_function("pbedropout.apply"):
-        output = apply_patch_mask(x, mask, patch_size, rescale)
+        output = apply_patch_mask(x, mask, s.patch_size, s.rescale)
     return PBEDropoutOutput(output, mask, energy)
 
 
 class PBEDropout2d(nn.Module):
     """Patch-based energy dropout layer; see the module docstring for the maths.
 
+    ``PBEDropout2d(64, p=0.2, beta=0.5)`` or ``PBEDropout2d(64, settings)``.
+
     Args:
         channels: C of the input; checked at every forward.
+        settings: :class:`PBEDropoutSettings` (None: defaults); its fields may
+            also be given by name and replace it.
         grid_size: (h, w) of the patch grid, to allocate the EMA buffer now.
             When None the buffer ``ema_mask`` is allocated at the first training
             forward (and resized by ``load_state_dict``), so it still round-trips.
@@ -252,108 +347,121 @@ class PBEDropout2d(nn.Module):
         seed: when given, the layer holds a CPU ``torch.Generator`` seeded with
             it; its state is saved in ``state_dict`` (extra state) so a resumed
             run continues exactly. When None the global RNG is used.
-        Other arguments: see :func:`pb_edropout_2d`; ``ema_decay`` is α.
+        fitness: see :func:`pb_edropout_2d`.
+
+    Buffers: ``ema_mask`` (C, h, w) keep frequencies M_c and ``threshold_offset``
+    (0-dim) δ, both float32 whatever the module's dtype (Lightning's "16-true"
+    casts the module; the statistics keep their precision).
 
     Attributes after each training forward (detached): ``last_drop_rate``
-    (float, realised fraction of dropped patches), ``last_energy`` (float, mean
-    E of the applied masks), ``last_mask`` (B, C, h, w).
+    (float, realised share of dropped patches, sampled or frozen),
+    ``last_energy`` (float, mean E of the applied masks; None when frozen),
+    ``last_mask`` (B or 1, C, h, w).
     """
 
     def __init__(
         self,
         channels: int,
-        p: float = 0.1,
-        patch_size: int = 4,
-        beta: float = 0.1,
-        temperature: float = 0.1,
-        population: int = 16,
-        generations: int = 2,
-        sweeps: int = 2,
-        elite_fraction: float = 0.25,
-        tournament_size: int = 2,
-        mutation_rate: float = 0.05,
-        mutation: str = "flip",
-        ema_decay: float = 0.99,
-        rescale: bool = True,
-        fitness: Callable[[Tensor], Tensor] | None = None,
+        settings: PBEDropoutSettings | None = None,
+        *,
         grid_size: tuple[int, int] | None = None,
         seed: int | None = None,
+        fitness: Callable[[Tensor], Tensor] | None = None,
+        **fields: Any,
     ) -> None:
         super().__init__()
-        check_settings(
-            p, patch_size, beta, temperature, population, generations, sweeps,
-            elite_fraction, tournament_size, mutation_rate, mutation,
-        )  # fmt: skip
-        if channels < 1:
-            raise ValueError(f"channels must be >= 1, but got {channels}")
-        if not 0.0 <= ema_decay <= 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1], but got {ema_decay}")
+        self.settings = PBEDropoutSettings.of(settings, **fields)
+        _check_int("channels", channels, 1)
+        if seed is not None:
+            _check_int("seed", seed, 0)
+        if grid_size is not None:
+            if not isinstance(grid_size, tuple | list) or len(grid_size) != 2:
+                raise ValueError(f"grid_size must be None or (h, w), but got {grid_size!r}")
+            for size in grid_size:
+                _check_int("grid_size", size, 1)
         self.channels = channels
-        self.p = p
-        self.patch_size = patch_size
-        self.beta = beta
-        self.temperature = temperature
-        self.population = population
-        self.generations = generations
-        self.sweeps = sweeps
-        self.elite_fraction = elite_fraction
-        self.tournament_size = tournament_size
-        self.mutation_rate = mutation_rate
-        self.mutation = mutation
-        self.ema_decay = ema_decay
-        self.rescale = rescale
         self.fitness = fitness
         self.frozen = False
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        initial = torch.ones(channels, *grid_size) if grid_size is not None else torch.empty(0)
+        initial = (torch.ones(channels, *grid_size, dtype=torch.float32)
+                   if grid_size is not None else torch.empty(0, dtype=torch.float32))
         self.register_buffer("ema_mask", initial)
+        self.register_buffer("threshold_offset", torch.zeros((), dtype=torch.float32))
         self.last_drop_rate: float | None = None
         self.last_energy: float | None = None
         self.last_mask: Tensor | None = None
 
+    @property
+    def p(self) -> float:
+        return self.settings.p
+
     def freeze(self) -> None:
-        """Train with the EMA masks from now on: no sampling, no EMA update."""
+        """Train with the deterministic masks from now on: no sampling, no EMA or δ update."""
         self.frozen = True
 
     def unfreeze(self) -> None:
         self.frozen = False
 
-    def inference_mask(self, grid: tuple[int, int], device: torch.device) -> Tensor:
-        """``1[M_c ≥ 0.5]`` as (1, C, h, w) float32; all ones before any training."""
+    def deterministic_mask(self, grid: tuple[int, int]) -> Tensor | None:
+        """:func:`lowest_keep_mask` of ``ema_mask`` as (1, C, h, w); None before any training."""
         if self.ema_mask.numel() == 0:
-            return torch.ones(1, self.channels, *grid, device=device)
+            return None
+        self._check_grid(grid)
+        return lowest_keep_mask(self.ema_mask, self.settings.p).unsqueeze(0)
+
+    def _check_grid(self, grid: tuple[int, int]) -> None:
         if tuple(self.ema_mask.shape[1:]) != grid:
             raise ValueError(
                 f"patch grid of x must be {tuple(self.ema_mask.shape[1:])} (the EMA mask), "
                 f"but got {grid}"
             )
-        return (self.ema_mask >= 0.5).float().unsqueeze(0)
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(x)
         if x.shape[1] != self.channels:
             raise ValueError(f"x must have {self.channels} channels, but got {x.shape[1]}")
-        if self.p == 0.0:
+        s = self.settings
+        if s.p == 0.0 or x.numel() == 0:
             return x
-        grid = grid_shape(x.shape[-2], x.shape[-1], self.patch_size)
-        if not self.training or self.frozen:
-            mask = self.inference_mask(grid, x.device)
-            return apply_patch_mask(x, mask, self.patch_size, self.rescale)
+        grid = grid_shape(x.shape[-2], x.shape[-1], s.patch_size)
+        if self.training and not self.frozen:
+            return self._sampled(x, grid)
+        if not self.training and not s.deterministic_inference:
+            return x
+        mask = self.deterministic_mask(grid)
+        if mask is None:
+            return x  # no masks learnt yet
+        if self.training:
+            self.last_mask = mask
+            self.last_drop_rate = float(1.0 - mask.mean())
+            self.last_energy = None
+        return apply_patch_mask(x, mask.to(x.device), s.patch_size, s.rescale)
+
+    def _sampled(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        s = self.settings
         if self.ema_mask.numel() == 0:
-            self.ema_mask = torch.ones(self.channels, *grid, device=x.device)
-        self.inference_mask(grid, x.device)  # checks the grid
-        out = pb_edropout_2d(
-            x, self.p, self.patch_size, self.beta, self.temperature, self.population,
-            self.generations, self.sweeps, self.elite_fraction, self.tournament_size,
-            self.mutation_rate, self.mutation, self.rescale, self.fitness, self.generator,
-        )  # fmt: skip
+            self.ema_mask = torch.ones(self.channels, *grid, device=x.device, dtype=torch.float32)
+        self._check_grid(grid)
+        out = pb_edropout_2d(x, s, offset=self.threshold_offset.to(x.device),
+                             fitness=self.fitness, generator=self.generator)
         with torch.no_grad():
-            alpha = self.ema_decay
+            kept = out.mask.mean()
+            gain = s.calibration_rate / (s.p * (1.0 - s.p))
+            self.threshold_offset.add_(gain * (s.p - (1.0 - kept)))
+            alpha = s.ema_decay
             self.ema_mask.mul_(alpha).add_(out.mask.mean(dim=0), alpha=1.0 - alpha)
         self.last_mask = out.mask
-        self.last_drop_rate = float(1.0 - out.mask.mean())
+        self.last_drop_rate = float(1.0 - kept)
         self.last_energy = float(out.energy.mean())
         return out.output
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> PBEDropout2d:
+        # Keep the statistics in float32 when the module is cast (.half(), Lightning "*-true"):
+        # in bfloat16 an EMA step of 0.01·(m − M) is below half a unit in the last place.
+        super()._apply(fn, recurse)
+        self.ema_mask = self.ema_mask.float()
+        self.threshold_offset = self.threshold_offset.float()
+        return self
 
     def get_extra_state(self) -> dict[str, Any]:
         state = self.generator.get_state() if self.generator is not None else None
@@ -368,15 +476,18 @@ class PBEDropout2d(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
         key = prefix + "ema_mask"
+        if key in state_dict and prefix + "threshold_offset" not in state_dict:
+            state_dict[prefix + "threshold_offset"] = torch.zeros(())  # saved before calibration
         if key in state_dict and state_dict[key].shape != self.ema_mask.shape:
-            self.ema_mask = torch.empty_like(state_dict[key], device=self.ema_mask.device)
+            self.ema_mask = torch.empty(state_dict[key].shape, device=self.ema_mask.device,
+                                        dtype=torch.float32)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
+        s = self.settings
         return (
-            f"{self.channels}, p={self.p}, patch_size={self.patch_size}, beta={self.beta}, "
-            f"temperature={self.temperature}, population={self.population}, "
-            f"generations={self.generations}, sweeps={self.sweeps}, "
-            f"mutation={self.mutation!r}, ema_decay={self.ema_decay}, rescale={self.rescale}, "
-            f"frozen={self.frozen}"
+            f"{self.channels}, p={s.p}, patch_size={s.patch_size}, beta={s.beta}, "
+            f"temperature={s.temperature}, population={s.population}, "
+            f"generations={s.generations}, sweeps={s.sweeps}, mutation={s.mutation!r}, "
+            f"ema_decay={s.ema_decay}, rescale={s.rescale}, frozen={self.frozen}"
         )

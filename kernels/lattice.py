@@ -139,6 +139,7 @@ def site_sweep(
         for this, other in ((0, 1), (1, 0)):
             # −f/T = −(u + β deg)/T + (2β/T) · (kept neighbours): one batched matmul
             neg_field = torch.baddbmm(drives[this], colours[other], adjacencies[other], alpha=step)
-            uniform = torch.rand(neg_field.shape, generator=generator, device=masks.device)
+            uniform = torch.rand(neg_field.shape, generator=generator, device=masks.device,
+                                 dtype=neg_field.dtype)  # not the default dtype
             colours[this] = uniform.lt_(neg_field.sigmoid_())  # float 0/1
     return torch.cat(colours, dim=-1).to(torch.uint8)

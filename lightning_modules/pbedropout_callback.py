@@ -2,40 +2,36 @@
 
 ``Trainer(callbacks=[PBEDropoutCallback("backbone.layer2", freeze_at_epoch=5, p=0.3)])``
 inserts a ``PBEDropout2d`` after each named block at ``setup``, freezes the
-masks (train with the EMA masks, DESIGN.md §4) from ``freeze_at_epoch`` on, logs
-the realised drop rate and the mask energy, and under DDP averages the EMA masks
-over the processes at the end of every training epoch, so that every rank ends
-with the same masks. On one process its state also carries the CPU random
-state, so a run resumed from a checkpoint draws the same masks as a straight one.
+masks (train with the deterministic masks, docs/design.md §4) from
+``freeze_at_epoch`` on, logs the realised drop rate and the mask energy, and
+under DDP averages the EMA masks and the calibration offsets over the processes
+at the end of every training epoch, so that every rank ends with the same
+masks. On one process its state also carries the CPU random state, so a run
+resumed from a checkpoint draws the same masks as a straight one.
 """
 
 from __future__ import annotations
 
-import importlib
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+from energymask.pbedropout import PBEDropout2d, PBEDropoutSettings
+
 from ._inserting import InsertingCallback
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
-
-def _pbedropout_class() -> type[nn.Module]:
-    try:
-        return importlib.import_module("energymask.pbedropout").PBEDropout2d
-    except (ImportError, AttributeError) as err:
-        raise ImportError(
-            "PBEDropoutCallback needs energymask.pbedropout.PBEDropout2d, which this "
-            f"installation does not have ({err})"
-        ) from err
+CALLBACK_ONLY = ("freeze_at_epoch",)  # in the saved settings (resume check), not the layer's
 
 
-def make_pbedropout(channels: int, settings: dict[str, Any]) -> nn.Module:
-    return _pbedropout_class()(channels, **settings)
+def make_pbedropout(channels: int, settings: dict[str, Any]) -> PBEDropout2d:
+    """``PBEDropout2d(channels, **settings)`` from a callback's saved settings."""
+    return PBEDropout2d(channels, **{k: v for k, v in settings.items() if k not in CALLBACK_ONLY})
 
 
 class PBEDropoutCallback(InsertingCallback):
@@ -45,13 +41,19 @@ class PBEDropoutCallback(InsertingCallback):
         layers: submodule names (as in ``named_modules()``) to put a layer after;
             ``None`` picks the last submodule with a 4D output for
             ``pl_module.example_input_array``.
-        freeze_at_epoch: from this epoch on, call ``layer.freeze()`` (masks fixed to
-            the EMA); None never freezes. Default: None.
+        freeze_at_epoch: from this epoch on, call ``layer.freeze()`` (train with the
+            deterministic masks); None never freezes. Default: None.
         log_stats: log ``pbedropout/<layer>/drop_rate`` (realised share of dropped
-            patches; ``1[EMA < 0.5]`` once frozen) and ``energy`` (mean energy of the
-            applied masks, from the layer's ``last_drop_rate`` / ``last_energy``),
-            averaged over each epoch. Default: True.
-        **pbedropout_kwargs: passed to ``PBEDropout2d(channels, **kwargs)``.
+            patches, of the deterministic masks once frozen) and ``energy`` (mean
+            energy of the sampled masks; not logged while frozen), from the layer's
+            ``last_drop_rate`` / ``last_energy``, averaged over each epoch. Default: True.
+        **pbedropout_kwargs: ``seed``, ``grid_size`` and the fields of
+            :class:`~energymask.pbedropout.PBEDropoutSettings`, passed to
+            ``PBEDropout2d(channels, ...)`` and validated here.
+
+    Every setting that changes training (all the layer's settings, defaults
+    included, and ``freeze_at_epoch``) is saved in the callback state, and a
+    resume with different settings is refused.
     """
 
     kind = "pbedropout"
@@ -64,14 +66,18 @@ class PBEDropoutCallback(InsertingCallback):
         **pbedropout_kwargs: Any,
     ) -> None:
         if freeze_at_epoch is not None and (
-            not isinstance(freeze_at_epoch, int) or freeze_at_epoch < 0
+            isinstance(freeze_at_epoch, bool) or not isinstance(freeze_at_epoch, int)
+            or freeze_at_epoch < 0
         ):
             raise ValueError(
                 f"freeze_at_epoch must be None or an int >= 0, but got {freeze_at_epoch!r}"
             )
         self.freeze_at_epoch = freeze_at_epoch
         self.log_stats = log_stats
-        super().__init__(layers, pbedropout_kwargs)
+        layer_only = {k: pbedropout_kwargs.pop(k) for k in ("seed", "grid_size")
+                      if k in pbedropout_kwargs}
+        settings = asdict(PBEDropoutSettings.of(None, **pbedropout_kwargs))
+        super().__init__(layers, {**settings, **layer_only, "freeze_at_epoch": freeze_at_epoch})
         self._world_size: int = 1
 
     @override
@@ -111,8 +117,6 @@ class PBEDropoutCallback(InsertingCallback):
             return
         for name, layer in self._layers.items():
             stats = {"drop_rate": layer.last_drop_rate, "energy": layer.last_energy}
-            if layer.frozen and layer.ema_mask.numel():  # masks fixed to 1[EMA >= 0.5]
-                stats = {"drop_rate": float((layer.ema_mask < 0.5).float().mean())}
             for key, value in stats.items():
                 if value is not None:
                     pl_module.log(f"pbedropout/{name}/{key}", float(value),
@@ -124,14 +128,18 @@ class PBEDropoutCallback(InsertingCallback):
         self.sync_masks(trainer)
 
     def sync_masks(self, trainer: pl.Trainer) -> None:
-        """Average every layer's ``ema_mask`` over the processes (no-op on one process)."""
+        """Average every layer's ``ema_mask`` and ``threshold_offset`` over the processes.
+
+        No-op on one process.
+        """
         if trainer.world_size < 2:
             return
         for layer in self._layers.values():
-            ema: Tensor = layer.ema_mask
-            if not ema.numel():
-                continue  # allocated at the first training forward
-            ema.copy_(trainer.strategy.reduce(ema.detach().clone(), reduce_op="mean"))
+            buffers: list[Tensor] = [layer.threshold_offset, layer.ema_mask]
+            for buffer in buffers:
+                if buffer.numel():  # ema_mask: allocated at the first training forward
+                    buffer.copy_(trainer.strategy.reduce(buffer.detach().clone(),
+                                                         reduce_op="mean"))
 
 
 __all__ = ["PBEDropoutCallback", "make_pbedropout"]

@@ -6,8 +6,6 @@ import importlib
 import os
 import pathlib
 import pickle
-import sys
-import types
 
 import pytest
 import pytorch_lightning as pl
@@ -50,22 +48,15 @@ def test_reproduces_trained_outputs(tmp_path):
         torch.testing.assert_close(loaded(x), module(x))
 
 
-@pytest.mark.parametrize("impl", ["stand_in", "real"])
-def test_reinserts_pbedropout_with_ema_masks(tmp_path, monkeypatch, impl):
-    if impl == "real":
-        pytest.importorskip("energymask.pbedropout")
-    else:
-        from test_pbedropout_callback import StandInPBEDropout2d
-
-        fake = types.ModuleType("energymask.pbedropout")
-        fake.PBEDropout2d = StandInPBEDropout2d
-        monkeypatch.setitem(sys.modules, "energymask.pbedropout", fake)
-    cb = PBEDropoutCallback("model.backbone.layer1", p=0.3, patch_size=2)
+def test_reinserts_pbedropout_with_ema_masks(tmp_path):
+    cb = PBEDropoutCallback("model.backbone.layer1", p=0.3, patch_size=2, freeze_at_epoch=3)
     module, ckpt, x = fit(tmp_path, [cb])
     loaded = load_for_inference(ckpt, ImageClassifier, model=net())
     ema = loaded.model.backbone.layer1.layer.ema_mask
     assert ema.numel() > 0
     torch.testing.assert_close(ema, module.model.backbone.layer1.layer.ema_mask)
+    offset = loaded.model.backbone.layer1.layer.threshold_offset
+    assert offset == module.model.backbone.layer1.layer.threshold_offset != 0
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), module(x))
 

@@ -160,7 +160,8 @@ def test_repr():
     [
         ({"drop_prob": 1.0}, r"drop_prob must be in \[0, 1\), but got 1.0"),
         ({"drop_prob": -0.1}, "drop_prob must be in"),
-        ({"drop_prob": float("nan")}, "drop_prob must be in"),
+        ({"drop_prob": float("nan")}, "drop_prob must be finite, but got nan"),
+        ({"drop_prob": float("inf")}, "drop_prob must be finite, but got inf"),
         ({"block_size": 0}, "block_size must be an int >= 1, but got 0"),
         ({"block_size": 2.0}, "block_size must be an int >= 1, but got 2.0"),
         ({"block_size": True}, "block_size must be an int >= 1, but got True"),
@@ -183,3 +184,19 @@ def test_bad_inputs(shape):
         drop_block_2d(torch.zeros(shape), 0.1, 3)
     with pytest.raises(ValueError, match=match):
         DropBlock2d(0.1, 3).eval()(torch.zeros(shape))
+
+
+def test_bad_types():
+    with pytest.raises(TypeError, match="drop_prob must be a float in \\[0, 1\\), but got '0.1'"):
+        DropBlock2d("0.1", 3)
+    with pytest.raises(TypeError, match="x must be a floating point tensor, but got torch.int64"):
+        drop_block_2d(torch.ones(1, 1, 8, 8, dtype=torch.long), 0.1, 3)
+    with pytest.raises(TypeError, match="x must be a Tensor"):
+        drop_block_2d([[1.0]], 0.1, 3)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 8, 8), (2, 0, 8, 8), (2, 3, 0, 8), (2, 3, 8, 0)])
+def test_zero_size_input_gives_empty_result(shape):
+    x = torch.zeros(shape)
+    assert drop_block_2d(x, 0.3, 3) is x
+    assert DropBlock2d(0.3, 3).train()(x) is x

@@ -7,13 +7,15 @@ from scipy import stats
 from energymask.kernels import population_energy
 from energymask.pbedropout import (
     PBEDropout2d,
+    PBEDropoutSettings,
     apply_patch_mask,
     grid_shape,
+    lowest_keep_mask,
     patch_unary,
     pb_edropout_2d,
     row_quantile,
-    sample_population,
 )
+from energymask.potts import potts, sample
 
 
 def make_input(b=4, c=3, h=16, w=16, seed=0):
@@ -43,22 +45,77 @@ def test_unary_has_fraction_p_positive():
     assert abs(frac - 0.25) < 0.03
 
 
-@pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.7, 0.9])
-def test_drop_rate_close_to_p(p):
-    # Tolerance 0.06 on an 8x8 grid (quantile interpolation and T-noise).
-    layer = PBEDropout2d(8, p=p, seed=0).train()
-    layer(make_input(16, 8, 32, 32))
-    assert abs(layer.last_drop_rate - p) < 0.06
+def relu_inputs(steps, b=8, c=8, size=32):
+    """A fixed sequence of non-negative feature maps, one per training step."""
+    return [torch.randn(b, c, size, size, generator=torch.Generator().manual_seed(i)).relu()
+            for i in range(steps)]
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.2, 0.3, 0.5])
+def test_uncalibrated_threshold_drops_less_than_p(p):
+    # Why the calibration exists: with δ = 0 the coupling pulls the masks to "keep".
+    gen = torch.Generator().manual_seed(0)
+    out = pb_edropout_2d(relu_inputs(1)[0], p=p, beta=0.5, generator=gen)
+    assert 1.0 - out.mask.mean().item() < p - 0.02
+
+
+# Measured (this test's inputs, mean over steps 40..79): β = 0.1: 0.0502, 0.1000, 0.2996,
+# 0.5004 (p = 0.05, 0.1, 0.3, 0.5); β = 0.5: 0.0485, 0.0987, 0.3033, 0.5025.
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.2, 0.3, 0.5])
+def test_realised_drop_rate_is_p_after_warm_up(p, beta):
+    layer = PBEDropout2d(8, p=p, beta=beta, seed=0).train()
+    rates = []
+    for x in relu_inputs(80, b=2):
+        layer(x)
+        rates.append(layer.last_drop_rate)
+    assert abs(sum(rates[40:]) / 40 - p) <= 0.01
+    if p < 0.5:
+        assert layer.threshold_offset.item() > 0  # the coupling needed a higher threshold
+
+
+def test_calibration_offset_is_checkpointed():
+    layer = PBEDropout2d(8, p=0.2, beta=0.5, seed=0).train()
+    for x in relu_inputs(5):
+        layer(x)
+    fresh = PBEDropout2d(8, p=0.2, beta=0.5, seed=1)
+    fresh.load_state_dict(layer.state_dict())
+    assert fresh.threshold_offset.item() == layer.threshold_offset.item() != 0
+    off = PBEDropout2d(8, p=0.2, beta=0.5, seed=0, calibration_rate=0.0).train()
+    off(relu_inputs(1)[0])
+    assert off.threshold_offset.item() == 0.0
+
+
+def test_one_patch_grid_follows_p():
+    # A one-patch plane has â = 0, so u = δ: the calibration alone sets the rate.
+    layer = PBEDropout2d(16, p=0.3, patch_size=8, seed=0).train()
+    rates = []
+    for x in relu_inputs(80, b=16, c=16, size=8):
+        layer(x)
+        rates.append(layer.last_drop_rate)
+    assert abs(sum(rates[40:]) / 40 - 0.3) <= 0.01
+
+
+def test_nan_planes_follow_p():
+    # NaN activities count as 0: such a plane is uniform (u = δ), like a dead ReLU channel.
+    layer = PBEDropout2d(8, p=0.2, seed=0).train()
+    rates = []
+    for x in relu_inputs(80, b=2):
+        x[:, :2] = float("nan")
+        x[0, 2, :5] = float("inf")
+        y = layer(x)
+        rates.append(layer.last_drop_rate)
+    assert y[:, 3:].isfinite().all()
+    assert abs(sum(rates[40:]) / 40 - 0.2) <= 0.01
 
 
 def test_sampler_matches_exact_gibbs_distribution():
     beta, temperature = 0.4, 1.0
     u = torch.tensor([[0.3, -0.2, 0.5], [-0.4, 0.1, 0.0], [0.2, -0.6, 0.4]])
     unary = u.expand(200, 100, 3, 3).contiguous()
-    masks = sample_population(
-        unary, 1, 25, beta, temperature,
-        torch.Generator().manual_seed(0), torch.Generator().manual_seed(1),
-    )[0].reshape(-1, 9)  # fmt: skip
+    model = potts(unary, beta, temperature)
+    generators = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    masks = model.grid(sample(model, 1, 25, *generators))[0].reshape(-1, 9)
     codes = (masks * (2 ** torch.arange(9))).sum(-1).long()
     observed = torch.bincount(codes, minlength=512).double()
     configs = torch.tensor(list(itertools.product([0, 1], repeat=9)), dtype=torch.float32)
@@ -73,16 +130,48 @@ def test_sampler_matches_exact_gibbs_distribution():
     assert result.pvalue > 1e-3
 
 
-def test_eval_is_deterministic_and_uses_ema_mask():
-    layer = PBEDropout2d(3, p=0.5, patch_size=4, seed=0, ema_decay=0.5).train()
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.2, 0.3, 0.5])
+@pytest.mark.parametrize("grid", [(8, 8), (3, 5), (1, 1)])
+def test_lowest_keep_mask_drops_round_p_hw_lowest(p, grid):
+    keep = torch.rand(6, *grid, generator=torch.Generator().manual_seed(0))
+    mask = lowest_keep_mask(keep, p)
+    n = grid[0] * grid[1]
+    count = int(p * n + 0.5)
+    assert ((1 - mask).flatten(1).sum(1) == count).all()
+    for channel in range(6):  # every dropped patch is below every kept one
+        dropped, kept = keep[channel][mask[channel] == 0], keep[channel][mask[channel] == 1]
+        if len(dropped) and len(kept):
+            assert dropped.max() <= kept.min()
+
+
+def test_lowest_keep_mask_breaks_ties_by_position():
+    keep = torch.tensor([[[0.9, 0.5, 0.5], [0.5, 0.2, 0.5]]])
+    want = torch.tensor([[[1.0, 0.0, 0.0], [1.0, 0.0, 1.0]]])  # 0.2, then the first two 0.5
+    assert torch.equal(lowest_keep_mask(keep, 0.5), want)
+
+
+def trained_layer(p=0.3, steps=5, **kwargs):
+    layer = PBEDropout2d(3, p=p, seed=0, **kwargs).train()
+    for seed in range(steps):
+        layer(make_input(seed=seed))
+    return layer
+
+
+def test_eval_uses_deterministic_masks():
+    layer = trained_layer(p=0.3, ema_decay=0.5)
     x = make_input()
-    layer(x)
-    layer(make_input(seed=1))
     layer.eval()
     y1, y2 = layer(x), layer(x)
     assert torch.equal(y1, y2)
-    expected = apply_patch_mask(x, (layer.ema_mask >= 0.5).float().unsqueeze(0), 4)
-    assert torch.equal(y1, expected)
+    mask = lowest_keep_mask(layer.ema_mask, 0.3)
+    assert (1 - mask).flatten(1).sum(1).tolist() == [5, 5, 5]  # round(0.3 · 16)
+    assert torch.equal(y1, apply_patch_mask(x, mask.unsqueeze(0), 4))
+
+
+def test_eval_identity_without_deterministic_inference():
+    layer = trained_layer(deterministic_inference=False).eval()
+    x = make_input()
+    assert layer(x) is x
 
 
 def test_eval_before_training_is_identity():
@@ -101,18 +190,23 @@ def test_ema_update_formula():
     assert torch.allclose(layer.ema_mask, 0.8 * before + 0.2 * layer.last_mask.mean(dim=0))
 
 
-def test_frozen_stops_sampling_and_ema():
-    layer = PBEDropout2d(3, p=0.5, seed=0, ema_decay=0.5).train()
-    x = make_input()
-    layer(x)
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.2, 0.3, 0.5])
+def test_frozen_training_drops_p_without_sampling(p):
+    layer = PBEDropout2d(4, p=p, seed=0, ema_decay=0.5).train()
+    for x in relu_inputs(3, b=4, c=4):
+        layer(x)
     layer.freeze()
     assert layer.frozen
-    ema = layer.ema_mask.clone()
+    ema, offset = layer.ema_mask.clone(), layer.threshold_offset.clone()
     state = layer.generator.get_state()
+    x = relu_inputs(4, b=4, c=4)[-1]
     y = layer(x)
-    assert torch.equal(layer.ema_mask, ema)
+    assert torch.equal(layer.ema_mask, ema) and torch.equal(layer.threshold_offset, offset)
     assert torch.equal(layer.generator.get_state(), state)
-    assert torch.equal(y, apply_patch_mask(x, (ema >= 0.5).float().unsqueeze(0), 4))
+    mask = lowest_keep_mask(ema, p).unsqueeze(0)
+    assert torch.equal(y, apply_patch_mask(x, mask, 4))
+    assert layer.last_drop_rate == pytest.approx(int(p * 64 + 0.5) / 64)
+    assert abs(layer.last_drop_rate - p) <= 0.01 and layer.last_energy is None
     layer.unfreeze()
     layer(x)
     assert not torch.equal(layer.ema_mask, ema)
@@ -129,6 +223,15 @@ def test_state_dict_round_trip_lazy_buffer_and_generator():
     assert torch.equal(fresh.train()(x), layer(x))  # resumed run continues exactly
 
 
+def test_state_dict_without_offset_loads_with_zero_offset():
+    layer = trained_layer()
+    state = layer.state_dict()
+    del state["threshold_offset"]  # a checkpoint from before the calibration
+    fresh = PBEDropout2d(3, p=0.3)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.ema_mask, layer.ema_mask) and fresh.threshold_offset.item() == 0.0
+
+
 def test_grid_size_allocates_buffer():
     layer = PBEDropout2d(3, grid_size=(4, 4))
     assert layer.ema_mask.shape == (3, 4, 4) and (layer.ema_mask == 1).all()
@@ -140,8 +243,8 @@ def test_seeded_runs_reproducible():
     b = PBEDropout2d(3, p=0.3, seed=7).train()
     assert torch.equal(a(x), b(x))
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    first = pb_edropout_2d(x, 0.3, generator=g1).mask
-    assert torch.equal(first, pb_edropout_2d(x, 0.3, generator=g2).mask)
+    first = pb_edropout_2d(x, p=0.3, generator=g1).mask
+    assert torch.equal(first, pb_edropout_2d(x, PBEDropoutSettings(p=0.3), generator=g2).mask)
 
 
 def test_batch_one_and_odd_sizes_with_partial_patches():
@@ -182,9 +285,9 @@ def test_custom_fitness_is_used():
     def keep_all(m):
         return m.sum(dim=(-2, -1))
 
-    out = pb_edropout_2d(x, 0.5, population=8, generations=3, fitness=keep_all,
+    out = pb_edropout_2d(x, p=0.5, population=8, generations=3, fitness=keep_all,
                          generator=torch.Generator().manual_seed(0))
-    default = pb_edropout_2d(x, 0.5, population=8, generations=3,
+    default = pb_edropout_2d(x, p=0.5, population=8, generations=3,
                              generator=torch.Generator().manual_seed(0))
     assert out.mask.mean() > default.mask.mean()
 
@@ -192,8 +295,9 @@ def test_custom_fitness_is_used():
 @pytest.mark.parametrize("fitness", [None, lambda m: m.sum(dim=(-2, -1))])
 def test_output_energy_is_energy_of_applied_mask(fitness):
     x = make_input()
-    out = pb_edropout_2d(x, 0.4, fitness=fitness, generator=torch.Generator().manual_seed(0))
-    unary = patch_unary(x, 4, 0.4)
+    out = pb_edropout_2d(x, p=0.4, offset=0.3, fitness=fitness,
+                         generator=torch.Generator().manual_seed(0))
+    unary = patch_unary(x, 4, 0.4, 0.3)
     want = population_energy(out.mask.unsqueeze(0), unary, 0.1)[0]
     torch.testing.assert_close(out.energy, want, atol=1e-5, rtol=1e-5)
 
@@ -244,6 +348,108 @@ def test_bad_inputs():
     layer.train()(torch.zeros(1, 3, 8, 8))
     with pytest.raises(ValueError, match="patch grid of x must be"):
         layer(torch.zeros(1, 3, 16, 16))
+
+
+FLOATS = ("p", "beta", "temperature", "elite_fraction", "mutation_rate", "ema_decay",
+          "calibration_rate")
+INTS = ("patch_size", "population", "generations", "sweeps", "tournament_size")
+
+
+@pytest.mark.parametrize("name", FLOATS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_float_settings_must_be_finite(name, value):
+    with pytest.raises(ValueError, match=f"{name} must be finite, but got -?(nan|inf)"):
+        PBEDropoutSettings(**{name: value})
+
+
+@pytest.mark.parametrize("name", FLOATS)
+def test_float_settings_must_be_numbers(name):
+    with pytest.raises(TypeError, match=f"{name} must be a float .*, but got '0.1' \\(str\\)"):
+        PBEDropoutSettings(**{name: "0.1"})
+
+
+@pytest.mark.parametrize("name", INTS)
+@pytest.mark.parametrize("value", [2.0, True, "2"])
+def test_int_settings_must_be_ints(name, value):
+    with pytest.raises(TypeError, match=f"{name} must be an int >= [01], but got"):
+        PBEDropoutSettings(**{name: value})
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda: PBEDropoutSettings(rescale=1), TypeError, "rescale must be a bool, but got 1"),
+        (lambda: PBEDropoutSettings(deterministic_inference="yes"), TypeError,
+         "deterministic_inference must be a bool"),
+        (lambda: PBEDropout2d(3, 0.5), TypeError,
+         "settings must be a PBEDropoutSettings or None, but got float"),
+        (lambda: PBEDropout2d(3, drop=0.5), TypeError,
+         r"unknown PB-EDropout setting\(s\) \['drop'\]; the settings are"),
+        (lambda: PBEDropout2d(3.0), TypeError, "channels must be an int >= 1, but got 3.0"),
+        (lambda: PBEDropout2d(3, seed=-1), ValueError, "seed must be an int >= 0, but got -1"),
+        (lambda: PBEDropout2d(3, grid_size=(4,)), ValueError,
+         r"grid_size must be None or \(h, w\), but got \(4,\)"),
+        (lambda: PBEDropout2d(3, grid_size=(4, 0)), ValueError,
+         "grid_size must be an int >= 1, but got 0"),
+    ],
+)
+def test_bad_construction(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_numpy_scalars_become_python_numbers():
+    np = pytest.importorskip("numpy")
+    settings = PBEDropoutSettings(p=np.float32(0.25), population=np.int64(4))
+    assert type(settings.p) is float and type(settings.population) is int
+    assert settings.p == 0.25 and settings.population == 4
+
+
+def test_settings_object_and_fields():
+    settings = PBEDropoutSettings(p=0.3, beta=0.5)
+    layer = PBEDropout2d(3, settings, temperature=0.2)
+    assert layer.settings == PBEDropoutSettings(p=0.3, beta=0.5, temperature=0.2)
+    assert layer.p == 0.3 and settings.temperature == 0.1  # frozen: replaced, not changed
+    with pytest.raises(AttributeError):
+        settings.p = 0.5
+
+
+def test_bad_input_types():
+    layer = PBEDropout2d(3, p=0.5)
+    with pytest.raises(TypeError, match="x must be a floating point tensor, but got torch.int64"):
+        layer(torch.zeros(1, 3, 8, 8, dtype=torch.long))
+    with pytest.raises(TypeError, match="x must be a Tensor"):
+        pb_edropout_2d([[1.0]])
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 8, 8), (2, 3, 0, 8), (2, 3, 8, 0)])
+def test_zero_size_input_gives_empty_result(shape):
+    x = torch.zeros(shape)
+    out = pb_edropout_2d(x, p=0.3)
+    h, w = grid_shape(shape[2], shape[3], 4)
+    assert out.output.shape == shape and out.mask.shape == (shape[0], 3, h, w)
+    assert out.energy.shape == (shape[0], 3)
+    layer = PBEDropout2d(3, p=0.3, seed=0).train()
+    assert layer(x).shape == shape
+    assert layer.ema_mask.numel() == 0 and layer.last_drop_rate is None  # no state change
+    assert layer.threshold_offset.item() == 0.0
+
+
+def test_default_dtype_float64_and_half_module():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        layer = PBEDropout2d(3, p=0.3, seed=0).train()
+        x = make_input().double()
+        assert layer(x).dtype == torch.float64
+        assert layer.ema_mask.dtype == layer.threshold_offset.dtype == torch.float32
+    finally:
+        torch.set_default_dtype(previous)
+    layer = layer.half()  # as Lightning's "16-true" does: the statistics stay float32
+    assert layer.ema_mask.dtype == layer.threshold_offset.dtype == torch.float32
+    y = layer(make_input().half())
+    assert y.dtype == torch.float16 and y.isfinite().all()
+    assert layer.eval()(make_input().half()).dtype == torch.float16
 
 
 def test_apply_patch_mask_any_memory_format():

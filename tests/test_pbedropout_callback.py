@@ -1,17 +1,8 @@
-"""PBEDropoutCallback: insertion, freezing, logging, DDP mask sync, errors.
-
-The callback logic is tested with a small stand-in layer that has the expected
-PB-EDropout API (``PBEDropout2d(channels, **kw)``, buffer ``ema_mask``,
-``freeze()`` / ``unfreeze()``, ``last_energy``); the tests marked ``real`` use
-``energymask.pbedropout`` and are skipped where it is not installed.
-"""
+"""PBEDropoutCallback: insertion, freezing, logging, resume checks, DDP mask sync, errors."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
-import types
 
 import pytest
 import pytorch_lightning as pl
@@ -19,65 +10,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from energymask.lightning_modules.pbedropout_callback import PBEDropoutCallback
+from energymask.lightning_modules.pbedropout_callback import PBEDropoutCallback, make_pbedropout
+from energymask.pbedropout import PBEDropout2d
 
 torch.set_num_threads(1)
-
-
-class StandInPBEDropout2d(nn.Module):
-    """Per-channel random patch dropout with an EMA mask: PBEDropout2d's API only."""
-
-    def __init__(self, channels: int, p: float = 0.5, patch_size: int = 2, ema_decay=0.9):
-        super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"p must be in [0, 1), but got {p}")
-        self.channels, self.p, self.patch_size, self.ema_decay = channels, p, patch_size, ema_decay
-        self.register_buffer("ema_mask", torch.empty(0))  # allocated at the first forward
-        self.frozen = False
-        self.last_drop_rate = self.last_energy = None
-
-    def freeze(self):
-        self.frozen = True
-
-    def unfreeze(self):
-        self.frozen = False
-
-    def forward(self, x):
-        s = self.patch_size
-        grid = (x.shape[-2] // s, x.shape[-1] // s)
-        if not self.ema_mask.numel():
-            self.ema_mask = torch.ones(self.channels, *grid)
-        if not self.training or self.frozen:
-            mask = (self.ema_mask >= 0.5).float().expand(x.shape[0], -1, -1, -1)
-        else:
-            mask = (torch.rand(x.shape[0], self.channels, *grid) >= self.p).float()
-            self.ema_mask.mul_(self.ema_decay).add_((1 - self.ema_decay) * mask.mean(0))
-            self.last_drop_rate = float(1 - mask.mean())
-            self.last_energy = float(-mask.sum((-1, -2)).mean())
-        full = mask.repeat_interleave(s, -1).repeat_interleave(s, -2)
-        return x * full / (1 - self.p)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "ema_mask"  # the lazily allocated buffer takes the saved shape
-        if key in state_dict and state_dict[key].shape != self.ema_mask.shape:
-            self.ema_mask = torch.empty_like(state_dict[key])
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-
-@pytest.fixture
-def stand_in(monkeypatch):
-    module = types.ModuleType("energymask.pbedropout")
-    module.PBEDropout2d = StandInPBEDropout2d
-    monkeypatch.setitem(sys.modules, "energymask.pbedropout", module)
-    return StandInPBEDropout2d
-
-
-@pytest.fixture(params=["stand_in", "real"])
-def impl(request, monkeypatch):
-    """The layer class: the stand-in, and the real PBEDropout2d where installed."""
-    if request.param == "real":
-        return pytest.importorskip("energymask.pbedropout").PBEDropout2d
-    return request.getfixturevalue("stand_in")
 
 
 class Net(pl.LightningModule):
@@ -118,7 +54,7 @@ class FrozenRecorder(pl.Callback):
         self.frozen.append(pl_module.features[3].layer.frozen)
 
 
-def test_inserts_freezes_and_logs(impl, tmp_path):
+def test_inserts_freezes_and_logs(tmp_path):
     pl.seed_everything(0)
     model = Net()
     cb = PBEDropoutCallback("features.3", freeze_at_epoch=2, p=0.5, patch_size=2)
@@ -126,17 +62,20 @@ def test_inserts_freezes_and_logs(impl, tmp_path):
     t = trainer(max_epochs=3, callbacks=[cb, rec], logger=pl.loggers.CSVLogger(tmp_path))
     t.fit(model, loader())
     layer = model.features[3].layer
-    assert isinstance(layer, impl) and cb.layers == {"features.3": layer}
+    assert isinstance(layer, PBEDropout2d) and cb.layers == {"features.3": layer}
     assert rec.frozen == [False, False, True]
     assert layer.ema_mask.shape == (8, 2, 2)
     assert not torch.equal(layer.ema_mask, torch.ones_like(layer.ema_mask))  # EMA updated
-    rows = list(csv.DictReader(open(t.logger.log_dir + "/metrics.csv")))
-    rate = float(rows[0]["pbedropout/features.3/drop_rate"])  # epoch 0, not frozen
-    assert 0.2 < rate < 0.8  # p = 0.5
+    rows = [r for r in csv.DictReader(open(t.logger.log_dir + "/metrics.csv"))
+            if r.get("pbedropout/features.3/drop_rate")]
+    rates = [float(r["pbedropout/features.3/drop_rate"]) for r in rows]
+    assert len(rates) == 3 and 0.2 < rates[0] < 0.8  # p = 0.5, sampled
+    assert rates[2] == 0.5  # frozen: the deterministic masks drop 2 of 4 patches
+    assert rows[2]["pbedropout/features.3/energy"] == ""  # no sampling while frozen
     assert "pbedropout/features.3/energy" in t.logged_metrics
 
 
-def test_resume_keeps_ema_masks(impl, tmp_path):
+def test_resume_keeps_ema_masks(tmp_path):
     def run(epochs, ckpt=None):
         pl.seed_everything(0)
         model = Net()
@@ -154,24 +93,51 @@ def test_resume_keeps_ema_masks(impl, tmp_path):
     assert "features.3.layer.ema_mask" in straight.state_dict()
 
 
-def test_bad_settings(stand_in):
-    with pytest.raises(ValueError, match="freeze_at_epoch must be None or an int >= 0"):
-        PBEDropoutCallback("features.3", freeze_at_epoch=-1)
-    with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
-        PBEDropoutCallback("features.3", p=1.5)
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"freeze_at_epoch": -1}, ValueError, "freeze_at_epoch must be None or an int >= 0"),
+        ({"freeze_at_epoch": True}, ValueError, "freeze_at_epoch must be None or an int >= 0"),
+        ({"p": 1.5}, ValueError, r"p must be in \[0, 1\), but got 1.5"),
+        ({"beta": float("nan")}, ValueError, "beta must be finite, but got nan"),
+        ({"drop": 0.1}, TypeError, r"unknown PB-EDropout setting\(s\) \['drop'\]"),
+    ],
+)
+def test_bad_settings(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        PBEDropoutCallback("features.3", **kwargs)
 
 
-def test_channels_need_example_input(stand_in):
+def test_saved_settings_cover_every_setting_and_rebuild_the_layer():
+    cb = PBEDropoutCallback("features.3", freeze_at_epoch=4, p=0.2, seed=3)
+    settings = cb.state_dict()["settings"]
+    assert settings["freeze_at_epoch"] == 4 and settings["seed"] == 3
+    assert settings["beta"] == 0.1 and settings["calibration_rate"] == 0.03  # defaults too
+    layer = make_pbedropout(8, settings)
+    assert layer.settings.p == 0.2 and layer.channels == 8
+
+
+@pytest.mark.parametrize("change", [{"freeze_at_epoch": 2}, {"beta": 0.5}])
+def test_resume_with_other_settings_is_refused(tmp_path, change):
+    def run(epochs, ckpt=None, **kwargs):
+        settings = {"p": 0.3, "patch_size": 2, "freeze_at_epoch": 1, **kwargs}
+        cb = PBEDropoutCallback("features.3", **settings)
+        t = trainer(max_epochs=epochs, enable_checkpointing=True, default_root_dir=tmp_path,
+                    callbacks=[cb])
+        t.fit(Net(), loader(), ckpt_path=ckpt)
+        return t
+
+    first = run(1)
+    name = next(iter(change))
+    with pytest.raises(ValueError, match=f"the checkpoint was made with .*'{name}'"):
+        run(2, first.checkpoint_callback.best_model_path, **change)
+
+
+def test_channels_need_example_input():
     model = Net()
     model.example_input_array = None
     with pytest.raises(ValueError, match="set example_input_array in your module"):
         trainer(callbacks=[PBEDropoutCallback("features.3")]).fit(model, loader())
-
-
-def test_missing_implementation(monkeypatch):
-    monkeypatch.setitem(sys.modules, "energymask.pbedropout", None)
-    with pytest.raises(ImportError, match="needs energymask.pbedropout.PBEDropout2d"):
-        PBEDropoutCallback("features.3")
 
 
 class RankMasks(pl.Callback):
@@ -179,41 +145,57 @@ class RankMasks(pl.Callback):
         self.folder = folder
 
     def on_train_end(self, trainer, pl_module):
-        masks = {n: b for n, b in pl_module.named_buffers() if n.endswith("ema_mask")}
+        masks = {n: b for n, b in pl_module.named_buffers()
+                 if n.endswith(("ema_mask", "threshold_offset"))}
         torch.save(masks, f"{self.folder}/rank{trainer.global_rank}.pt")
 
 
-class StandInCallback(PBEDropoutCallback):
-    """Uses the stand-in layer in the spawned processes, with a different seed per rank."""
-
-    def make_layer(self, channels):
-        return StandInPBEDropout2d(channels, **self._settings)
+class DifferentRanks(PBEDropoutCallback):
+    """The real layer, with a different global seed per rank, so the ranks draw different masks."""
 
     def after_insert(self, trainer, pl_module):
         super().after_insert(trainer, pl_module)
-        torch.manual_seed(100 + trainer.global_rank)  # ranks draw different masks
+        torch.manual_seed(100 + trainer.global_rank)
 
 
-class NoSyncCallback(StandInCallback):
+class NoSyncCallback(DifferentRanks):
     def sync_masks(self, trainer):
         pass
 
 
 def test_ddp_ranks_end_with_identical_masks(tmp_path):
-    """One 2-process run: synced stand-in, unsynced control, and the real layer if installed."""
-    callbacks = [StandInCallback("features.3", p=0.5), NoSyncCallback("features.2", p=0.5)]
-    real = importlib.util.find_spec("energymask.pbedropout") is not None
-    if real:
-        callbacks.append(PBEDropoutCallback("features.1", p=0.5, patch_size=2))
+    """One 2-process run: two synced layers and an unsynced control."""
+    callbacks = [DifferentRanks("features.3", p=0.5, patch_size=2),
+                 NoSyncCallback("features.2", p=0.5, patch_size=2),
+                 PBEDropoutCallback("features.1", p=0.5, patch_size=2)]
     pl.seed_everything(0)
     t = trainer(strategy="ddp_spawn", devices=2, max_epochs=1, limit_train_batches=2,
                 callbacks=[*callbacks, RankMasks(tmp_path)])
     t.fit(Net(), loader(n=16))
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
-    synced = ["features.3.layer.ema_mask"] + (["features.1.layer.ema_mask"] if real else [])
-    assert set(a) == set(b) == {*synced, "features.2.layer.ema_mask"}
+    synced = [f"features.{i}.layer.{n}" for i in (1, 3) for n in ("ema_mask", "threshold_offset")]
+    control = [f"features.2.layer.{n}" for n in ("ema_mask", "threshold_offset")]
+    assert set(a) == set(b) == {*synced, *control}
     for name in synced:
         assert a[name].numel() and not torch.equal(a[name], torch.ones_like(a[name]))
         torch.testing.assert_close(a[name], b[name], msg=name)
-    control = "features.2.layer.ema_mask"  # not synced: the ranks differ, so the test can fail
-    assert not torch.equal(a[control], b[control])
+    for name in control:  # not synced: the ranks differ, so the test can fail
+        assert not torch.equal(a[name], b[name]), name
+
+
+class CastNet(Net):
+    def training_step(self, batch, batch_idx):
+        return nn.functional.cross_entropy(self(batch[0].to(self.dtype)), batch[1])
+
+
+@pytest.mark.parametrize("precision", ["64-true", "bf16-true", "16-true", "bf16-mixed", "16-mixed"])
+def test_every_lightning_precision(precision):
+    model = CastNet()
+    cb = PBEDropoutCallback("features.3", freeze_at_epoch=1, p=0.5, patch_size=2, seed=0)
+    t = trainer(max_epochs=2, precision=precision, callbacks=[cb])
+    t.fit(model, loader())
+    layer = model.features[3].layer
+    assert layer.ema_mask.dtype == layer.threshold_offset.dtype == torch.float32
+    assert not torch.equal(layer.ema_mask, torch.ones_like(layer.ema_mask))
+    assert t.logged_metrics["pbedropout/features.3/drop_rate"] == 0.5  # epoch 1: frozen
+    assert torch.isfinite(model(torch.randn(2, 1, 8, 8).to(model.dtype))).all()

@@ -21,7 +21,7 @@ from pathlib import Path
 from energymask.deletion import PROTOCOLS
 from energymask.ersm import EnergyMask2d
 from energymask.evaluation import DEFAULT_FRACTIONS
-from energymask.pbedropout import PBEDropout2d
+from energymask.pbedropout import PBEDropoutSettings
 
 from . import commands
 from .backbones import HELP as BACKBONES_HELP
@@ -125,7 +125,7 @@ def _train_parser(sub) -> None:
                              ("--pb-beta", "beta", "pairwise weight"),
                              ("--pb-population", "population", "K, candidate masks"),
                              ("--pb-generations", "generations", "G, genetic generations")):
-        default = default_of(PBEDropout2d, name)
+        default = default_of(PBEDropoutSettings, name)
         b.add_argument(flag, dest=f"pb_{name}", type=type(default), default=default,
                        metavar="X" if isinstance(default, float) else "N",
                        help=f"{what} (default: %(default)s)")
