@@ -1,4 +1,4 @@
-"""ERSM layer cost, measured side by side in one run (DESIGN.md §8).
+"""ERSM layer cost, measured side by side in one run (docs/design.md §8).
 
 - training step (forward, backward, AdamW step) of the small CNN classifier with
   an ERSM layer after ``backbone.layer3`` (head side) and after ``backbone.layer2``

@@ -4,7 +4,7 @@ Model: ``shallow_cnn`` (3 conv blocks) + GAP + linear, 64x64 inputs, batch 128;
 the dropout layer sits after block 1 and block 2. Steps are forward + backward
 + SGD step. Variants are interleaved step by step (``_timing.interleaved_medians``);
 medians are reported with the load average seen during the run.
-Goal (DESIGN.md §8): PB-EDropout step <= 1.5x the Dropout2d step.
+Goal (docs/design.md §8): PB-EDropout step <= 1.5x the Dropout2d step.
 
 ``--split`` then profiles a few PB-EDropout steps and reports the time in the
 ``pbedropout.*`` profiler ranges of ``pb_edropout_2d`` (unary energies, Gibbs

@@ -1,4 +1,4 @@
-"""The performance table of DESIGN.md §8: every speed goal, measured in one run.
+"""The performance table of docs/design.md §8: every speed goal, measured in one run.
 
 Runs the benchmark scripts one after the other (each measures its variants side
 by side, interleaved), reads their JSON, and prints one markdown table of the

@@ -1,6 +1,6 @@
 """energymask: energy-based spatial masking (ERSM) and patch energy dropout (PB-EDropout).
 
-See DESIGN.md; the core needs neither Lightning nor matplotlib.
+See docs/design.md; the core needs neither Lightning nor matplotlib.
 """
 
 from energymask.attribution import attribution_maps

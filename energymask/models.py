@@ -1,7 +1,7 @@
 """Small CNNs for 64×64 inputs, the trunk of torchvision / timm classifiers, and the
 frozen-backbone ERSM classifier.
 
-The frozen-backbone protocol is the authors' (DESIGN.md §3): a trained backbone,
+The frozen-backbone protocol is the authors' (docs/design.md §3): a trained backbone,
 frozen and kept in eval mode, then ERSM, global-average-pool and a linear head.
 """
 

@@ -339,7 +339,7 @@ def backward(
     return dx, dw_part.sum(dim=(0, 1)), db
 
 
-# Registered as torch.library custom ops (KERNELS.md, "Registering with PyTorch"):
+# Registered as torch.library custom ops (docs/design.md §5):
 # a forward op, a backward op and ``register_autograd`` linking them, with fake
 # (meta) implementations, so ``torch.compile(fullgraph=True)`` traces through the
 # layer (the ops stay opaque to Inductor) instead of breaking the graph.

@@ -175,7 +175,7 @@ def gibbs_sweep(
     """
     field = conditional_field(masks, unary, beta)
     generator = torch.Generator(device=masks.device).manual_seed(int(seed))
-    uniform = torch.rand(field.shape, generator=generator, device=masks.device)
+    uniform = torch.rand(field.shape, generator=generator, device=masks.device, dtype=field.dtype)
     sampled = (uniform < torch.sigmoid(-field / temperature)).to(masks.dtype)
     site = checkerboard(field.shape[-2], field.shape[-1], parity, masks.device)
     return torch.where(site, sampled, masks)

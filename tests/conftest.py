@@ -1,4 +1,4 @@
-"""Test set-up: run Triton kernels in the CPU interpreter (KERNELS.md), strictly.
+"""Test set-up: run Triton kernels in the CPU interpreter (docs/design.md §5), strictly.
 
 ``TRITON_INTERPRET`` is read when the kernel modules are decorated, so it is set
 here, before any test imports the package. ``ENERGYMASK_STRICT_KERNELS=1``: a

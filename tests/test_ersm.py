@@ -12,7 +12,7 @@ from energymask.kernels import ErsmEnergy
 
 
 def loop_reference(x, weight, bias, p, lam, gamma, temperature):
-    """DESIGN.md §3 token by token, with Python loops."""
+    """docs/design.md §3 token by token, with Python loops."""
     b_, c_, h_, w_ = x.shape
     h, w = h_ // p, w_ // p
     unit = {}

@@ -11,7 +11,7 @@ UNARY_3X3 = UNARY_3X3.reshape(1, 1, 3, 3)
 
 
 def naive_ersm(x, weight, bias, p, lam, gamma, temperature):
-    """Token by token, neighbour by neighbour (DESIGN.md §3)."""
+    """Token by token, neighbour by neighbour (docs/design.md §3)."""
     bsz, c, hh, ww = x.shape
     h, w = hh // p, ww // p
     logits = torch.zeros(bsz, h, w, dtype=x.dtype)

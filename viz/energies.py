@@ -1,6 +1,6 @@
 """ERSM energy figures: the input image beside its unary, pairwise and total energy maps.
 
-Low energy = kept (``keep = sigmoid(-E / T)``, DESIGN.md §2). The pairwise term
+Low energy = kept (``keep = sigmoid(-E / T)``, docs/design.md §3). The pairwise term
 sums similarities over the 8 neighbours of a token, so tokens on the grid's
 outer ring (3 or 5 neighbours, the rest zero padding) have a much lower pairwise
 energy for a reason that has nothing to do with the image; left on the colour

@@ -278,7 +278,7 @@ def evaluate(args: argparse.Namespace) -> int:
             for p in placements
         }  # fmt: skip
         result["pbedropout"] = {
-            name: {"ema_keep_ratio": float((layer.ema_mask >= 0.5).float().mean())}
+            name: {"deterministic_drop_rate": _deterministic_drop_rate(layer)}
             for name, layer in net.named_modules()
             if isinstance(layer, PBEDropout2d) and layer.ema_mask.numel()
         }  # fmt: skip
@@ -286,6 +286,11 @@ def evaluate(args: argparse.Namespace) -> int:
     print(_table(result))
     print(f"energymask evaluate: wrote {folder / _runs.EVALUATION}")
     return 0
+
+
+def _deterministic_drop_rate(layer: PBEDropout2d) -> float:
+    """Share of patches the layer's deterministic (inference) masks drop: p, rounded per channel."""
+    return float(1 - layer.deterministic_mask(tuple(layer.ema_mask.shape[1:])).mean())
 
 
 def _table(result: dict[str, Any]) -> str:
@@ -300,7 +305,8 @@ def _table(result: dict[str, Any]) -> str:
     for layer, q in result["mask_quality"].items():
         lines.append(f"mask quality at {layer}: " + "  ".join(f"{k} {v:.3f}" for k, v in q.items()))
     for layer, q in result["pbedropout"].items():
-        lines.append(f"PB-EDropout at {layer}: EMA keep ratio {q['ema_keep_ratio']:.3f}")
+        lines.append(f"PB-EDropout at {layer}: deterministic masks drop "
+                     f"{q['deterministic_drop_rate']:.3f} of the patches")
     return "\n".join(lines)
 
 

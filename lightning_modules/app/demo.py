@@ -84,7 +84,8 @@ def _figures(out: Path, dm, models: dict[str, torch.nn.Module], results: dict[st
     names.append(_save(fig, fig_dir / "occlusion.png"))
     ((where, pb),) = [(n, m) for n, m in models["pbedropout"].named_modules()
                       if isinstance(m, PBEDropout2d)]
-    fig, _ = plot_ema_masks(pb.ema_mask, layer=where, p=pb.p, max_channels=32)
+    dropped = 1 - pb.deterministic_mask(tuple(pb.ema_mask.shape[1:]))[0]
+    fig, _ = plot_ema_masks(pb.ema_mask, layer=where, p=pb.p, dropped=dropped, max_channels=32)
     names.append(_save(fig, fig_dir / "pbedropout_ema_masks.png"))
     fig, _ = plot_training_log(out / "logs" / "metrics.csv",
                                ("loss", "val_acc", "keep_ratio", "hard_sparsity"))

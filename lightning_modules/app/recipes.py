@@ -1,4 +1,4 @@
-"""The experiments of DESIGN.md §7/§8 as recipes: one function per trained model.
+"""The experiments of docs/design.md §7/§8 as recipes: one function per trained model.
 
 ``energymask demo`` and ``benchmarks/results_*.py`` are built from these, so the
 demo's numbers and the results tables come from the same code. Every recipe
