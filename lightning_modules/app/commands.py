@@ -337,36 +337,40 @@ def plot(args: argparse.Namespace) -> int:
             if wanted:
                 _save(viz.plot_training_log(log, metrics=tuple(wanted))[0],
                       figures / "training.png", written)
+        net = module.model
+        batch = next(iter(loader))
+        with torch.no_grad():
+            chance = 1 / net(batch[0]).shape[-1]  # the forward also fills the keep maps
         evaluation = folder / _runs.EVALUATION
         if evaluation.is_file():
             result = json.loads(evaluation.read_text())
             deletion = result.get("deletion", {})
             if deletion:
-                fig = Figure(figsize=(4.5 * len(deletion), 3.5), layout="constrained")
+                fig = Figure(figsize=(6.5 * len(deletion), 3.8), layout="constrained")
                 for ax, (layer, d) in zip(fig.subplots(1, len(deletion), squeeze=False)[0],
                                           deletion.items(), strict=True):
-                    viz.plot_curves(DeletionResult(**d), ax=ax, title=f"deletion at {layer}")
+                    viz.plot_curves(DeletionResult(**d), ax=ax, title=f"deletion at {layer}",
+                                    clean=result["accuracy"], chance=chance)
                 _save(fig, figures / "deletion.png", written)
             occlusion = result.get("occlusion", {})
             if occlusion:
                 first = next(iter(occlusion.values()))
-                curves = {f"{p} placement": d["accuracy"]["model"] for p, d in occlusion.items()}
-                _save(viz.plot_occlusion(first["fractions"], curves)[0],
+                curves = {p: {"model": d["accuracy"]["model"]} for p, d in occlusion.items()}
+                _save(viz.plot_occlusion_placements(first["fractions"], curves,
+                                                    chance=chance)[0],
                       figures / "occlusion.png", written)
         else:
             print(f"energymask plot: no evaluation.json in {folder}: run `energymask evaluate "
                   f"--run {folder}` first for the deletion and occlusion figures")
-        net = module.model
-        batch = next(iter(loader))
-        with torch.no_grad():
-            net(batch[0])
         for name, layer in energy_mask_layers(net).items():
             fig = viz.plot_mask_grid(batch[0], layer.last_keep,
                                      batch[2] if with_masks else None)[0]
             _save(fig, figures / f"masks_{name.replace('.', '_')}.png", written)
         for name, layer in net.named_modules():
             if isinstance(layer, PBEDropout2d) and layer.ema_mask.numel():
-                _save(viz.plot_ema_masks(layer.ema_mask)[0],
+                dropped = 1 - layer.deterministic_mask(tuple(layer.ema_mask.shape[1:]))[0]
+                _save(viz.plot_ema_masks(layer.ema_mask, layer=name, p=layer.p,
+                                         dropped=dropped)[0],
                       figures / f"ema_masks_{name.replace('.', '_')}.png", written)
     for path in written:
         print(path)
