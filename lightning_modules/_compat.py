@@ -42,6 +42,15 @@ if not _installed:
     )
 
 
+#: The package the application trains with: ``lightning.pytorch`` when installed.
+PACKAGE = next(iter(_installed))
+
+
+def lightning(submodule: str = "") -> ModuleType:
+    """:data:`PACKAGE` (``lightning("loggers")``: its ``loggers`` sub-module)."""
+    return importlib.import_module(f"{PACKAGE}.{submodule}" if submodule else PACKAGE)
+
+
 def package_of(obj: object) -> str | None:
     """``"lightning.pytorch"``, ``"pytorch_lightning"`` or None: the package of ``obj``'s class.
 

@@ -3,23 +3,42 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 from typing_extensions import override
 
 from energymask.ersm import energy_mask_layers
 
+from ._compat import Callback
 
-class MaskLoggerCallback(pl.Callback):
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+
+def figure_writers(loggers: list[Any]) -> list[Any]:
+    """The experiments of ``loggers`` that take a Matplotlib figure (``add_figure``).
+
+    TensorBoard's ``SummaryWriter`` does, under either Lightning package (and
+    tensorboardX's); found by what the experiment can do, so no logger package is
+    imported here.
+    """
+    writers = []
+    for logger in loggers:
+        experiment = getattr(logger, "experiment", None)
+        if callable(getattr(experiment, "add_figure", None)):
+            writers.append(experiment)
+    return writers
+
+
+class MaskLoggerCallback(Callback):
     """Every ``every_n_epochs`` validation epochs, draw the ERSM keep masks.
 
     The images are the first ``num_images`` of the first validation batch, kept
     for the whole run so the figures can be compared. Each figure goes to the
-    TensorBoard logger (``add_figure("ersm_masks", ...)``) when one is used, and
+    logger that takes figures (``add_figure("ersm_masks", ...)``: TensorBoard's,
+    of either Lightning package, see :func:`figure_writers`) when one is used, and
     as ``masks/epoch=<E>.png`` to the run's folder (``trainer.log_dir``, or
     ``default_root_dir`` without a logger). Drawn on rank 0 only.
 
@@ -77,9 +96,8 @@ class MaskLoggerCallback(pl.Callback):
         masks = {n: m.last_keep.cpu() for n, m in layers.items() if m.last_keep is not None}
         fig, _ = plot_keep_masks(self._images, masks, epoch=trainer.current_epoch)
         fig.set_dpi(self.dpi)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_figure("ersm_masks", fig, global_step=trainer.global_step)
+        for writer in figure_writers(trainer.loggers):
+            writer.add_figure("ersm_masks", fig, global_step=trainer.global_step)
         folder = os.path.join(trainer.log_dir or trainer.default_root_dir, "masks")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"epoch={trainer.current_epoch}.png")
@@ -87,4 +105,4 @@ class MaskLoggerCallback(pl.Callback):
         self.saved.append(path)
 
 
-__all__ = ["MaskLoggerCallback"]
+__all__ = ["MaskLoggerCallback", "figure_writers"]

@@ -163,3 +163,51 @@ def test_no_lightning_installed_names_the_extra():
     assert result.returncode != 0
     assert "ImportError: energymask.lightning_modules needs Lightning: pip install " \
            "'energymask[lightning]'" in result.stderr
+
+
+# One package alone: a fresh interpreter whose import system hides the other
+# (cheaper than a second virtual environment, and it hides exactly what a missing
+# install would: ``import`` and ``importlib.util.find_spec`` both fail).
+ALONE = """
+import sys
+class Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HIDDEN:
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden)")
+sys.meta_path.insert(0, Hide())
+import importlib, torch
+torch.set_num_threads(1)
+from torch import nn
+from energymask.lightning_modules import ERSMCallback, ImageClassifier, MaskLoggerCallback
+from energymask.lightning_modules import TensorDataModule, _compat
+from energymask.lightning_modules.app.trainer import build_trainer
+assert list(_compat._installed) == [PACKAGE], _compat._installed
+assert _compat.PACKAGE == PACKAGE
+g = torch.Generator().manual_seed(0)
+data = (torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 3, (8,), generator=g))
+net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+board = importlib.import_module(PACKAGE + ".loggers").TensorBoardLogger(OUT)
+masks = MaskLoggerCallback(num_images=2)
+t = importlib.import_module(PACKAGE).Trainer(
+    max_epochs=1, logger=board, enable_progress_bar=False, enable_model_summary=False,
+    enable_checkpointing=False, callbacks=[ERSMCallback("model.0", bias_init=0.0), masks])
+t.fit(ImageClassifier(net, 3), datamodule=TensorDataModule(data, data, batch_size=4))
+assert len(masks.saved) == 1, masks.saved
+app = build_trainer(1, [], "cpu", False, run_dir=None)
+assert app.__module__.startswith(PACKAGE), type(app)
+leaked = [m for m in sys.modules if m.split(".")[0] in HIDDEN]
+assert not leaked, leaked
+print("ok", PACKAGE)
+"""
+
+
+@pytest.mark.parametrize(("package", "hidden"), [("lightning.pytorch", ("pytorch_lightning",
+                                                                         "lightning_fabric")),
+                                                  ("pytorch_lightning", ("lightning",))])
+def test_works_with_one_package_alone(package, hidden, tmp_path):
+    code = f"HIDDEN = {hidden!r}\nPACKAGE = {package!r}\nOUT = {str(tmp_path)!r}\n" + ALONE
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith(f"ok {package}")

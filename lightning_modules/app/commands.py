@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 from energymask.ersm import energy_mask_layers
 from energymask.pbedropout import PBEDropout2d
 
+from .. import _compat
 from . import runs as _runs
 
 #: ``train`` options that may change when a run is resumed (they do not change the result).
@@ -88,8 +89,7 @@ def _build(spec: dict[str, Any], weights: bool = True):
 
     ``weights``: load ``--weights`` (a resumed run takes them from its checkpoint).
     """
-    import pytorch_lightning as pl
-
+    from .._compat import Callback
     from ..classifier import FrozenBackboneERSM, ImageClassifier
     from ..ersm_callback import ERSMCallback
     from ..pbedropout_callback import PBEDropoutCallback
@@ -97,7 +97,7 @@ def _build(spec: dict[str, Any], weights: bool = True):
 
     t, m = spec["training"], spec["model"]
     dm = _runs.build_datamodule(spec["data"], t["batch_size"], t["seed"])
-    pl.seed_everything(t["seed"], workers=True, verbose=False)
+    _compat.lightning().seed_everything(t["seed"], workers=True, verbose=False)
     m.update(in_channels=dm.in_channels, num_classes=dm.num_classes)
     path = m["weights"] if weights else None
     ersm = {k: v for k, v in spec.get("ersm", {}).items() if k != "layers"}
@@ -107,7 +107,7 @@ def _build(spec: dict[str, Any], weights: bool = True):
                                     max_epochs=t["epochs"], **ersm)
         return module, [], dm
     model = _runs.build_model(m["backbone"], dm.in_channels, dm.num_classes, path)
-    callbacks: list[pl.Callback] = []
+    callbacks: list[Callback] = []
     if spec.get("ersm"):
         layers = _runs.qualify_layers(model, dm.in_channels, spec["ersm"]["layers"], "--ersm")
         callbacks.append(ERSMCallback(layers, **ersm))
@@ -150,7 +150,7 @@ def _last_epoch(checkpoint: Path) -> int:
 
 def _fit(trainer, module, dm, ckpt_path: Path | None) -> bool:
     """``trainer.fit``; True when Ctrl-C stopped it (Lightning shuts down, then exits)."""
-    from pytorch_lightning.trainer.states import TrainerStatus
+    TrainerStatus = _compat.lightning("trainer.states").TrainerStatus  # noqa: N806
 
     handler = signal.getsignal(signal.SIGINT)
     try:
@@ -164,10 +164,9 @@ def _fit(trainer, module, dm, ckpt_path: Path | None) -> bool:
 
 
 def train(args: argparse.Namespace) -> int:
-    from pytorch_lightning.trainer.states import TrainerStatus
-
     from .trainer import LAST_CHECKPOINT, build_trainer
 
+    TrainerStatus = _compat.lightning("trainer.states").TrainerStatus  # noqa: N806
     if args.resume is not None:
         out, spec = _resume_spec(args)
     else:

@@ -106,7 +106,8 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, progress: bool =
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    for name in ("lightning.pytorch", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     budget = ex.QUICK if quick else ex.Budget()
     dm = ex.datamodule(budget, seed)
     models: dict[str, torch.nn.Module] = {}

@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -40,6 +39,7 @@ from energymask.models import Classifier, FrozenBackboneClassifier, shallow_cnn,
 from energymask.occlusion import occlusion_robustness
 from energymask.surgery import insert_after
 
+from .._compat import lightning
 from ..classifier import FrozenBackboneERSM, ImageClassifier
 from ..datamodules import ClutteredDigitsDataModule
 from ..ersm_callback import ERSMCallback
@@ -47,6 +47,7 @@ from ..pbedropout_callback import PBEDropoutCallback
 from .settings import ERSM_SETTINGS
 from .trainer import build_trainer
 
+pl = lightning()  # the one Lightning package of the application (see .._compat)
 REGULARISERS = ("none", "dropout", "dropout2d", "dropblock", "pbedropout")
 OCCLUSION_PATCH_SIZE = 8
 

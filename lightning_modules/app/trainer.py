@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import CSVLogger
-from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from .._compat import Callback, lightning
+
+pl = lightning()  # the one Lightning package of the application (see .._compat)
+CSVLogger = lightning("loggers").CSVLogger
+TorchCheckpointIO = lightning("plugins.io").TorchCheckpointIO
 
 #: The resumable checkpoint of a run folder, rewritten at the end of every epoch.
 LAST_CHECKPOINT = "last.ckpt"
@@ -63,7 +66,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
 
-class RandomState(pl.Callback):
+class RandomState(Callback):
     """Saves the Python, NumPy and torch generators in each checkpoint and restores them.
 
     Lightning checkpoints hold the weights, the optimiser and the loops but not the
@@ -89,7 +92,7 @@ class RandomState(pl.Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
-class EpochCheckpoint(pl.Callback):
+class EpochCheckpoint(Callback):
     """Writes ``path`` (the resumable checkpoint) at the end of every training epoch.
 
     ``on_train_epoch_end`` runs after the epoch's validation, so a run resumed from
