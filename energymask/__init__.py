@@ -1,34 +1,84 @@
 """energymask: energy-based spatial masking (ERSM) and patch energy dropout (PB-EDropout).
 
 See docs/design.md; the core needs neither Lightning nor matplotlib.
+
+The names below are imported on first use (PEP 562), so ``import energymask.X``
+costs only what ``X`` imports: the command line answers ``--help`` without torch.
 """
 
-from energymask.attribution import attribution_maps
-from energymask.deletion import DeletionResult, deletion_curve, insertion_curve
-from energymask.dropblock import DropBlock2d, drop_block_2d
-from energymask.ersm import (
-    EnergyMask2d,
-    EnergyMaskOutput,
-    collect_regularizer,
-    energy_mask_2d,
-    energy_mask_layers,
-)
-from energymask.mask_quality import mask_quality
-from energymask.models import Classifier, FrozenBackboneClassifier, shallow_cnn, small_cnn
-from energymask.occlusion import OcclusionResult, occlusion_robustness
-from energymask.pbedropout import (
-    PBEDropout2d,
-    PBEDropoutOutput,
-    PBEDropoutSettings,
-    pb_edropout_2d,
-)
-from energymask.surgery import (
-    InsertedAfter,
-    insert_after,
-    insertable_names,
-    inserted_layers,
-    remove_inserted,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {  # name -> the module that defines it (imported on first use)
+    "attribution_maps": "energymask.attribution",
+    "DeletionResult": "energymask.deletion",
+    "deletion_curve": "energymask.deletion",
+    "insertion_curve": "energymask.deletion",
+    "DropBlock2d": "energymask.dropblock",
+    "drop_block_2d": "energymask.dropblock",
+    "EnergyMask2d": "energymask.ersm",
+    "EnergyMaskOutput": "energymask.ersm",
+    "collect_regularizer": "energymask.ersm",
+    "energy_mask_2d": "energymask.ersm",
+    "energy_mask_layers": "energymask.ersm",
+    "mask_quality": "energymask.mask_quality",
+    "Classifier": "energymask.models",
+    "FrozenBackboneClassifier": "energymask.models",
+    "shallow_cnn": "energymask.models",
+    "small_cnn": "energymask.models",
+    "OcclusionResult": "energymask.occlusion",
+    "occlusion_robustness": "energymask.occlusion",
+    "PBEDropout2d": "energymask.pbedropout",
+    "PBEDropoutOutput": "energymask.pbedropout",
+    "PBEDropoutSettings": "energymask.pbedropout",
+    "pb_edropout_2d": "energymask.pbedropout",
+    "InsertedAfter": "energymask.surgery",
+    "insert_after": "energymask.surgery",
+    "insertable_names": "energymask.surgery",
+    "inserted_layers": "energymask.surgery",
+    "remove_inserted": "energymask.surgery",
+}
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from energymask.attribution import attribution_maps
+    from energymask.deletion import DeletionResult, deletion_curve, insertion_curve
+    from energymask.dropblock import DropBlock2d, drop_block_2d
+    from energymask.ersm import (
+        EnergyMask2d,
+        EnergyMaskOutput,
+        collect_regularizer,
+        energy_mask_2d,
+        energy_mask_layers,
+    )
+    from energymask.mask_quality import mask_quality
+    from energymask.models import Classifier, FrozenBackboneClassifier, shallow_cnn, small_cnn
+    from energymask.occlusion import OcclusionResult, occlusion_robustness
+    from energymask.pbedropout import (
+        PBEDropout2d,
+        PBEDropoutOutput,
+        PBEDropoutSettings,
+        pb_edropout_2d,
+    )
+    from energymask.surgery import (
+        InsertedAfter,
+        insert_after,
+        insertable_names,
+        inserted_layers,
+        remove_inserted,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'energymask' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __version__ = "0.1.0"
 

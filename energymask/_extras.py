@@ -1,7 +1,8 @@
 """Optional dependencies: import one, or say which extra of energymask brings it.
 
 The core needs torch alone; ``pip install 'energymask[lightning]'``, ``[captum]``,
-``[viz]``, ``[data]`` or ``[all]`` add the rest (docs/design.md, "Where things are").
+``[viz]``, ``[data]``, ``[backbones]`` or ``[all]`` add the rest (docs/design.md,
+"Where things are").
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ EXTRAS = {
     "numpy": "data",
     "sklearn": "data",
     "PIL": "data",
+    "torchvision": "backbones",
+    "timm": "backbones",
 }
 
 

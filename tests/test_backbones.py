@@ -89,3 +89,13 @@ def test_weights_errors(tmp_path):
                                          r"other shapes, for example conv1.weight \(1,\) instead "
                                          r"of \(64, 3, 7, 7\)"):
         build_backbone("timm:resnet18", 3, weights=tmp_path / "shape.pth")
+
+
+@pytest.mark.parametrize("name, module", [("torchvision:resnet18", "torchvision.models"),
+                                          ("timm:resnet18", "timm")])
+def test_missing_library_names_the_extra(name, module, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, module, None)  # as if not installed
+    with pytest.raises(ValueError, match=rf"--backbone {name} needs {module.split('.')[0]}, "
+                                         r"which is not installed: pip install "
+                                         r"'energymask\[backbones\]'"):
+        build_backbone(name, 3)

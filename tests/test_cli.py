@@ -54,6 +54,31 @@ def test_help(command, capsys):
             "demo": "--quick"}["".join(command)] in out
 
 
+def test_parser_imports_neither_torch_nor_lightning():
+    code = ("import sys, time; t = time.perf_counter()\n"
+            "from energymask.lightning_modules.app.cli import build_parser\n"
+            "build_parser().format_help()\n"
+            "heavy = [m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'lightning', 'pytorch_lightning', 'numpy')]\n"
+            "print(heavy, time.perf_counter() - t)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("[] "), done.stdout
+
+
+def test_threads_default_and_flag(monkeypatch):
+    from energymask.lightning_modules.app.options import default_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert default_threads() == 1  # two CPUs: one thread
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert default_threads() == 8
+    assert commands.set_threads(3) == 3 and torch.get_num_threads() == 3
+    with pytest.raises(ValueError, match=r"--threads must be an int >= 1, but got 0"):
+        commands.set_threads(0)
+
+
 def test_python_m_energymask_help():
     done = subprocess.run([sys.executable, "-m", "energymask", "--help"], capture_output=True,
                           text=True, timeout=60)
@@ -91,6 +116,21 @@ def test_demo_passes_arguments(tmp_path, monkeypatch, capsys):
     with _runs.claim(tmp_path / "e"):  # another demo is writing there
         _fails(capsys, ["demo", "--out", tmp_path / "e"], "demo", "is in use by another")
     assert len(calls) == 2
+
+
+def test_demo_refuses_a_folder_holding_a_run(tmp_path, monkeypatch, capsys):
+    """A second demo into the folder of a first one is refused, as `train` is (issue 26)."""
+    fake = types.ModuleType("energymask.lightning_modules.app.demo")
+    fake.run_demo = lambda out_dir, **kw: (out_dir / "metrics.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "energymask.lightning_modules.app.demo", fake)
+    out = tmp_path / "d"
+    assert main(["demo", "--out", str(out), "--quick"]) == 0
+    (out / "metrics.json").write_text('{"the": "full demo"}')
+    _fails(capsys, ["demo", "--out", out, "--quick"], "demo",
+           "already holds a run (metrics.json)")
+    assert (out / "metrics.json").read_text() == '{"the": "full demo"}'
+    assert main(["demo", "--out", str(out), "--quick", "--overwrite"]) == 0
+    assert (out / "metrics.json").read_text() == "{}"
 
 
 # -- train -> evaluate -> plot ------------------------------------------------------------------
@@ -131,8 +171,9 @@ def test_evaluate_then_plot(run_dir, capsys):
     out = capsys.readouterr().out
     assert "deletion AUC at backbone.layer2.layer: energy" in out and "mask quality" in out
     result = json.loads((run_dir / "evaluation.json").read_text())
-    assert set(result) == {"run", "accuracy", "num_samples", "deletion", "occlusion",
-                           "mask_quality", "pbedropout"}
+    assert set(result) == {"run", "protocol", "accuracy", "num_samples", "deletion",
+                           "occlusion", "mask_quality", "pbedropout"}
+    assert result["protocol"]["steps"] == 4 and result["protocol"]["deletion_protocol"] == "binary"
     assert result["num_samples"] == 12
     deletion = result["deletion"]["backbone.layer2.layer"]
     assert set(deletion["auc"]) == {"energy", "magnitude", "random"}
@@ -154,6 +195,59 @@ def test_evaluate_then_plot(run_dir, capsys):
                        "masks_backbone_layer2_layer.png", "ema_masks_backbone_layer3_layer.png"}
     for name in written:
         assert (run_dir / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluations_are_kept_side_by_side(tmp_path, run_dir, capsys):
+    """Binary and soft deletion results of two calls both stay (issue 26)."""
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    shutil.rmtree(out / "evaluations", ignore_errors=True)
+    argv = ["evaluate", "--run", out, "--num-samples", "4", "--steps", "2", "--fractions", "0",
+            "--no-progress"]
+    assert main([str(a) for a in argv]) == 0
+    assert main([str(a) for a in [*argv, "--deletion-protocol", "soft"]]) == 0
+    kept = sorted(p.name for p in (out / "evaluations").iterdir())
+    assert kept == ["001-binary.json", "002-soft.json"]
+    binary, soft = (json.loads((out / "evaluations" / k).read_text()) for k in kept)
+    assert binary["protocol"]["deletion_protocol"] == "binary"
+    assert soft["protocol"]["deletion_protocol"] == "soft"
+    assert json.loads((out / "evaluation.json").read_text()) == soft  # the latest
+    assert "kept as" in capsys.readouterr().out
+
+
+def test_failed_start_is_marked_and_retried_without_overwrite(tmp_path, capsys):
+    """--accelerator gpu without a GPU: an error, not a traceback; run.json says failed and
+    the same command with the CPU needs no --overwrite (issue 26)."""
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without a GPU")
+    out = tmp_path / "run"
+    argv = ["train", *TINY, "--out", out]
+    _fails(capsys, [*argv, "--accelerator", "gpu"], "train", "gpu")
+    spec = json.loads((out / "run.json").read_text())
+    assert spec["status"] == "failed" and spec["failed_before_first_epoch"] is True
+    assert "error" in spec
+    assert main([str(a) for a in argv]) == 0  # TINY ends with --accelerator cpu
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+    capsys.readouterr()
+
+
+def test_resume_keeps_every_epoch_in_the_log(tmp_path, capsys):
+    """The epochs before a resume stay in logs/metrics.csv (Lightning's logger deleted them)."""
+    import csv
+
+    out = tmp_path / "run"
+    assert main([str(a) for a in ["train", *TINY, "--out", out]]) == 0
+    # as if stopped after epoch 1 of 2: the run is resumable from last.ckpt
+    spec = json.loads((out / "run.json").read_text())
+    spec["training"]["epochs"] = 2
+    spec.update(status="interrupted")
+    (out / "run.json").write_text(json.dumps(spec))
+    (out / "model.ckpt").unlink()
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    rows = list(csv.DictReader(open(out / "logs" / "metrics.csv", newline="")))
+    val = [r["epoch"] for r in rows if r.get("val_acc")]
+    assert val == ["0", "1"], rows
+    capsys.readouterr()
 
 
 def test_evaluate_from_checkpoint_with_gradcam(run_dir, capsys):

@@ -39,3 +39,20 @@ def test_build_trainer_with_and_without_a_run_folder(tmp_path):
     assert {tr.RandomState, tr.EpochCheckpoint} <= kinds
     assert isinstance(run.strategy.checkpoint_io, tr.AtomicCheckpointIO)
     assert Path(run.logger.log_dir) == tmp_path / "logs"
+
+
+@pytest.mark.parametrize("second", [{"a": 3.0}, {"a": 3.0, "c": 4.0}])  # same / a new column
+def test_appending_csv_logger_keeps_the_rows_of_an_earlier_segment(tmp_path, second):
+    import csv
+
+    first = tr.appending_csv_logger(tmp_path / "logs")
+    first.log_metrics({"a": 1.0, "epoch": 0}, step=0)
+    first.log_metrics({"b": 2.0, "epoch": 0}, step=1)
+    first.save()
+    resumed = tr.appending_csv_logger(tmp_path / "logs")  # a resumed run, same folder
+    resumed.log_metrics({**second, "epoch": 1}, step=2)
+    resumed.save()
+    rows = list(csv.DictReader(open(tmp_path / "logs" / "metrics.csv", newline="")))
+    assert [(r["epoch"], r["a"], r["b"]) for r in rows] == [("0", "1.0", ""), ("0", "", "2.0"),
+                                                           ("1", "3.0", "")]
+    assert [r.get("c", "") for r in rows] == ["", "", second.get("c", "") and "4.0"]

@@ -3,7 +3,9 @@
 ``--backbone`` takes ``small_cnn``, ``shallow_cnn``, ``torchvision:NAME`` (for
 example ``torchvision:resnet50``, ``torchvision:convnext_tiny``,
 ``torchvision:efficientnet_v2_s``) or ``timm:NAME`` (``timm:convnext_tiny``,
-``timm:resnet18``). Library models are built with ``weights=None`` /
+``timm:resnet18``; ``pip install 'energymask[backbones]'`` installs both
+libraries, and a missing one is named in the error). Library models are built
+with ``weights=None`` /
 ``pretrained=False`` (nothing is downloaded) and cut before their pooling and
 head, so every backbone maps (B, C, H, W) -> (B, F, h, w) and
 :class:`energymask.models.Classifier` adds global-average pooling and a linear
@@ -23,23 +25,32 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from energymask._extras import require
 from energymask.models import feature_extractor, shallow_cnn, small_cnn
+
+from .options import BACKBONES_HELP
 
 SMALL = {"small_cnn": small_cnn, "shallow_cnn": shallow_cnn}
 LIBRARIES = ("torchvision", "timm")
-HELP = ("small_cnn, shallow_cnn, torchvision:NAME or timm:NAME (any model of the library, "
-        "built without downloading weights; for example torchvision:resnet50, "
-        "timm:convnext_tiny)")
+HELP = BACKBONES_HELP
+
+
+def _library(module: str, backbone: str):
+    """``import module``; missing, a ValueError (the command line's error) naming the extra."""
+    try:
+        return require(module, f"--backbone {backbone}")
+    except ImportError as err:
+        raise ValueError(str(err)) from err
 
 
 def _torchvision(name: str, in_channels: int) -> tuple[nn.Module, str, str]:
-    import torchvision
+    torchvision = _library("torchvision.models", f"torchvision:{name}")
 
     if in_channels != 3:
         raise ValueError(f"--backbone torchvision:{name} takes 3-channel images, but the data "
                          f"have {in_channels} channel(s)")
     try:
-        model = torchvision.models.get_model(name, weights=None)
+        model = torchvision.get_model(name, weights=None)
     except ValueError as err:
         raise ValueError(f"--backbone torchvision:{name}: torchvision has no model {name!r} "
                          f"(torchvision.models.list_models() lists them)") from err
@@ -54,7 +65,7 @@ def _torchvision(name: str, in_channels: int) -> tuple[nn.Module, str, str]:
 
 
 def _timm(name: str, in_channels: int) -> tuple[nn.Module, str, str]:
-    import timm
+    timm = _library("timm", f"timm:{name}")
 
     try:
         model = timm.create_model(name, pretrained=False, num_classes=0, global_pool="",

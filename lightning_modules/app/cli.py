@@ -5,6 +5,11 @@ command. The commands themselves are in :mod:`.commands`: ``train`` writes a run
 folder (see :mod:`energymask.lightning_modules.app.runs`), ``evaluate`` adds
 ``evaluation.json`` to it, ``plot`` draws ``figures/*.png`` from it.
 
+The parser imports neither torch nor Lightning (``--help`` answers at once; the
+command's module, :mod:`.commands`, is imported after parsing). torch's CPU
+threads are set before a command runs: ``--threads``, default
+:func:`.options.default_threads`.
+
 Expected errors (bad data folder, output folder not writable or holding a run, a
 folder or checkpoint that is not an energymask run) print ``energymask <command>:
 error: <message>`` on stderr and exit with status 2, like argparse's own usage
@@ -14,23 +19,29 @@ errors; an interrupted ``train`` (Ctrl-C) exits with status 130.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from energymask.deletion import PROTOCOLS
-from energymask.ersm import EnergyMask2d
-from energymask.evaluation import DEFAULT_FRACTIONS
-from energymask.pbedropout import PBEDropoutSettings
-
-from . import commands
-from .backbones import HELP as BACKBONES_HELP
-from .runs import DATASETS, default_of
+from .options import (
+    BACKBONES_HELP,
+    DATASETS,
+    ERSM_DEFAULTS,
+    PBEDROPOUT_DEFAULTS,
+    default_threads,
+)
+from .protocol import DELETION_PROTOCOLS, ORDERINGS_EXTRA, EvaluationProtocol
 from .settings import ERSM_BIAS_INIT, ERSM_BIAS_REASON
 
-#: ``--orderings`` names -> the Captum deletion orderings (the others always run).
-ORDERINGS_EXTRA = {"gradcam": "gradcam", "ablation": "feature_ablation",
-                   "feature_ablation": "feature_ablation"}
+DEFAULT_PROTOCOL = EvaluationProtocol()
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    """Options of every command."""
+    p.add_argument("--threads", type=int, metavar="N", default=None,
+                   help="torch CPU threads (default: half the CPUs this process may use, "
+                   f"1 to 8: {default_threads()} here; see the README)")
 
 
 def _demo_parser(sub) -> None:
@@ -44,8 +55,11 @@ def _demo_parser(sub) -> None:
     p.add_argument("--quick", action="store_true", help="a one-minute smoke run")
     p.add_argument("--seed", type=int, metavar="N", default=0,
                    help="random seed (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (a folder holding a run is refused)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=commands.demo)
+    _common(p)
+    p.set_defaults(func="demo")
 
 
 def _data_arguments(p: argparse.ArgumentParser, title: str) -> None:
@@ -110,7 +124,7 @@ def _train_parser(sub) -> None:
                             ("--ersm-temperature", "temperature", float),
                             ("--ersm-token-size", "token_size", int)):
         e.add_argument(flag, dest=f"ersm_{name}", type=typ, metavar="X" if typ is float else "N",
-                       default=default_of(EnergyMask2d, name),
+                       default=ERSM_DEFAULTS[name],
                        help=f"{name} (default: %(default)s)")
     e.add_argument("--ersm-bias-init", dest="ersm_bias_init", type=float, metavar="X",
                    default=ERSM_BIAS_INIT,
@@ -125,13 +139,14 @@ def _train_parser(sub) -> None:
                              ("--pb-beta", "beta", "pairwise weight"),
                              ("--pb-population", "population", "K, candidate masks"),
                              ("--pb-generations", "generations", "G, genetic generations")):
-        default = default_of(PBEDropoutSettings, name)
+        default = PBEDROPOUT_DEFAULTS[name]
         b.add_argument(flag, dest=f"pb_{name}", type=type(default), default=default,
                        metavar="X" if isinstance(default, float) else "N",
                        help=f"{what} (default: %(default)s)")
     b.add_argument("--pb-freeze-epoch", type=int, metavar="N", default=None,
                    help="freeze the masks to their EMA from this epoch on (default: never)")
-    p.set_defaults(func=commands.train)
+    _common(p)
+    p.set_defaults(func="train")
 
 
 def _run_arguments(p: argparse.ArgumentParser, num_samples: int | None) -> None:
@@ -145,7 +160,7 @@ def _run_arguments(p: argparse.ArgumentParser, num_samples: int | None) -> None:
     p.add_argument("--num-samples", type=int, metavar="N", default=num_samples,
                    help="use only the first N test images (default: "
                    f"{num_samples or 'all'})")
-    p.add_argument("--batch-size", type=int, metavar="N", default=128,
+    p.add_argument("--batch-size", type=int, metavar="N", default=DEFAULT_PROTOCOL.batch_size,
                    help="(default: %(default)s)")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="where results go (default: the run folder, or the folder of a "
@@ -163,23 +178,26 @@ def _evaluate_parser(sub) -> None:
         "every ERSM layer; accuracy under structured occlusion (random placement, and on the "
         "object where masks exist); mask quality (IoU, pointing game, entropy, keep ratio) "
         "where masks exist. Checks the checkpoint against run.json's checksum. Writes "
-        "evaluation.json into the run folder.")
+        "evaluation.json into the run folder (the latest results) and keeps every call's "
+        "as evaluations/NNN-<protocol>.json.")
     _run_arguments(p, None)
     p.add_argument("--orderings", nargs="+", choices=sorted(ORDERINGS_EXTRA), default=[],
                    metavar="NAME", help="deletion orderings added to energy, magnitude and "
                    "random: gradcam, ablation (Captum LayerGradCam, FeatureAblation)")
-    p.add_argument("--steps", type=int, metavar="N", default=16,
+    p.add_argument("--steps", type=int, metavar="N", default=DEFAULT_PROTOCOL.steps,
                    help="deletion steps, evenly spaced (default: %(default)s)")
-    p.add_argument("--deletion-protocol", choices=PROTOCOLS, default="binary",
+    p.add_argument("--deletion-protocol", choices=DELETION_PROTOCOLS,
+                   default=DEFAULT_PROTOCOL.deletion_protocol,
                    help="binary: the authors' forced binary mask; soft: the model's own soft "
                    "keep map with the deleted tokens set to 0 (default: %(default)s)")
     p.add_argument("--fractions", nargs="+", type=float, metavar="X",
-                   default=list(DEFAULT_FRACTIONS),
+                   default=list(DEFAULT_PROTOCOL.fractions),
                    help="occluded fractions of the image (default: %(default)s)")
-    p.add_argument("--patch-size", type=int, metavar="N", default=8,
+    p.add_argument("--patch-size", type=int, metavar="N", default=DEFAULT_PROTOCOL.patch_size,
                    help="occluding patch side in pixels (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=commands.evaluate)
+    _common(p)
+    p.set_defaults(func="evaluate")
 
 
 def _plot_parser(sub) -> None:
@@ -188,7 +206,8 @@ def _plot_parser(sub) -> None:
                        "(from evaluation.json) and the masks of a few test images into "
                        "<run>/figures/*.png.")
     _run_arguments(p, 8)
-    p.set_defaults(func=commands.plot)
+    _common(p)
+    p.set_defaults(func="plot")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,8 +237,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for a usage or input error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "train":  # what --resume may not change
+        args.defaults = vars(parser.parse_args(["train"]))
+    commands = importlib.import_module(".commands", __package__)  # torch, Lightning: now
     try:
-        return args.func(args)
+        commands.set_threads(args.threads)
+        return getattr(commands, args.func)(args)
     except (ValueError, FileNotFoundError, PermissionError) as err:
         print(f"energymask {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -21,14 +21,28 @@ from energymask.ersm import energy_mask_layers
 from energymask.pbedropout import PBEDropout2d
 
 from .. import _compat
+from . import building
 from . import runs as _runs
 
 #: ``train`` options that may change when a run is resumed (they do not change the result).
-RESUME_MAY_CHANGE = ("resume", "no_progress", "accelerator", "func", "command")
+RESUME_MAY_CHANGE = ("resume", "no_progress", "accelerator", "func", "command", "defaults",
+                     "threads")
 
 
 class Interrupted(Exception):
     """``train`` was stopped by Ctrl-C; the message says how to resume."""
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's CPU threads: ``threads``, or :func:`.options.default_threads`; returns it."""
+    from .options import default_threads
+
+    if threads is None:
+        threads = default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"--threads must be an int >= 1, but got {threads!r}")
+    torch.set_num_threads(threads)
+    return threads
 
 
 # -- demo -------------------------------------------------------------------------------------
@@ -36,7 +50,7 @@ class Interrupted(Exception):
 def demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    with _runs.claim(args.out, resume=True) as out:  # one demo at a time per folder
+    with _runs.claim(args.out, overwrite=args.overwrite) as out:  # one demo per folder
         run_demo(out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
     print(f"energymask demo: results in {out}")
     return 0
@@ -96,7 +110,7 @@ def _build(spec: dict[str, Any], weights: bool = True):
     from .backbones import build_backbone
 
     t, m = spec["training"], spec["model"]
-    dm = _runs.build_datamodule(spec["data"], t["batch_size"], t["seed"])
+    dm = building.build_datamodule(spec["data"], t["batch_size"], t["seed"])
     _compat.lightning().seed_everything(t["seed"], workers=True, verbose=False)
     m.update(in_channels=dm.in_channels, num_classes=dm.num_classes)
     path = m["weights"] if weights else None
@@ -106,15 +120,15 @@ def _build(spec: dict[str, Any], weights: bool = True):
         module = FrozenBackboneERSM(net, channels, dm.num_classes, lr=t["lr"],
                                     max_epochs=t["epochs"], **ersm)
         return module, [], dm
-    model = _runs.build_model(m["backbone"], dm.in_channels, dm.num_classes, path)
+    model = building.build_model(m["backbone"], dm.in_channels, dm.num_classes, path)
     callbacks: list[Callback] = []
     if spec.get("ersm"):
-        layers = _runs.qualify_layers(model, dm.in_channels, spec["ersm"]["layers"], "--ersm")
+        layers = building.qualify_layers(model, dm.in_channels, spec["ersm"]["layers"], "--ersm")
         callbacks.append(ERSMCallback(layers, **ersm))
         spec["ersm"]["layers"] = layers
     if spec.get("pbedropout"):
         pb = dict(spec["pbedropout"])
-        layers = _runs.qualify_layers(model, dm.in_channels, pb.pop("layers"), "--pbedropout")
+        layers = building.qualify_layers(model, dm.in_channels, pb.pop("layers"), "--pbedropout")
         callbacks.append(PBEDropoutCallback(layers, **pb))
         spec["pbedropout"]["layers"] = layers
     module = ImageClassifier(model, dm.num_classes, lr=t["lr"], max_epochs=t["epochs"])
@@ -122,9 +136,7 @@ def _build(spec: dict[str, Any], weights: bool = True):
 
 
 def _resume_spec(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
-    from .cli import build_parser
-
-    defaults = vars(build_parser().parse_args(["train"]))
+    defaults = args.defaults  # the parser's (cli.main sets them)
     changed = [k for k, v in vars(args).items()
                if k not in RESUME_MAY_CHANGE and v != defaults.get(k)]
     if changed:
@@ -163,8 +175,18 @@ def _fit(trainer, module, dm, ckpt_path: Path | None) -> bool:
     return trainer.state.status == TrainerStatus.INTERRUPTED
 
 
+def _failing_as_usage(build, *args: Any, **kwargs: Any) -> Any:
+    """``build(*args, **kwargs)``; Lightning's refusal of a setting (``--accelerator gpu``
+    without a GPU) becomes a ``ValueError``: an error message, not a traceback."""
+    refused = _compat.lightning("utilities.exceptions").MisconfigurationException
+    try:
+        return build(*args, **kwargs)
+    except refused as err:
+        raise ValueError(str(err)) from err
+
+
 def train(args: argparse.Namespace) -> int:
-    from .trainer import LAST_CHECKPOINT, build_trainer
+    from .trainer import build_trainer
 
     TrainerStatus = _compat.lightning("trainer.states").TrainerStatus  # noqa: N806
     if args.resume is not None:
@@ -173,22 +195,30 @@ def train(args: argparse.Namespace) -> int:
         out, spec = args.out, _spec(args)
     module, callbacks, dm = _build(spec, weights=args.resume is None)
     with _runs.claim(out, overwrite=args.overwrite, resume=args.resume is not None):
-        last = out / LAST_CHECKPOINT
+        last = out / _runs.LAST_CHECKPOINT
         resume_from = last if args.resume is not None and last.exists() else None
         if args.resume is not None:  # the log keeps the epochs the checkpoint holds
             _runs.truncate_log(out / _runs.METRICS, _last_epoch(last) + 1 if resume_from else 0)
         spec.update(status="running", checkpoint=_runs.CHECKPOINT, metrics_csv=_runs.METRICS,
                     accelerator=args.accelerator)
         _runs.write_run(out, spec)
-        trainer = build_trainer(spec["training"]["epochs"], callbacks, args.accelerator,
-                                not args.no_progress, log_dir=out / "logs", run_dir=out)
+        trainer = None
         try:
+            trainer = _failing_as_usage(build_trainer, spec["training"]["epochs"], callbacks,
+                                        args.accelerator, not args.no_progress,
+                                        log_dir=out / "logs", run_dir=out)
             if _fit(trainer, module, dm, resume_from):
                 raise KeyboardInterrupt
             trainer.save_checkpoint(out / _runs.CHECKPOINT, weights_only=False)  # + callbacks
             tested = trainer.test(module, datamodule=dm, verbose=False)
+        except Exception as err:  # a failed start is retried without --overwrite
+            spec.update(status="failed", error=f"{type(err).__name__}: {err}",
+                        failed_before_first_epoch=not last.exists())
+            _runs.write_run(out, spec)
+            raise
         except (KeyboardInterrupt, SystemExit) as stop:
-            if isinstance(stop, SystemExit) and trainer.state.status != TrainerStatus.INTERRUPTED:
+            if trainer is None or (isinstance(stop, SystemExit)
+                                   and trainer.state.status != TrainerStatus.INTERRUPTED):
                 raise
             (out / _runs.CHECKPOINT).unlink(missing_ok=True)
             spec.update(status="interrupted", interrupted_in_epoch=trainer.current_epoch)
@@ -197,7 +227,7 @@ def train(args: argparse.Namespace) -> int:
                      else "the start")
             raise Interrupted(f"interrupted in epoch {trainer.current_epoch + 1}; "
                               f"`energymask train --resume {out}` continues from {where} "
-                              f"({LAST_CHECKPOINT})") from None
+                              f"({_runs.LAST_CHECKPOINT})") from None
         spec.update(status="complete", checkpoint_sha256=_runs.sha256(out / _runs.CHECKPOINT),
                     test={k: float(v) for k, v in (tested[0] if tested else {}).items()})
         _runs.write_run(out, spec)
@@ -209,7 +239,7 @@ def train(args: argparse.Namespace) -> int:
 # -- evaluate and plot ------------------------------------------------------------------------
 
 def _load(args: argparse.Namespace):
-    """``(output folder, model in eval mode, test loader, has object masks)``.
+    """``(output folder, model in eval mode, test set, has object masks)``.
 
     From ``--run`` / ``--checkpoint`` inside a run folder (the checkpoint checked
     against run.json's SHA-256), or from a Lightning checkpoint without run.json
@@ -220,10 +250,10 @@ def _load(args: argparse.Namespace):
     path = args.run or args.checkpoint
     if args.checkpoint is not None and not (args.checkpoint.parent / _runs.RUN_FILE).exists():
         checkpoint = args.checkpoint
-        model = {"backbone": args.backbone, **_runs.checkpoint_model(checkpoint)}
-        dm = _runs.build_datamodule(_data_spec(args), args.batch_size, args.seed)
+        model = {"backbone": args.backbone, **building.checkpoint_model(checkpoint)}
+        dm = building.build_datamodule(_data_spec(args), args.batch_size, args.seed)
         model["in_channels"] = dm.in_channels
-        module = _runs.load_model({"model": model}, checkpoint)
+        module = building.load_model({"model": model}, checkpoint)
         folder = args.out or checkpoint.parent
     else:
         folder, spec = _runs.read_run(path)
@@ -234,62 +264,47 @@ def _load(args: argparse.Namespace):
         checkpoint = args.checkpoint or folder / spec.get("checkpoint", _runs.CHECKPOINT)
         recorded = spec.get("checkpoint_sha256") if checkpoint.name == _runs.CHECKPOINT else None
         _runs.check_checkpoint(checkpoint, recorded)
-        module = _runs.load_model(spec, checkpoint)
-        dm = _runs.build_datamodule(spec["data"], args.batch_size, spec["training"]["seed"])
+        module = building.load_model(spec, checkpoint)
+        dm = building.build_datamodule(spec["data"], args.batch_size, spec["training"]["seed"])
         folder = args.out or folder
     dm.setup("test")
     test = dm.test_set
     if args.num_samples is not None:
         test = Subset(test, range(min(args.num_samples, len(test))))
-    loader = DataLoader(test, batch_size=args.batch_size)
-    return Path(folder), module, loader, dm.has_object_masks
+    return Path(folder), module, test, dm.has_object_masks
+
+
+def _protocol(args: argparse.Namespace):
+    from .protocol import BASE_ORDERINGS, ORDERINGS, ORDERINGS_EXTRA, EvaluationProtocol
+
+    extra = {ORDERINGS_EXTRA[o] for o in args.orderings}  # the Captum ones asked for
+    try:
+        return EvaluationProtocol(
+            orderings=tuple(o for o in ORDERINGS if o in BASE_ORDERINGS or o in extra),
+            steps=args.steps, deletion_protocol=args.deletion_protocol,
+            fractions=tuple(args.fractions), patch_size=args.patch_size,
+            batch_size=args.batch_size, seed=args.seed)
+    except ValueError as err:  # name the option, not the field
+        for field in ("steps", "patch_size", "batch_size", "fractions"):
+            if str(err).startswith(field):
+                raise ValueError(f"--{field.replace('_', '-')}{str(err)[len(field):]}") from None
+        raise
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from energymask.deletion import deletion_curve
-    from energymask.evaluation import ORDERINGS
-    from energymask.evaluation import evaluate as evaluate_model
-    from energymask.occlusion import occlusion_robustness
+    from .evaluating import evaluate_run
 
-    from .cli import ORDERINGS_EXTRA
-
-    if args.steps < 2:
-        raise ValueError(f"--steps must be >= 2, but got {args.steps}")
-    folder, module, loader, with_masks = _load(args)
+    protocol = _protocol(args)
+    folder, module, test_set, with_masks = _load(args)
     with _runs.claim(folder, resume=True):
-        net = module.model
-        progress = not args.no_progress
-        scores = evaluate_model(net, loader, progress=progress)
-        result: dict[str, Any] = {"run": str(folder), "accuracy": scores.accuracy,
-                                  "num_samples": scores.num_samples, "mask_quality": scores.masks}
-        extra = {ORDERINGS_EXTRA[o] for o in args.orderings}  # the Captum ones asked for
-        orderings = [o for o in ORDERINGS if o not in ORDERINGS_EXTRA.values() or o in extra]
-        result["deletion"] = {
-            name: deletion_curve(net, loader, layer=name, orderings=orderings, steps=args.steps,
-                                 seed=args.seed, progress=progress,
-                                 protocol=args.deletion_protocol).to_dict()
-            for name in energy_mask_layers(net)
-        }  # fmt: skip
-        placements = ["random", "object"] if with_masks else ["random"]
-        result["occlusion"] = {
-            p: occlusion_robustness(net, loader, args.fractions, args.patch_size, placement=p,
-                                    seed=args.seed, progress=progress).to_dict()
-            for p in placements
-        }  # fmt: skip
-        result["pbedropout"] = {
-            name: {"deterministic_drop_rate": _deterministic_drop_rate(layer)}
-            for name, layer in net.named_modules()
-            if isinstance(layer, PBEDropout2d) and layer.ema_mask.numel()
-        }  # fmt: skip
-        _runs.write_atomic(folder / _runs.EVALUATION, json.dumps(result, indent=2) + "\n")
+        result = {"run": str(folder), **evaluate_run(module.model, test_set, protocol,
+                                                     with_masks, progress=not args.no_progress)}
+        text = json.dumps(result, indent=2) + "\n"
+        kept = _runs.keep_evaluation(folder, text, protocol.deletion_protocol)
+        _runs.write_atomic(folder / _runs.EVALUATION, text)
     print(_table(result))
-    print(f"energymask evaluate: wrote {folder / _runs.EVALUATION}")
+    print(f"energymask evaluate: wrote {folder / _runs.EVALUATION} (kept as {kept})")
     return 0
-
-
-def _deterministic_drop_rate(layer: PBEDropout2d) -> float:
-    """Share of patches the layer's deterministic (inference) masks drop: p, rounded per channel."""
-    return float(1 - layer.deterministic_mask(tuple(layer.ema_mask.shape[1:])).mean())
 
 
 def _table(result: dict[str, Any]) -> str:
@@ -310,12 +325,7 @@ def _table(result: dict[str, Any]) -> str:
 
 
 def _save(fig, path: Path, written: list[Path]) -> None:
-    from .trainer import temporary_path
-
-    tmp = temporary_path(path)
-    fig.savefig(tmp, dpi=100, format="png")
-    tmp.replace(path)
-    written.append(path)
+    written.append(_runs.save_figure(fig, path))
 
 
 def plot(args: argparse.Namespace) -> int:
@@ -324,7 +334,8 @@ def plot(args: argparse.Namespace) -> int:
     from energymask import viz
     from energymask.deletion import DeletionResult
 
-    folder, module, loader, with_masks = _load(args)
+    folder, module, test_set, with_masks = _load(args)
+    loader = DataLoader(test_set, batch_size=args.batch_size)
     written: list[Path] = []
     with _runs.claim(folder, resume=True):
         figures = _runs.prepare_out(folder / "figures")

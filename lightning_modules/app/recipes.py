@@ -31,12 +31,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from energymask.deletion import deletion_curve
 from energymask.dropblock import DropBlock2d
-from energymask.evaluation import DEFAULT_FRACTIONS as OCCLUSION_FRACTIONS
-from energymask.evaluation import ORDERINGS, evaluate
+from energymask.evaluation import evaluate
 from energymask.models import Classifier, FrozenBackboneClassifier, shallow_cnn, small_cnn
-from energymask.occlusion import occlusion_robustness
 from energymask.surgery import insert_after
 
 from .._compat import lightning
@@ -44,12 +41,16 @@ from ..classifier import FrozenBackboneERSM, ImageClassifier
 from ..datamodules import ClutteredDigitsDataModule
 from ..ersm_callback import ERSMCallback
 from ..pbedropout_callback import PBEDropoutCallback
+from .evaluating import deletion_results, occlusion_results
+from .protocol import ORDERINGS, EvaluationProtocol
 from .settings import ERSM_SETTINGS
 from .trainer import build_trainer
 
 pl = lightning()  # the one Lightning package of the application (see .._compat)
 REGULARISERS = ("none", "dropout", "dropout2d", "dropblock", "pbedropout")
-OCCLUSION_PATCH_SIZE = 8
+#: The occlusion settings of the recipes: the evaluation protocol's defaults.
+OCCLUSION_FRACTIONS = EvaluationProtocol().fractions
+OCCLUSION_PATCH_SIZE = EvaluationProtocol().patch_size
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,13 @@ class Budget:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def protocol(self, seed: int, orderings: Sequence[str] = ORDERINGS) -> EvaluationProtocol:
+        """The evaluation protocol of this budget: its deletion steps and samples, all five
+        orderings, the default occlusion, batches of ``batch_size``."""
+        return EvaluationProtocol(orderings=tuple(orderings), steps=self.deletion_steps,
+                                  deletion_samples=self.deletion_samples,
+                                  batch_size=self.batch_size, seed=seed)
 
 
 QUICK = Budget(num_train=256, num_val=64, num_test=128, epochs=1, ersm_epochs=1,
@@ -194,28 +202,23 @@ def ersm_mask_scores(model: nn.Module, loader: Iterable) -> dict[str, float]:
 
 def evaluate_ersm(model: nn.Module, dm, budget: Budget, seed: int, progress: bool = True,
                   orderings: Sequence[str] = ORDERINGS) -> dict[str, Any]:
-    """Mask scores over the test split and the deletion test (every ordering)."""
-    loader = eval_loader(dm)
-    deletion = deletion_curve(model, eval_loader(dm, budget.deletion_samples),
-                              orderings=list(orderings), steps=budget.deletion_steps, seed=seed,
-                              progress=progress, perturbations_per_eval=16)
+    """Mask scores over the test split and the deletion test (every ordering) of the
+    model's one ERSM layer, under :meth:`Budget.protocol`."""
+    (deletion,) = deletion_results(model, dm.test_set, budget.protocol(seed, orderings),
+                                   progress).values()
     return {
-        "masks": ersm_mask_scores(model, loader),
-        "deletion": deletion.to_dict(),
+        "masks": ersm_mask_scores(model, eval_loader(dm)),
+        "deletion": deletion,
     }
 
 
 def occlusion(models: nn.Module | dict[str, nn.Module], dm, seed: int, progress: bool = True
               ) -> dict[str, dict[str, list[float]]]:
-    """Accuracy under random and on-object occlusion at the default fractions (8x8 patches)."""
-    loader = eval_loader(dm)
-    out = {}
-    for placement in ("random", "object"):
-        result = occlusion_robustness(models, loader, OCCLUSION_FRACTIONS,
-                                      patch_size=OCCLUSION_PATCH_SIZE, placement=placement,
-                                      seed=seed, progress=progress)
-        out[placement] = result.accuracy
-    return out
+    """Accuracy under random and on-object occlusion (the protocol's fractions and patches)."""
+    protocol = EvaluationProtocol(batch_size=dm.batch_size, seed=seed)
+    results = occlusion_results(models, dm.test_set, protocol, with_masks=True,
+                                progress=progress)
+    return {placement: r["accuracy"] for placement, r in results.items()}
 
 
 __all__ = [

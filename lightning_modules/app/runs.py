@@ -7,19 +7,21 @@ A run folder holds::
     model.ckpt        the final Lightning checkpoint (weights and the callbacks' layer states)
     last.ckpt         the resumable checkpoint, rewritten at the end of every epoch
     logs/metrics.csv  the CSVLogger log
-    evaluation.json   written by ``energymask evaluate``
+    evaluation.json   written by ``energymask evaluate`` (the latest call)
+    evaluations/      every ``evaluate`` call's results, numbered, never replaced
     figures/*.png     written by ``energymask plot``
     .lock             held (``flock``) by the process writing the folder
 
 What the folder guarantees (docs/reliability.md): one run per folder
 (:func:`claim` refuses a folder that holds a run unless ``overwrite``, and a
-folder another process holds), every file replaced atomically (:func:`write_atomic`;
-checkpoints through :class:`~energymask.lightning_modules.app.trainer.AtomicCheckpointIO`),
-and a checkpoint that is the one training wrote (:func:`check_checkpoint`).
+folder another process holds), every file replaced atomically (:func:`write_atomic`,
+:func:`save_figure`; checkpoints through
+:class:`~energymask.lightning_modules.app.trainer.AtomicCheckpointIO`, which uses
+:func:`atomic_replace`), and a checkpoint that is the one training wrote
+(:func:`check_checkpoint`).
 
-``run.json`` holds plain values only, so the model is rebuilt from it (backbone
-name, channels, classes) and :func:`load_for_inference` re-inserts the ERSM /
-PB-EDropout layers from the checkpoint.
+This module is the folder only: it imports neither torch nor Lightning. What a
+run's settings build (model, data, the trained module) is :mod:`.building`'s.
 """
 
 from __future__ import annotations
@@ -28,97 +30,26 @@ import contextlib
 import csv
 import fcntl
 import hashlib
-import inspect
 import io
 import json
 import os
-import pickle
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
-from energymask.models import Classifier
-from energymask.surgery import insertable_names
-
-from ..checkpoint import load_for_inference, read_checkpoint
-from ..classifier import FrozenBackboneERSM, ImageClassifier
-from ..datamodules import CIFAR10DataModule, ClutteredDigitsDataModule, ImageFolderDataModule
-from .backbones import build_backbone
-from .trainer import LAST_CHECKPOINT, atomic_replace, temporary_path
-
 FORMAT = "energymask-run/1"
+#: The resumable checkpoint of a run folder, rewritten at the end of every epoch.
+LAST_CHECKPOINT = "last.ckpt"
 RUN_FILE = "run.json"
 CHECKPOINT = "model.ckpt"
 METRICS = "logs/metrics.csv"
 EVALUATION = "evaluation.json"
 LOCK = ".lock"
 #: What a run writes into its folder: any of them means the folder holds a run.
-RUN_CONTENTS = (RUN_FILE, CHECKPOINT, LAST_CHECKPOINT, "logs", EVALUATION, "figures")
-DATASETS = ("cluttered-digits", "cifar10", "image-folder")
-#: ImageNet's channel means and standard deviations (``--normalize imagenet``).
-IMAGENET_NORMALIZE = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-
-
-def default_of(cls: type, name: str) -> Any:
-    """The default value of ``cls.__init__``'s argument ``name`` (shown in ``--help``)."""
-    return inspect.signature(cls).parameters[name].default
-
-
-def build_model(backbone: str, in_channels: int, num_classes: int,
-                weights: str | Path | None = None) -> Classifier:
-    """``Classifier(backbone, F, num_classes)`` (see :mod:`.backbones` for the names)."""
-    net, channels = build_backbone(backbone, in_channels, weights)
-    return Classifier(net, channels, num_classes)
-
-
-def build_datamodule(data: dict[str, Any], batch_size: int, seed: int):
-    """The DataModule described by ``run.json``'s ``data`` entry.
-
-    ``data["normalize"]``: ``"imagenet"`` normalises user images (CIFAR-10, image
-    folders) with :data:`IMAGENET_NORMALIZE`, as pretrained torchvision / timm
-    weights expect; absent or ``"none"``: images stay in [0, 1].
-    """
-    name = data.get("name")
-    normalize = IMAGENET_NORMALIZE if data.get("normalize") == "imagenet" else None
-    if name == "cluttered-digits":
-        return ClutteredDigitsDataModule(
-            data["num_train"], data["num_val"], data["num_test"], spurious=data["spurious"],
-            seed=seed, batch_size=batch_size, with_masks=True,
-        )  # fmt: skip
-    if name in ("cifar10", "image-folder") and not data.get("data_dir"):
-        raise ValueError(f"--data {name} needs --data-dir, the folder holding the data")
-    if name == "cifar10":
-        return CIFAR10DataModule(data["data_dir"], seed=seed, batch_size=batch_size,
-                                 normalize=normalize)
-    if name == "image-folder":
-        size = data["image_size"]
-        return ImageFolderDataModule(data["data_dir"], size=(size, size), seed=seed,
-                                     batch_size=batch_size, normalize=normalize)
-    raise ValueError(f"data must be one of {list(DATASETS)}, but got {name!r}")
-
-
-def qualify_layers(model: nn.Module, in_channels: int, names: list[str], option: str) -> list[str]:
-    """Names of the LightningModule (``model.backbone.layer2``) from short ones.
-
-    ``layer2`` means ``backbone.layer2``; any name of ``model.named_modules()``
-    with a 4D output is accepted too, and so are the returned names themselves.
-    """
-    probe = torch.zeros(1, in_channels, 64, 64)
-    valid = insertable_names(model, probe)
-    out = []
-    for name in names:
-        name = name.removeprefix("model.")
-        full = name if name in valid else f"backbone.{name}"
-        if full not in valid:
-            short = [n.removeprefix("backbone.") for n in valid if n.count(".") == 1]
-            raise ValueError(f"{option}: unknown layer {name!r}; choose from {', '.join(short)} "
-                             f"(or any of {', '.join(valid)})")
-        out.append(f"model.{full}")
-    return out
+EVALUATIONS = "evaluations"
+RUN_CONTENTS = (RUN_FILE, CHECKPOINT, LAST_CHECKPOINT, "logs", EVALUATION, EVALUATIONS, "figures",
+                "metrics.json", "report.md")
 
 
 def prepare_out(path: str | Path) -> Path:
@@ -135,6 +66,20 @@ def prepare_out(path: str | Path) -> Path:
     return path
 
 
+def failed_at_start(path: Path) -> bool:
+    """True when ``path`` holds a run that failed before its first epoch ended.
+
+    ``train`` records such a failure in ``run.json`` (``"status": "failed"``) and
+    leaves no resumable checkpoint: nothing was trained, so the folder may be reused.
+    """
+    try:
+        spec = json.loads((path / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(spec, dict) and spec.get("status") == "failed"
+            and not (path / LAST_CHECKPOINT).exists())
+
+
 def holds_run(path: Path) -> list[str]:
     """The names of :data:`RUN_CONTENTS` present in the folder ``path``."""
     return [name for name in RUN_CONTENTS if (path / name).exists()]
@@ -147,7 +92,8 @@ def claim(path: str | Path, overwrite: bool = False, resume: bool = False) -> It
     The lock (``flock`` on ``path/.lock``) is taken before anything is written and
     released when the block ends, also when the process dies. A folder that holds
     a run is refused unless ``overwrite`` (its run files are then deleted, other
-    files are left alone) or ``resume`` (kept as it is).
+    files are left alone) or ``resume`` (kept as it is); a run that failed before
+    its first epoch (:func:`failed_at_start`) is replaced without ``overwrite``.
 
     Raises:
         PermissionError: the folder is not writable.
@@ -164,6 +110,8 @@ def claim(path: str | Path, overwrite: bool = False, resume: bool = False) -> It
                              f"process (pid {holder}, lock {str(path / LOCK)!r}); wait for it "
                              "or choose another --out") from None
         found = holds_run(path)
+        if found and not resume and failed_at_start(path):
+            overwrite = True  # a start that failed: nothing to keep
         if found and not (overwrite or resume):
             raise ValueError(f"--out {str(path)!r} already holds a run ({', '.join(found)}); "
                              "choose another folder, continue it with --resume, or replace "
@@ -179,6 +127,29 @@ def claim(path: str | Path, overwrite: bool = False, resume: bool = False) -> It
         os.close(fd)  # releases the lock
 
 
+def atomic_replace(tmp: Path, path: Path) -> None:
+    """Move the fully written ``tmp`` over ``path`` in one step (flushed to disk first)."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def temporary_path(path: Path) -> Path:
+    """A hidden file name next to ``path`` (same folder, so the rename is atomic)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 100) -> Path:
+    """Save the Matplotlib figure ``fig`` as a PNG at ``path``, atomically; returns ``path``."""
+    tmp = temporary_path(path)
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        atomic_replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     tmp = temporary_path(path)
@@ -187,6 +158,21 @@ def write_atomic(path: Path, text: str) -> None:
         atomic_replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def keep_evaluation(folder: Path, text: str, protocol: str) -> Path:
+    """Write one ``evaluate`` call's results as ``evaluations/NNN-<protocol>.json``.
+
+    Numbered from 001 in the order of the calls; an existing file is never
+    replaced, so results of both deletion protocols (or of any two calls) sit
+    side by side. Returns the path written.
+    """
+    kept = folder / EVALUATIONS
+    kept.mkdir(exist_ok=True)
+    numbers = [int(p.name[:3]) for p in kept.glob("[0-9][0-9][0-9]-*.json")]
+    path = kept / f"{max(numbers, default=0) + 1:03d}-{protocol}.json"
+    write_atomic(path, text)
+    return path
 
 
 def write_run(path: Path, spec: dict[str, Any]) -> None:
@@ -255,34 +241,3 @@ def check_checkpoint(path: Path, expected_sha256: str | None = None) -> None:
                          "(changed, truncated or damaged since)")
 
 
-def load_model(spec: dict[str, Any], checkpoint: Path) -> ImageClassifier:
-    """The trained module of a run, with its inserted layers, in eval mode.
-
-    ``spec["model"]`` names the backbone; with ``"frozen_backbone": true`` the
-    module is the authors' :class:`FrozenBackboneERSM`, else an :class:`ImageClassifier`.
-    """
-    m = spec["model"]
-    try:
-        if m.get("frozen_backbone"):
-            net, _ = build_backbone(m["backbone"], m["in_channels"])
-            return load_for_inference(checkpoint, FrozenBackboneERSM, backbone=net)
-        model = build_model(m["backbone"], m["in_channels"], m["num_classes"])
-        return load_for_inference(checkpoint, ImageClassifier, model=model)
-    except (pickle.UnpicklingError, RuntimeError, KeyError, TypeError, ValueError,
-            EOFError) as err:
-        raise ValueError(f"{str(checkpoint)!r} is not an energymask checkpoint of this run "
-                         f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
-
-
-def checkpoint_model(checkpoint: Path) -> dict[str, Any]:
-    """``{"num_classes", "frozen_backbone"}`` of a checkpoint the Lightning API wrote.
-
-    Such a checkpoint (a ``ModelCheckpoint`` file of an :class:`ImageClassifier` or
-    :class:`FrozenBackboneERSM`) has no ``run.json``; its hyper-parameters give the
-    classes and the module class, the command line gives the backbone and the data.
-    """
-    hp = read_checkpoint(checkpoint).get("hyper_parameters")
-    if not isinstance(hp, dict) or "num_classes" not in hp:
-        raise ValueError(f"checkpoint {str(checkpoint)!r} is not a Lightning checkpoint of an "
-                         "ImageClassifier or FrozenBackboneERSM (no num_classes hyper-parameter)")
-    return {"num_classes": hp["num_classes"], "frozen_backbone": "num_features" in hp}

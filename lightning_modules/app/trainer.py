@@ -10,7 +10,8 @@ checkpoint so a resumed run continues bit for bit.
 
 from __future__ import annotations
 
-import os
+import csv
+import io
 import random
 import warnings
 from collections.abc import Sequence
@@ -21,13 +22,12 @@ import numpy as np
 import torch
 
 from .._compat import Callback, lightning
+from .runs import LAST_CHECKPOINT, atomic_replace, temporary_path, write_atomic
 
 pl = lightning()  # the one Lightning package of the application (see .._compat)
 CSVLogger = lightning("loggers").CSVLogger
 TorchCheckpointIO = lightning("plugins.io").TorchCheckpointIO
 
-#: The resumable checkpoint of a run folder, rewritten at the end of every epoch.
-LAST_CHECKPOINT = "last.ckpt"
 
 
 def quiet_lightning() -> None:
@@ -37,18 +37,6 @@ def quiet_lightning() -> None:
                     ".*module\\(s\\) in eval mode.*", ".*Checkpoint directory.*exists.*",
                     ".*Experiment logs directory.*exists.*"):
         warnings.filterwarnings("ignore", message=pattern)
-
-
-def atomic_replace(tmp: Path, path: Path) -> None:
-    """Move the fully written ``tmp`` over ``path`` in one step (flushed to disk first)."""
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def temporary_path(path: Path) -> Path:
-    """A hidden file name next to ``path`` (same folder, so the rename is atomic)."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -106,6 +94,24 @@ class EpochCheckpoint(Callback):
         trainer.save_checkpoint(self.path)
 
 
+def appending_csv_logger(log_dir: Path) -> Any:
+    """A ``CSVLogger`` writing ``log_dir/metrics.csv`` after the rows already there.
+
+    Lightning's writer deletes an existing ``metrics.csv`` when it starts, so the
+    epochs before a resume would be lost. Here the old rows are put back once the
+    writer exists, and the writer is told their columns: it appends (a new column
+    rewrites the file with every old row kept). docs/reliability.md.
+    """
+    logger = CSVLogger(log_dir.parent, name=log_dir.name, version="")
+    log = log_dir / "metrics.csv"
+    if log.is_file():
+        before = log.read_text()
+        writer = logger.experiment  # created now: removes the file
+        write_atomic(log, before)
+        writer.metrics_keys = sorted(next(csv.reader(io.StringIO(before)), []))
+    return logger
+
+
 def build_trainer(
     epochs: int,
     callbacks: Sequence[pl.Callback] = (),
@@ -121,7 +127,8 @@ def build_trainer(
         callbacks: the energymask callbacks (and any other).
         accelerator: ``"cpu"``, ``"gpu"`` or ``"auto"``. Default: "cpu".
         progress: Lightning's progress bar.
-        log_dir: the CSVLogger writes ``log_dir/metrics.csv``; None: no logger.
+        log_dir: the CSVLogger writes ``log_dir/metrics.csv``, after the rows already
+            there (:func:`appending_csv_logger`); None: no logger.
         run_dir: a run folder: ``last.ckpt`` at every epoch end, atomic checkpoint
             writes, generator states in the checkpoints. None: no checkpoints.
     """
@@ -133,7 +140,7 @@ def build_trainer(
         plugins.append(AtomicCheckpointIO())
     logger: CSVLogger | bool = False
     if log_dir is not None:
-        logger = CSVLogger(log_dir.parent, name=log_dir.name, version="")
+        logger = appending_csv_logger(log_dir)
     return pl.Trainer(
         max_epochs=epochs, accelerator=accelerator, devices=1, callbacks=callbacks,
         logger=logger, enable_checkpointing=run_dir is not None, plugins=plugins,
@@ -142,4 +149,4 @@ def build_trainer(
 
 
 __all__ = ["LAST_CHECKPOINT", "AtomicCheckpointIO", "EpochCheckpoint", "RandomState",
-           "build_trainer", "quiet_lightning"]
+           "appending_csv_logger", "build_trainer", "quiet_lightning"]
