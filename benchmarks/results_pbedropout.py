@@ -124,7 +124,7 @@ def drop_stats(model: Any) -> dict[str, float]:
     if not layers or layers[0].last_drop_rate is None:
         return {}
     layer = layers[0]
-    mask = layer.deterministic_mask(tuple(layer.ema_mask.shape[1:]))
+    mask = layer.deterministic_mask()
     return {"last_step_drop_rate": layer.last_drop_rate,
             "deterministic_drop_rate": float(1.0 - mask.mean()),
             "threshold_offset": float(layer.threshold_offset)}

@@ -402,11 +402,16 @@ class PBEDropout2d(nn.Module):
     def unfreeze(self) -> None:
         self.frozen = False
 
-    def deterministic_mask(self, grid: tuple[int, int]) -> Tensor | None:
-        """:func:`lowest_keep_mask` of ``ema_mask`` as (1, C, h, w); None before any training."""
+    def deterministic_mask(self, grid: tuple[int, int] | None = None) -> Tensor | None:
+        """:func:`lowest_keep_mask` of ``ema_mask`` as (1, C, h, w); None before any training.
+
+        ``grid``: the patch grid (h, w) of the input it will be applied to, checked
+        against the EMA mask's; None: the EMA mask's own (nothing to check).
+        """
         if self.ema_mask.numel() == 0:
             return None
-        self._check_grid(grid)
+        if grid is not None:
+            self._check_grid(grid)
         return lowest_keep_mask(self.ema_mask, self.settings.p).unsqueeze(0)
 
     def _check_grid(self, grid: tuple[int, int]) -> None:

@@ -166,6 +166,12 @@ def test_eval_uses_deterministic_masks():
     mask = lowest_keep_mask(layer.ema_mask, 0.3)
     assert (1 - mask).flatten(1).sum(1).tolist() == [5, 5, 5]  # round(0.3 · 16)
     assert torch.equal(y1, apply_patch_mask(x, mask.unsqueeze(0), 4))
+    assert torch.equal(layer.deterministic_mask(), mask.unsqueeze(0))  # the EMA mask's grid
+    assert torch.equal(layer.deterministic_mask(tuple(mask.shape[1:])), mask.unsqueeze(0))
+    with pytest.raises(ValueError, match=r"patch grid of x must be \(4, 4\) \(the EMA mask\), "
+                                         r"but got \(2, 2\)"):
+        layer.deterministic_mask((2, 2))
+    assert PBEDropout2d(3, p=0.3).deterministic_mask() is None  # nothing learnt yet
 
 
 def test_eval_identity_without_deterministic_inference():

@@ -89,3 +89,58 @@ def test_truncate_log_keeps_the_checkpointed_epochs(tmp_path):
     assert log.read_text().splitlines() == ["epoch,step,val_acc"]
     _runs.truncate_log(tmp_path / "none.csv", 0)  # no log yet: nothing to do
     assert not (tmp_path / "none.csv").exists()
+
+
+def test_runs_imports_neither_torch_nor_lightning():
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport energymask.lightning_modules.app.runs\n"
+            "print([m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'lightning', 'pytorch_lightning')])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_keep_evaluation_numbers_and_never_replaces(tmp_path):
+    first = _runs.keep_evaluation(tmp_path, '{"a": 1}', "binary")
+    second = _runs.keep_evaluation(tmp_path, '{"a": 2}', "binary")
+    assert (first.name, second.name) == ("001-binary.json", "002-binary.json")
+    assert json.loads(first.read_text()) == {"a": 1}
+    assert _runs.keep_evaluation(tmp_path, "{}", "soft").name == "003-soft.json"
+    assert _runs.EVALUATIONS in _runs.holds_run(tmp_path)
+
+
+def test_a_start_that_failed_is_replaced_without_overwrite(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    _runs.write_run(out, {"status": "failed"})
+    (out / "logs").mkdir()
+    assert _runs.failed_at_start(out)
+    with _runs.claim(out):  # no --overwrite needed: nothing was trained
+        assert not (out / "run.json").exists() and not (out / "logs").exists()
+    _runs.write_run(out, {"status": "failed"})
+    (out / "last.ckpt").write_bytes(b"epoch 1")  # failed after an epoch: resumable, kept
+    assert not _runs.failed_at_start(out)
+    with pytest.raises(ValueError, match="already holds a run"):
+        with _runs.claim(out):
+            pass
+
+
+def test_save_figure_is_atomic(tmp_path):
+    class Figure:
+        def savefig(self, path, dpi, format):
+            assert path.name.startswith(".fig.png.tmp-") and format == "png"
+            path.write_bytes(b"\x89PNG")
+
+    class Broken:
+        def savefig(self, path, dpi, format):
+            path.write_bytes(b"half")
+            raise OSError("disk full")
+
+    path = _runs.save_figure(Figure(), tmp_path / "fig.png")
+    assert path.read_bytes() == b"\x89PNG"
+    with pytest.raises(OSError, match="disk full"):
+        _runs.save_figure(Broken(), path)
+    assert path.read_bytes() == b"\x89PNG" and [p.name for p in tmp_path.iterdir()] == ["fig.png"]

@@ -378,7 +378,7 @@ def plot(args: argparse.Namespace) -> int:
             _save(fig, figures / f"masks_{name.replace('.', '_')}.png", written)
         for name, layer in net.named_modules():
             if isinstance(layer, PBEDropout2d) and layer.ema_mask.numel():
-                dropped = 1 - layer.deterministic_mask(tuple(layer.ema_mask.shape[1:]))[0]
+                dropped = 1 - layer.deterministic_mask()[0]
                 _save(viz.plot_ema_masks(layer.ema_mask, layer=name, p=layer.p,
                                          dropped=dropped)[0],
                       figures / f"ema_masks_{name.replace('.', '_')}.png", written)

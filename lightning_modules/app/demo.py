@@ -41,6 +41,7 @@ from energymask.viz import (
 
 from . import recipes as ex
 from .report import deletion_results, machine, model_settings, write_report
+from .runs import save_figure, write_atomic
 from .settings import ERSM_SETTINGS  # the authors' λ, γ, T with the application's bias
 
 
@@ -51,8 +52,7 @@ def _say(progress: bool, text: str) -> None:
 
 def _save(fig, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path.name
+    return save_figure(fig, path, dpi=110).name
 
 
 def _figures(out: Path, dm, models: dict[str, torch.nn.Module], results: dict[str, Any]
@@ -84,7 +84,7 @@ def _figures(out: Path, dm, models: dict[str, torch.nn.Module], results: dict[st
     names.append(_save(fig, fig_dir / "occlusion.png"))
     ((where, pb),) = [(n, m) for n, m in models["pbedropout"].named_modules()
                       if isinstance(m, PBEDropout2d)]
-    dropped = 1 - pb.deterministic_mask(tuple(pb.ema_mask.shape[1:]))[0]
+    dropped = 1 - pb.deterministic_mask()[0]
     fig, _ = plot_ema_masks(pb.ema_mask, layer=where, p=pb.p, dropped=dropped, max_channels=32)
     names.append(_save(fig, fig_dir / "pbedropout_ema_masks.png"))
     fig, _ = plot_training_log(out / "logs" / "metrics.csv",
@@ -143,7 +143,7 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, progress: bool =
     timings["figures"] = time.perf_counter() - start - sum(timings.values())
     metrics["timings"] = timings
     metrics["seconds"] = time.perf_counter() - start
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_report(out, metrics, figures)
     return metrics
 

@@ -61,7 +61,7 @@ def occlusion_results(models: nn.Module | dict[str, nn.Module], test_set: Datase
 
 def deterministic_drop_rate(layer: PBEDropout2d) -> float:
     """Share of patches the layer's deterministic (inference) masks drop: p, rounded per channel."""
-    return float(1 - layer.deterministic_mask(tuple(layer.ema_mask.shape[1:])).mean())
+    return float(1 - layer.deterministic_mask().mean())
 
 
 def evaluate_run(net: nn.Module, test_set: Dataset, protocol: EvaluationProtocol,

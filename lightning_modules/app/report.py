@@ -29,6 +29,8 @@ from energymask.ersm import energy_mask_layers
 from energymask.evaluation import eval_mode
 from energymask.pbedropout import PBEDropout2d
 
+from .runs import write_atomic
+
 __all__ = ["METRIC_DEFINITIONS", "TOLERANCE", "Verdict", "machine", "model_settings",
            "render", "verdicts", "write_report"]
 
@@ -485,5 +487,5 @@ def _run_section(metrics: dict[str, Any]) -> list[str]:
 def write_report(out_dir: Path, metrics: dict[str, Any], figures: Sequence[str]) -> Path:
     """Write ``out_dir/report.md`` and return its path."""
     path = Path(out_dir) / "report.md"
-    path.write_text(render(metrics, figures))
+    write_atomic(path, render(metrics, figures))
     return path
