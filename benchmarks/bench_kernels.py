@@ -18,7 +18,7 @@
    reference (eager vs compile); the Triton interpreter is not timed. With
    ``--device cuda`` and no GPU the script refuses.
 3. ``--compile``: the ahead-of-time compile grid of every kernel
-   (``energymask.kernels.aot --full``), written to ``benchmarks/kernels_sm90.json``.
+   (``energymask.kernels.aot --full``), written to ``benchmarks/results/kernels_sm90.json``.
 
 Usage::
 
@@ -266,11 +266,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     parser.add_argument("--compile", action="store_true",
                         help="compile every kernel for sm_90 at the full grid of shapes "
-                             "(registers, spills, shared) into benchmarks/kernels_sm90.json")
+                             "(registers, spills, shared) into benchmarks/results/kernels_sm90.json")
     args = parser.parse_args()  # fmt: skip
     if args.compile:
         env = {**os.environ, "TRITON_INTERPRET": "0"}
-        out = str(HERE / "kernels_sm90.json")
+        out = str(HERE / "results" / "kernels_sm90.json")
         cmd = [sys.executable, "-m", "energymask.kernels.aot", "--full", "--cc", "90"]
         cmd += ["--json", out]
         raise SystemExit(subprocess.run(cmd, env=env, check=False).returncode)

@@ -5,7 +5,7 @@ The interpreter (set by conftest) hides compile errors, so the check runs
 records the launches the wrappers make for realistic shapes, compiles each
 distinct one with Triton's own compiler and bundled ptxas, and fails on an
 error or a spill. Here the representative subset; the full grid is written by
-``benchmarks/bench_kernels.py --compile`` to ``benchmarks/kernels_sm90.json``.
+``benchmarks/bench_kernels.py --compile`` to ``benchmarks/results/kernels_sm90.json``.
 """
 
 import json

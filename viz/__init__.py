@@ -14,15 +14,15 @@ from energymask._extras import require
 
 require("matplotlib", "energymask.viz (the figures)")  # before the modules that need it
 
-from energymask.viz.curves import (  # noqa: E402
+from .curves import (  # noqa: E402
     curve_auc,
     plot_curves,
     plot_occlusion,
     plot_occlusion_placements,
 )
-from energymask.viz.energies import plot_energy_maps  # noqa: E402
-from energymask.viz.masks import plot_ema_masks, plot_keep_masks, plot_mask_grid  # noqa: E402
-from energymask.viz.training import plot_training_log, read_metrics_csv  # noqa: E402
+from .energies import plot_energy_maps  # noqa: E402
+from .masks import plot_ema_masks, plot_keep_masks, plot_mask_grid  # noqa: E402
+from .training import plot_training_log, read_metrics_csv  # noqa: E402
 
 __all__ = [
     "curve_auc",

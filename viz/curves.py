@@ -11,7 +11,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from energymask.evaluation import auc as curve_auc  # the one AUC, kept under its viz name
-from energymask.viz._common import new_axes, reference_lines, style, to_numpy
+
+from ._common import new_axes, reference_lines, style, to_numpy
 
 __all__ = ["curve_auc", "plot_curves", "plot_occlusion", "plot_occlusion_placements"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib import colormaps
 
-from energymask.viz._common import as_image, data_range, new_axes, to_numpy
+from ._common import as_image, data_range, new_axes, to_numpy
 
 __all__ = ["plot_energy_maps"]
 

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 
-from energymask.viz._common import as_image, data_range, new_axes, to_numpy, upsample
+from ._common import as_image, data_range, new_axes, to_numpy, upsample
 
 __all__ = ["plot_mask_grid", "plot_keep_masks", "plot_ema_masks"]
 

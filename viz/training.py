@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from energymask.viz._common import new_axes
+from ._common import new_axes
 
 __all__ = ["read_metrics_csv", "plot_training_log"]
 
