@@ -266,7 +266,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     parser.add_argument("--compile", action="store_true",
                         help="compile every kernel for sm_90 at the full grid of shapes "
-                             "(registers, spills, shared) into benchmarks/results/kernels_sm90.json")
+                             "(registers, spills, shared) into "
+                             "benchmarks/results/kernels_sm90.json")
     args = parser.parse_args()  # fmt: skip
     if args.compile:
         env = {**os.environ, "TRITON_INTERPRET": "0"}
