@@ -144,3 +144,6 @@ class DropBlock2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}, block_size={self.block_size}, scale={self.scale}"
+
+
+__all__ = ["DropBlock2d", "drop_block_2d", "drop_block_gamma", "drop_block_mask"]

@@ -496,3 +496,7 @@ class PBEDropout2d(nn.Module):
             f"generations={s.generations}, sweeps={s.sweeps}, mutation={s.mutation!r}, "
             f"ema_decay={s.ema_decay}, rescale={s.rescale}, frozen={self.frozen}"
         )
+
+
+__all__ = ["PBEDropout2d", "PBEDropoutOutput", "PBEDropoutSettings", "apply_patch_mask",
+           "grid_shape", "lowest_keep_mask", "pb_edropout_2d", "patch_unary"]

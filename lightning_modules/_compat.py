@@ -136,3 +136,7 @@ def is_lightning_module(obj: object) -> bool:
     """True for an instance or subclass of either package's ``LightningModule``."""
     bases = tuple(_bases("LightningModule").values())
     return issubclass(obj, bases) if isinstance(obj, type) else isinstance(obj, bases)
+
+
+__all__ = ["PACKAGE", "PACKAGES", "Callback", "LightningDataModule", "LightningModule",
+           "is_lightning_module", "lightning", "package_of"]

@@ -385,3 +385,6 @@ def plot(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+__all__ = ["Interrupted", "demo", "evaluate", "plot", "set_threads", "train"]

@@ -241,3 +241,9 @@ def check_checkpoint(path: Path, expected_sha256: str | None = None) -> None:
                          "(changed, truncated or damaged since)")
 
 
+
+
+__all__ = ["CHECKPOINT", "EVALUATION", "EVALUATIONS", "FORMAT", "LAST_CHECKPOINT", "LOCK",
+           "METRICS", "RUN_CONTENTS", "RUN_FILE", "atomic_replace", "check_checkpoint", "claim",
+           "failed_at_start", "holds_run", "keep_evaluation", "prepare_out", "read_run",
+           "save_figure", "sha256", "temporary_path", "truncate_log", "write_atomic", "write_run"]

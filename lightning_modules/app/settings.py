@@ -19,3 +19,6 @@ ERSM_BIAS_REASON = ("0 starts the masks half open; the authors' 6.0 closes them 
                     "cluttered digits (keep ratio 0.002, benchmarks/results/ersm.md)")
 #: ERSM settings of the demo and the recipes: the authors' λ, γ, T and the bias above.
 ERSM_SETTINGS = {"lam": 1e-3, "gamma": 1e-3, "temperature": 1.0, "bias_init": ERSM_BIAS_INIT}
+
+
+__all__ = ["ERSM_BIAS_INIT", "ERSM_BIAS_REASON", "ERSM_SETTINGS"]
