@@ -6,8 +6,9 @@ The names below are imported on first use (PEP 562), so ``import energymask.X``
 costs only what ``X`` imports: the command line answers ``--help`` without torch.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from energymask._lazy import lazy_exports
 
 _EXPORTS = {  # name -> the module that defines it (imported on first use)
     "attribution_maps": "energymask.attribution",
@@ -68,19 +69,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'energymask' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
-
-
-__version__ = "0.1.0"
+__getattr__, __dir__ = lazy_exports("energymask", _EXPORTS, globals())
 
 __all__ = [
     "DeletionResult",

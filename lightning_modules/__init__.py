@@ -7,8 +7,9 @@ callbacks accept a LightningModule of either. The names are imported on first
 use (PEP 562): the command line (:mod:`.app.cli`) parses without Lightning.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from energymask._lazy import lazy_exports
 
 _EXPORTS = {  # name -> the module that defines it (imported on first use)
     "load_for_inference": ".checkpoint",
@@ -38,17 +39,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .pbedropout_callback import PBEDropoutCallback
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 __all__ = [
     "CIFAR10DataModule",
