@@ -1,8 +1,8 @@
 """DropBlock (Ghiasi, Lin, Le, "DropBlock: A regularization method for convolutional networks",
 NeurIPS 2018).
 
-timm and torchvision cannot be installed here, so this is our own code, following timm's
-``drop_block_fast_2d`` (with the valid-centre seeds of timm's ``drop_block_2d``).
+Our own code (the core depends on torch alone), following timm's ``drop_block_fast_2d``
+(with the valid-centre seeds of timm's ``drop_block_2d``).
 
 For an input X (B, C, H, W), drop probability p and block size k' (clipped:
 k = min(k', H, W))::
