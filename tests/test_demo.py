@@ -61,3 +61,18 @@ def test_report_table_shows_the_numbers(run):
     for head in ("## Claims, as this run measured them", "## Metrics", "## Models and settings",
                  "## Run", "*Figure 1.*"):
         assert head in report
+
+
+def test_lightning_log_levels_are_restored():
+    import logging
+
+    logger = logging.getLogger("lightning.pytorch")
+    before = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with demo._lightning_warnings_only():
+            assert logger.level == logging.WARNING
+            assert logging.getLogger("pytorch_lightning").level == logging.WARNING
+        assert logger.level == logging.INFO
+    finally:
+        logger.setLevel(before)

@@ -20,9 +20,11 @@ quality, and writes to the run folder::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,11 +105,27 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, progress: bool =
         seed: seed of data, initialisation, sampling and evaluation.
         progress: progress bars and stage messages.
     """
+    with _lightning_warnings_only():
+        return _run(Path(out_dir), quick, seed, progress)
+
+
+@contextlib.contextmanager
+def _lightning_warnings_only() -> Iterator[None]:
+    """Both Lightning packages' loggers at WARNING for the block, their levels restored after."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "pytorch_lightning")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _run(out: Path, quick: bool, seed: int, progress: bool) -> dict:
     start = time.perf_counter()
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("lightning.pytorch", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     budget = ex.QUICK if quick else ex.Budget()
     dm = ex.datamodule(budget, seed)
     models: dict[str, torch.nn.Module] = {}
