@@ -126,8 +126,10 @@ def test_demo_refuses_a_folder_holding_a_run(tmp_path, monkeypatch, capsys):
     out = tmp_path / "d"
     assert main(["demo", "--out", str(out), "--quick"]) == 0
     (out / "metrics.json").write_text('{"the": "full demo"}')
-    _fails(capsys, ["demo", "--out", out, "--quick"], "demo",
-           "already holds a run (metrics.json)")
+    err = _fails(capsys, ["demo", "--out", out, "--quick"], "demo",
+                 "already holds a run (metrics.json); choose another folder, replace it with "
+                 "--overwrite")
+    assert "--resume" not in err
     assert (out / "metrics.json").read_text() == '{"the": "full demo"}'
     assert main(["demo", "--out", str(out), "--quick", "--overwrite"]) == 0
     assert (out / "metrics.json").read_text() == "{}"

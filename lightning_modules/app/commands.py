@@ -50,7 +50,7 @@ def set_threads(threads: int | None) -> int:
 def demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    with _runs.claim(args.out, overwrite=args.overwrite) as out:  # one demo per folder
+    with _runs.claim(args.out, overwrite=args.overwrite, resumable=False) as out:
         run_demo(out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
     print(f"energymask demo: results in {out}")
     return 0

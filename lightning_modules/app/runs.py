@@ -86,7 +86,8 @@ def holds_run(path: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def claim(path: str | Path, overwrite: bool = False, resume: bool = False) -> Iterator[Path]:
+def claim(path: str | Path, overwrite: bool = False, resume: bool = False,
+          resumable: bool = True) -> Iterator[Path]:
     """Hold the run folder ``path`` for one process; yields the folder.
 
     The lock (``flock`` on ``path/.lock``) is taken before anything is written and
@@ -94,6 +95,7 @@ def claim(path: str | Path, overwrite: bool = False, resume: bool = False) -> It
     a run is refused unless ``overwrite`` (its run files are then deleted, other
     files are left alone) or ``resume`` (kept as it is); a run that failed before
     its first epoch (:func:`failed_at_start`) is replaced without ``overwrite``.
+    ``resumable``: the refusal offers ``--resume`` (``train``; not ``demo``).
 
     Raises:
         PermissionError: the folder is not writable.
@@ -113,9 +115,9 @@ def claim(path: str | Path, overwrite: bool = False, resume: bool = False) -> It
         if found and not resume and failed_at_start(path):
             overwrite = True  # a start that failed: nothing to keep
         if found and not (overwrite or resume):
+            again = "continue it with --resume, or " if resumable else ""
             raise ValueError(f"--out {str(path)!r} already holds a run ({', '.join(found)}); "
-                             "choose another folder, continue it with --resume, or replace "
-                             "it with --overwrite")
+                             f"choose another folder, {again}replace it with --overwrite")
         if found and overwrite:
             for name in found:
                 target = path / name
