@@ -125,9 +125,10 @@ def neighbour_sum(other: Tensor, neighbours: Tensor) -> Tensor:
     (the off-grid slot), gathers, sums four: O(n).
     """
     padded = torch.cat([other, other.new_zeros(*other.shape[:-1], 1)], dim=-1)
+    rows = padded.numel() // padded.shape[-1]
     # on a 2D view: ~10x faster than index_select on the last dim of a 3D tensor (CPU)
-    gathered = padded.view(-1, padded.shape[-1]).index_select(1, neighbours.T.flatten())
-    count = gathered.view(-1, 4, neighbours.shape[0]).sum(dim=1)  # (rows, n_this)
+    gathered = padded.view(rows, -1).index_select(1, neighbours.T.flatten())
+    count = gathered.view(rows, 4, neighbours.shape[0]).sum(dim=1)  # (rows, n_this)
     return count.view(*other.shape[:-1], neighbours.shape[0])
 
 
