@@ -149,6 +149,15 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def to_model_device(model: nn.Module, x: Tensor) -> Tensor:
+    """``x`` on the model's device (:func:`model_device`), as :func:`evaluate` moves its batches.
+
+    The robustness tools call it on every batch, so a CUDA model takes a loader of
+    CPU batches.
+    """
+    return x.to(model_device(model))
+
+
 @dataclass
 class Evaluation:
     """Result of :func:`evaluate`.
