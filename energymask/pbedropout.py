@@ -543,6 +543,8 @@ class PBEDropout2d(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
         key = prefix + "ema_mask"
+        if prefix + "threshold_offset" in state_dict:  # a loaded δ is not searched again,
+            self.offset_initialised = True  # unless the extra state says it never was
         if key in state_dict and prefix + "threshold_offset" not in state_dict:
             state_dict[prefix + "threshold_offset"] = torch.zeros(())  # saved before calibration
         if key in state_dict and state_dict[key].shape != self.ema_mask.shape:

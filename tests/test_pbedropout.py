@@ -104,6 +104,13 @@ def test_initial_offset_runs_once_and_is_checkpointed():
     fresh = PBEDropout2d(8, p=0.2, beta=0.5, seed=0)
     fresh.load_state_dict(state)
     assert fresh.offset_initialised  # its δ came from the controller: keep it
+    del state["_extra_state"]
+    fresh = PBEDropout2d(8, p=0.2, beta=0.5, seed=0)
+    fresh.load_state_dict(state, strict=False)
+    assert fresh.offset_initialised  # a loaded δ is kept
+    untrained = PBEDropout2d(8, p=0.2, beta=0.5, seed=0)
+    fresh.load_state_dict(untrained.state_dict())
+    assert not fresh.offset_initialised  # saved before any training step: search then
     off = PBEDropout2d(8, p=0.2, beta=0.5, seed=0, calibration_rate=0.0).train()
     off(relu_inputs(1, b=2)[0])
     assert not off.offset_initialised and off.threshold_offset.item() == 0.0
