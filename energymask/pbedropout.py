@@ -409,7 +409,10 @@ class PBEDropout2d(nn.Module):
 
     Buffers: ``ema_mask`` (C, h, w) keep frequencies M_c and ``threshold_offset``
     (0-dim) δ, both float32 whatever the module's dtype (Lightning's "16-true"
-    casts the module; the statistics keep their precision).
+    casts the module; the statistics keep their precision). The first sampled
+    training step sets δ by :func:`initial_offset` on its batch (when
+    ``calibration_rate`` > 0); ``offset_initialised``, in the extra state, says
+    it has run, so a resumed or loaded layer does not search again.
 
     Attributes after each training forward (detached): ``last_drop_rate``
     (float, realised share of dropped patches, sampled or frozen),
