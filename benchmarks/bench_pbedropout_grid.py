@@ -12,18 +12,26 @@ checkerboard sweep:
 - ``stencil``: today's :func:`energymask.kernels.lattice.site_sweep` (a
   4-neighbour gather per site). Both draw the same uniforms: same masks.
 
+and, with ``--triton``, the peak memory of the same step on the GPU path's
+layout (grid order, Triton kernels), run on CPU by the Triton interpreter
+(``TRITON_INTERPRET=1``, backend forced to ``"triton"``): every tensor the GPU
+path allocates outside its kernels (the lattice, populations, crossover) is
+allocated here too; its time is the interpreter's, not reported.
+
 Each (variant, side) runs in its own process; "peak MB" is the growth of the
 process's peak resident memory (``ru_maxrss``) during the timed calls, after
-the inputs are built. Per side: median seconds of ``--repeats`` calls, and the
-time per patch (µs / patch), flat when the cost is linear.
+the inputs are built and one step on an 8×8 grid has run (imports, interpreter).
+Per side: median seconds of ``--repeats`` calls, and the time per patch
+(µs / patch), flat when the cost is linear.
 
-    python benchmarks/bench_pbedropout_grid.py [--sides 16 32 64 128 256] [--json PATH]
+    python benchmarks/bench_pbedropout_grid.py [--sides 16 32 64 128 256] [--triton] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -33,11 +41,12 @@ import time
 import torch
 from _timing import machine, write_json
 
+from energymask.kernels import set_backend
 from energymask.kernels.lattice import lattice, site_sweep
 from energymask.pbedropout import pb_edropout_2d
 from energymask.potts import potts, random_masks
 
-VARIANTS = ("step", "stencil", "dense")
+VARIANTS = ("step", "stencil", "dense", "triton")
 
 
 def dense_sweep(masks, lat, field, beta, temperature, generator, sweeps):  # noqa: ANN001, ANN201
@@ -62,8 +71,11 @@ def dense_sweep(masks, lat, field, beta, temperature, generator, sweeps):  # noq
 def run_one(variant: str, side: int, repeats: int) -> dict[str, float]:
     """Time ``repeats`` calls of one variant at one side, in this process."""
     torch.set_num_threads(1)
+    if variant == "triton":
+        set_backend("triton")  # the GPU path's layout and kernels, in the interpreter
     x = torch.randn(1, 2, side, side, generator=torch.Generator().manual_seed(0)).relu()
-    if variant == "step":
+    pb_edropout_2d(x[..., :8, :8], p=0.1, patch_size=1)  # warm-up: imports, interpreter
+    if variant in ("step", "triton"):
         def call() -> object:
             return pb_edropout_2d(x, p=0.1, patch_size=1, beta=0.5,
                                   generator=torch.Generator().manual_seed(0))
@@ -91,6 +103,8 @@ def main() -> None:
     parser.add_argument("--sides", type=int, nargs="+", default=[16, 32, 64, 128, 192, 256])
     parser.add_argument("--dense-max", type=int, default=128, help="largest dense side")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--triton", action="store_true",
+                        help="also the GPU path's memory, in the Triton interpreter (slow)")
     parser.add_argument("--json", metavar="PATH", default=None)
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "SIDE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -99,27 +113,33 @@ def main() -> None:
         return
     rows = []
     print("| side | patches | step s | step µs/patch | step peak MB | stencil sweep s "
-          "| dense sweep s (before) | dense / stencil | stencil peak MB | dense peak MB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| dense sweep s (before) | dense / stencil | stencil peak MB | dense peak MB "
+          "| Triton-layout step peak MB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for side in args.sides:
         row: dict[str, object] = {"side": side, "patches": side * side}
         for variant in VARIANTS:
-            if variant == "dense" and side > args.dense_max:
+            if (variant == "dense" and side > args.dense_max) or (
+                variant == "triton" and not args.triton
+            ):
                 row[variant] = None
                 continue
+            env = {**os.environ, "TRITON_INTERPRET": "1"} if variant == "triton" else None
+            repeats = 1 if variant == "triton" else args.repeats
             out = subprocess.run([sys.executable, __file__, "--one", variant, str(side),
-                                  "--repeats", str(args.repeats)],
-                                 capture_output=True, text=True, check=True)  # fmt: skip
+                                  "--repeats", str(repeats)],
+                                 capture_output=True, text=True, check=True, env=env)  # fmt: skip
             row[variant] = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
         step, stencil, dense = row["step"], row["stencil"], row["dense"]
         dense_s = f"{dense['seconds']:.3f}" if dense else "—"
         ratio = f"{dense['seconds'] / stencil['seconds']:.1f}x" if dense else "—"
         dense_mb = f"{dense['peak_mb']:.0f}" if dense else "—"
+        triton_mb = f"{row['triton']['peak_mb']:.0f}" if row["triton"] else "—"
         print(f"| {side} | {side * side} | {step['seconds']:.3f} | "
               f"{1e6 * step['seconds'] / (side * side):.2f} | {step['peak_mb']:.0f} | "
               f"{stencil['seconds']:.3f} | {dense_s} | {ratio} | {stencil['peak_mb']:.0f} | "
-              f"{dense_mb} |", flush=True)
+              f"{dense_mb} | {triton_mb} |", flush=True)
     write_json(args.json, {"machine": {**machine(), "threads": 1}, "repeats": args.repeats,
                            "rows": rows})
 
