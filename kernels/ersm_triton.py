@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .dispatch import guarded, interpreting
+from .dispatch import guarded, interpreting, layout_class
 from .launch import launch
 from .reference import EPS as _EPS
 from .reference import ErsmEnergy
@@ -332,7 +332,7 @@ def _check_sample_size(d: int, hw: int) -> None:
 
 def memory_format(x: Tensor) -> torch.memory_format:
     """The layout the kernels run in: channels-last when ``x`` is, else NCHW (copied if needed)."""
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if layout_class(x) == "channels_last":
         return torch.channels_last
     return torch.contiguous_format
 
