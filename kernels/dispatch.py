@@ -199,8 +199,9 @@ def table_choice(device: str, channels: int, tokens: int, layout: str, dtype: st
 def ersm_backend(x: torch.Tensor, token_size: int = 1, backward: bool | None = None) -> str:
     """The backend of an ERSM call on ``x``: "triton", "compile" or "reference".
 
-    Forced backends win; ``"auto"``: the reference off CUDA, the table on CUDA
-    (:func:`table_choice`), Triton only where Triton imports.
+    Forced backends win; ``"auto"``: the reference off CUDA and while
+    ``torch.compile`` traces, the table on CUDA (:func:`table_choice`), Triton
+    only where Triton imports.
     """
     if _backend == "reference":
         return "reference"
@@ -209,8 +210,8 @@ def ersm_backend(x: torch.Tensor, token_size: int = 1, backward: bool | None = N
     if _backend == "triton":
         use_triton(x)  # raises with the reason when Triton cannot run here
         return "triton"
-    if not x.is_cuda:
-        return "reference"
+    if not x.is_cuda or torch.compiler.is_compiling():
+        return "reference"  # inside a compiled model Inductor compiles the reference already
     if backward is None:
         backward = torch.is_grad_enabled() and x.requires_grad
     _, c, h, w = x.shape

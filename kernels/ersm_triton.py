@@ -20,17 +20,18 @@ Backward, with upstream g_out, g_z, g_keep, g_U, g_P (None -> 0)::
 
 (the normalisation Jacobian: ∂x̂/∂x = r I − x xᵀ r² / n).
 
-One launch each way. A program owns BLOCK_S consecutive tokens (row-major) of
-one sample and loops over the channels in chunks of BLOCK_D: the forward
-gathers ‖x_j‖ and ⟨x_i, x_j⟩ of the 8 neighbours in one pass over its tile
-(neighbour tiles are masked loads, ``other=0``, so off-grid neighbours give 0;
-they were just read by the neighbouring programs and come from cache), then
-writes out; the backward gathers g_out·x, w·x and the neighbour dots, then
-writes dx and per-tile partial sums of dw (summed in torch: no atomics,
-deterministic). Each launch reads its feature maps once from memory
-(``benchmarks/bench_kernels.py`` counts it). The sample's base offset is int64,
-offsets inside a sample int32 (D·h·w < 2³¹, checked; it halves the address
-registers); accumulation float32 (float64 for float64 inputs).
+Two launches each way (docs/design.md §5, kernels v2). A program owns
+BLOCK_S consecutive tokens (row-major) of one sample and loops over channel
+chunks of BLOCK_D, one reduction per chunk: pass 1 reduces over all channels
+per token (forward: ‖x‖ and w·x, then r, z, keep, U; backward: g_out·x, w·x and
+⟨x_i, Σ_j c_ij x_j⟩, then g_z̃ and coef); pass 2 (forward: Σ_j r_j ⟨x_i, x_j⟩
+and out; backward: dx and dw partials) sums the 8 neighbour tiles (shifted
+masked loads, ``other=0`` off the grid, from cache) with per-neighbour weights
+into one tile, and splits its channel chunks over ``n_split`` programs. The
+kernels take the channel and token strides: NCHW and channels-last maps run in
+place, loads along the contiguous axis. One flat grid axis (any map size). The
+sample's base offset is int64, offsets inside a sample int32 (D·h·w < 2³¹,
+checked); accumulation float32 (float64 for float64 inputs).
 """
 
 from __future__ import annotations
@@ -281,7 +282,7 @@ class Tile(NamedTuple):
 
 
 TARGET_PROGRAMS = 1056  # eight programs per SM of a 132-SM H100 / H200
-TILE_ELEMENTS = 2048  # BLOCK_S · BLOCK_D: 16 values per thread and tile at 4 warps
+TILE_ELEMENTS = 1024  # BLOCK_S · BLOCK_D: 8 values per thread and tile at 4 warps
 BLOCKS: Tile | None = None  # override for tests of the tiling
 GPU_TILING = not interpreting()  # the interpreter runs whole planes unless a test sets it
 
@@ -291,9 +292,11 @@ def gpu_tile(d: int, hw: int, bsz: int, channels_last: bool = False) -> Tile:
 
     Loads run along the contiguous axis: channels-last, BLOCK_D up to 64
     channels (256 bytes of float32 per token row) and BLOCK_S the rest of the
-    tile; NCHW, BLOCK_S up to 128 tokens of a row and BLOCK_D the rest. The
-    channel chunks are split over programs until B · tiles · splits reaches
-    TARGET_PROGRAMS (deep maps at 7x7: D = 2048, B = 64 gives 196 tiles, 6 splits).
+    tile, 4 warps; NCHW, BLOCK_S up to 128 tokens of a row and BLOCK_D the rest,
+    8 warps (at 4 the NCHW backward needs 255 registers on sm_90, at 8 about
+    180: ``kernels/aot.py``). The channel chunks are split over programs until
+    B · tiles · splits reaches TARGET_PROGRAMS (channels-last D = 2048 at 7x7,
+    B = 64: 256 tiles, 5 splits).
     """
     p2d, p2s = triton.next_power_of_2(d), triton.next_power_of_2(hw)
     if channels_last:
@@ -304,7 +307,8 @@ def gpu_tile(d: int, hw: int, bsz: int, channels_last: bool = False) -> Tile:
         block_d = min(p2d, TILE_ELEMENTS // block_s)
     tiles = bsz * triton.cdiv(hw, block_s)
     chunks = triton.cdiv(d, block_d)
-    return Tile(block_d, block_s, max(1, min(chunks, triton.cdiv(TARGET_PROGRAMS, tiles))))
+    n_split = max(1, min(chunks, triton.cdiv(TARGET_PROGRAMS, tiles)))
+    return Tile(block_d, block_s, n_split, 4 if channels_last else 8)
 
 
 def _tile(d: int, hw: int, bsz: int, channels_last: bool) -> Tile:
