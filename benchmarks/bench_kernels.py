@@ -238,7 +238,7 @@ def timings(device: torch.device, shapes, bsz: int, impls: tuple[str, ...], repe
                 bias = torch.tensor(6.0, device=device, requires_grad=backward)
                 minimum = nbytes(x) * (5 if backward else 2)
                 row: dict = {"kernel": "ersm fwd+bwd" if backward else "ersm fwd",
-                             "shape": f"B{bsz} C{c} {size}x{size} {str(dtype)[6:]} {layout}",
+                             "size": f"B{bsz} C{c} {size}x{size} {str(dtype)[6:]} {layout}",
                              "batch": bsz, "channels": c, "map": size, "layout": layout,
                              "dtype": "half" if dtype != torch.float32 else "float32",
                              "minimum_bytes": minimum,
@@ -269,7 +269,7 @@ def record(row: dict, impls: dict, device: torch.device, repeats: int, peak: flo
         row["speedup_triton_vs_compile"] = row["compile_ms"] / row["triton_ms"]
     shown = {k: v for k, v in row.items()
              if k.endswith(("_ms", "_share", "_vs_compile")) or k.endswith("_error")}  # fmt: skip
-    print(f"{row['kernel']:<18} {row['shape']:<40} " + "  ".join(
+    print(f"{row['kernel']:<18} {row['size']:<40} " + "  ".join(
         f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()),
         flush=True)  # fmt: skip
 
@@ -296,7 +296,7 @@ def potts_timings(device: torch.device, impls: tuple[str, ...], repeats: int, pe
             ("population energy", energy, nbytes(masks) + nbytes(unary)),
             ("gibbs half-sweep", sweep, 2 * nbytes(masks) + nbytes(unary)),
         ):
-            row = {"kernel": kernel, "shape": size, "minimum_bytes": minimum}
+            row = {"kernel": kernel, "size": size, "minimum_bytes": minimum}
             record(row, fn, device, repeats, peak)
             rows.append(row)
     return rows

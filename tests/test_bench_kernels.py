@@ -36,7 +36,7 @@ def test_table_rows_convert_old_and_new_results():
                    "map": 7, "layout": "nchw", "dtype": "float32", "eager_ms": 2.0,
                    "compile_ms": 1.5, "triton_ms": 1.0, "triton_version": "v1"}  # fmt: skip
     new = {"device_name": "GPU A", "rows": [
-        {"kernel": "ersm fwd", "shape": "B2 C8 4x4 bfloat16 channels_last", "batch": 2,
+        {"kernel": "ersm fwd", "size": "B2 C8 4x4 bfloat16 channels_last", "batch": 2,
          "channels": 8, "map": 4, "layout": "channels_last", "dtype": "half", "eager_ms": 2.0,
          "triton_ms": 1.0, "triton_version": "v9"}]}  # fmt: skip
     (row,) = bench.table_rows(new)
