@@ -10,14 +10,14 @@ adding to it is exact under gradient accumulation and mixed precision.
 
 from __future__ import annotations
 
-import inspect
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from typing_extensions import override
 
-from energymask.ersm import EnergyMask2d
+from energymask.ersm import EnergyMask2d, ErsmSettings
 from energymask.mask_quality import mask_scores
 
 from ._inserting import InsertingCallback
@@ -27,17 +27,21 @@ if TYPE_CHECKING:
 
 
 def ersm_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """Every :class:`EnergyMask2d` setting but ``channels``, defaults filled in.
+    """Every :class:`~energymask.ersm.ErsmSettings` field, defaults filled in, validated.
 
-    Saved in the callback's state, so a resume compares all of them (a default
+    Saved in the callback's state as ``asdict(ErsmSettings)``, as the PB-EDropout
+    callback saves its settings, so a resume compares all of them (a default
     that changes between versions is caught too). Unknown names: TypeError.
     """
-    bound = inspect.signature(EnergyMask2d).bind(1, **settings)
-    bound.apply_defaults()
-    return {k: v for k, v in bound.arguments.items() if k != "channels"}
+    return asdict(ErsmSettings.of(None, **settings))
 
 
 def make_ersm(channels: int, settings: dict[str, Any]) -> EnergyMask2d:
+    """``EnergyMask2d(channels, **settings)`` from a callback's saved settings.
+
+    Checkpoints saved before the ``gate`` setting existed load with its
+    default, the authors' ``"soft"``.
+    """
     return EnergyMask2d(channels, **settings)
 
 

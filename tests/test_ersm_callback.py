@@ -199,7 +199,8 @@ def test_state_dict_is_plain_and_checked():
     trainer(max_steps=1, callbacks=[cb]).fit(Net(), loader())
     state = cb.state_dict()
     settings = dict(token_size=1, lam=0.5, gamma=1e-3, temperature=1.0, bias_init=6.0,
-                    grid_size=None, eta=0.0, hard_inference=False, check_finite=True)
+                    grid_size=None, eta=0.0, hard_inference=False, check_finite=True,
+                    gate="soft")
     assert state == {"kind": "ersm", "layers": ["features.2"], "settings": settings,
                      "channels": {"features.2": 8}}
     assert ersm_settings({"lam": 0.5}) == settings
@@ -219,8 +220,10 @@ def test_bad_settings_fail_at_init():
         ERSMCallback("features.2", token_size=True)
     with pytest.raises(TypeError, match="log_stats must be a bool, but got 'yes'"):
         ERSMCallback("features.2", log_stats="yes")
-    with pytest.raises(TypeError, match="unexpected keyword"):
+    with pytest.raises(TypeError, match=r"unknown ERSM setting\(s\) \['lamda'\]"):
         ERSMCallback("features.2", lamda=1.0)
+    with pytest.raises(ValueError, match=r"gate must be one of \['soft', 'hard'\]"):
+        ERSMCallback("features.2", gate="sharp")
     with pytest.raises(TypeError, match="layers must be None, a str or a list"):
         ERSMCallback(3)
     with pytest.raises(ValueError, match="layers must be distinct"):
