@@ -18,7 +18,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from energymask.ersm import EnergyMask2d, ErsmSettings
-from energymask.mask_quality import mask_scores
+from energymask.mask_quality import layer_mask_scores
 
 from ._inserting import InsertingCallback
 
@@ -59,7 +59,7 @@ def batch_object_mask(batch: Any, batch_size: int) -> Tensor | None:
 
 
 def ersm_stats(layer: EnergyMask2d, object_mask: Tensor | None = None) -> dict[str, Tensor]:
-    """Batch means of :func:`~energymask.mask_quality.mask_scores` of the last forward.
+    """Batch means of :func:`~energymask.mask_quality.layer_mask_scores` of the last forward.
 
     Plus ``energy`` (mean E) when the forward computed the energies (training,
     or ``eval_energies``). ``keep_contrast`` is left out when no image of the
@@ -68,7 +68,7 @@ def ersm_stats(layer: EnergyMask2d, object_mask: Tensor | None = None) -> dict[s
     keep = layer.last_keep
     if keep is None or keep.shape[0] == 0:
         return {}
-    scores = mask_scores(keep, object_mask)
+    scores = layer_mask_scores(layer, object_mask)
     stats = {k: v.mean() for k, v in scores.items() if k != "keep_contrast"}
     contrast = scores.get("keep_contrast")
     if contrast is not None and not torch.isnan(contrast).all():
@@ -87,7 +87,9 @@ class ERSMCallback(InsertingCallback):
             output is 4D for ``pl_module.example_input_array`` (which must then be set).
         log_stats: log the masks' scores per layer, as epoch means. Default: True.
         **ersm_kwargs: passed to :class:`EnergyMask2d` (``lam``, ``gamma``,
-            ``token_size``, ``temperature``, ``bias_init``, ...). The state saved in
+            ``token_size``, ``temperature``, ``bias_init``, ``gate``, ...; see
+            :class:`~energymask.ersm.ErsmSettings`; ``gate="hard"`` is ours, not
+            the authors': the binary mask in training too). The state saved in
             checkpoints holds every setting, defaults included; a resume with
             other settings is refused.
 
@@ -95,7 +97,8 @@ class ERSMCallback(InsertingCallback):
     batches, every ``Trainer(log_every_n_steps)``-th batch (the scores cost a
     device sync), and ``val_ersm/<layer>/<score>`` from every validation batch.
     Scores: ``keep_ratio``, ``hard_sparsity``, ``relative_sparsity``,
-    ``keep_gini``, ``entropy`` (:mod:`energymask.mask_quality`), with
+    ``keep_gini``, ``entropy``, ``undecided``, ``soft_undecided``
+    (:mod:`energymask.mask_quality`), with
     ``(x, y, object_mask)`` batches also ``iou``, ``pointing``,
     ``keep_contrast``; in training also ``energy`` (mean E) and ``reg`` (R).
 
