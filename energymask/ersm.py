@@ -99,6 +99,10 @@ class ErsmSettings:
         gate: ``"soft"`` (the authors') or ``"hard"`` (ours: the binary mask
             1[keep ≥ 0.5] in training and eval, straight-through gradient; the
             regulariser on the executed mask; docs/design.md §3). Default: ``"soft"``.
+        keep_target: ours, a budget: None (the authors': none) or ρ in [0, 1];
+            adds (mean_i keep_i − ρ)² per image, averaged over the batch, to the
+            regulariser, on the executed keep map (DynConv's sparsity loss,
+            Verelst & Tuytelaars, CVPR 2020). Default: None.
     """
 
     token_size: int = 1
@@ -111,6 +115,7 @@ class ErsmSettings:
     hard_inference: bool = False
     check_finite: bool = True
     gate: str = "soft"
+    keep_target: float | None = None
 
     def __post_init__(self) -> None:
         _check_int("token_size", self.token_size)
@@ -128,6 +133,9 @@ class ErsmSettings:
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, but got {getattr(self, name)!r}")
         _check_gate(self.gate)
+        _check_keep_target(self.keep_target)
+        if self.keep_target is not None:
+            object.__setattr__(self, "keep_target", float(self.keep_target))
         # plain Python values (checkpoints load safely, settings compare equal)
         for name in ("lam", "gamma", "temperature", "bias_init", "eta"):
             object.__setattr__(self, name, float(getattr(self, name)))
@@ -152,6 +160,14 @@ def _check_gate(gate: object) -> None:
     if gate not in GATES:
         raise ValueError(f"gate must be one of {list(GATES)} (\"soft\": the authors', "
                          f"\"hard\": ours), but got {gate!r}")
+
+
+def _check_keep_target(keep_target: object) -> None:
+    if keep_target is None:
+        return
+    _check_real("keep_target", keep_target, 0)
+    if keep_target > 1:
+        raise ValueError(f"keep_target must be None or in [0, 1], but got {keep_target}")
 
 
 def straight_through_gate(keep: Tensor) -> Tensor:
@@ -224,6 +240,7 @@ def energy_mask_2d(
     check_finite: bool = True,
     forced_soft: bool = False,
     gate: str = ErsmSettings.gate,
+    keep_target: float | None = ErsmSettings.keep_target,
 ) -> EnergyMaskOutput:
     """Functional ERSM layer.
 
@@ -245,6 +262,8 @@ def energy_mask_2d(
         gate: ``"soft"`` (the authors') or ``"hard"`` (ours): keep is replaced
             by :func:`straight_through_gate` of it before the output and the
             regulariser, in every mode. Default: ``"soft"``.
+        keep_target: None or a budget ρ in [0, 1] (ours): R += mean_b (mean_i
+            keep_i − ρ)². Default: None.
 
     Returns:
         :class:`EnergyMaskOutput`. The regulariser is computed from the keep map
@@ -255,14 +274,15 @@ def energy_mask_2d(
     """
     _check_settings(lam, gamma, temperature, eta)
     _check_gate(gate)
+    _check_keep_target(keep_target)
     return _energy_mask_2d(x, weight, bias, token_size, lam, gamma, temperature, eta,
-                           forced_mask, hard, check_finite, forced_soft, gate)
+                           forced_mask, hard, check_finite, forced_soft, gate, keep_target)
 
 
 def _energy_mask_2d(x: Tensor, weight: Tensor, bias: Tensor, token_size: int, lam: float,
                     gamma: float, temperature: float, eta: float, forced_mask: Tensor | None,
                     hard: bool, check_finite: bool, forced_soft: bool, gate: str,
-                    ) -> EnergyMaskOutput:
+                    keep_target: float | None = None) -> EnergyMaskOutput:
     """:func:`energy_mask_2d` with the settings already checked (the layer's path)."""
     _check_call(x, weight, bias, token_size)
     if x.numel() == 0:
@@ -276,6 +296,8 @@ def _energy_mask_2d(x: Tensor, weight: Tensor, bias: Tensor, token_size: int, la
     regularizer = (executed * energy).mean()
     if eta:
         regularizer = regularizer + eta * mask_coherence(executed).mean()
+    if keep_target is not None:
+        regularizer = regularizer + (executed.flatten(1).mean(1) - keep_target).pow(2).mean()
     if forced_mask is None and not hard and gate == "soft":
         return EnergyMaskOutput(*res, energy, regularizer)
     keep = _replace_keep(executed, forced_mask, hard and gate == "soft", forced_soft)
@@ -459,7 +481,7 @@ class EnergyMask2d(nn.Module):
             return output
         res = _energy_mask_2d(
             x, self.weight, self.bias, s.token_size, s.lam, s.gamma, s.temperature, s.eta,
-            self.forced_mask, hard, s.check_finite, self.forced_soft, s.gate,
+            self.forced_mask, hard, s.check_finite, self.forced_soft, s.gate, s.keep_target,
         )
         self.last_keep, self.last_logits = res.keep.detach(), res.logits.detach()
         self.last_unary, self.last_pairwise = res.unary.detach(), res.pairwise.detach()
@@ -479,6 +501,7 @@ class EnergyMask2d(nn.Module):
             f"{self.channels}, token_size={self.token_size}, lam={self.lam}, gamma={self.gamma}, "
             f"temperature={self.temperature}, eta={self.eta}, {bias}, "
             f"hard_inference={self.hard_inference}, gate={self.gate!r}"
+            + (f", keep_target={self.keep_target}" if self.keep_target is not None else "")
         )
 
 
