@@ -527,3 +527,31 @@ def test_forcing_binary_soft_and_restored():
     with pytest.raises(RuntimeError, match="boom"), forcing(layer, mask):
         raise RuntimeError("boom")
     assert layer.forced_mask is None
+
+
+def test_keep_target_budget_on_the_executed_mask():
+    torch.manual_seed(0)
+    x, w, b = torch.randn(2, 3, 4, 4), torch.randn(3), torch.tensor(0.2)
+    plain = energy_mask_2d(x, w, b, gate="hard")
+    budget = energy_mask_2d(x, w, b, gate="hard", keep_target=0.25)
+    per_image = plain.keep.flatten(1).mean(1)
+    torch.testing.assert_close(budget.regularizer - plain.regularizer,
+                               (per_image - 0.25).pow(2).mean())
+    assert torch.equal(budget.output, plain.output)  # a budget changes the loss, not the mask
+    soft = energy_mask_2d(x, w, b, keep_target=0.25)  # the soft gate's executed map: soft keep
+    torch.testing.assert_close(soft.regularizer - energy_mask_2d(x, w, b).regularizer,
+                               (soft.keep.flatten(1).mean(1) - 0.25).pow(2).mean())
+
+
+@pytest.mark.parametrize(("value", "error", "match"), [
+    (1.5, ValueError, r"keep_target must be None or in \[0, 1\], but got 1.5"),
+    (-0.1, ValueError, "keep_target must be >= 0, but got -0.1"),
+    (NAN, ValueError, r"keep_target must be finite"),
+    ("0.5", TypeError, "keep_target must be a real number, but got '0.5'"),
+])
+def test_bad_keep_target(value, error, match):
+    with pytest.raises(error, match=match):
+        EnergyMask2d(3, keep_target=value)
+    with pytest.raises(error, match=match):
+        energy_mask_2d(torch.randn(1, 1, 2, 2), torch.ones(1), torch.tensor(0.0),
+                       keep_target=value)
