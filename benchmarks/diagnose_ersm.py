@@ -20,8 +20,8 @@ Three hypotheses, each measured:
    and their norms on w, per epoch, with the keep map's mean and spread.
    The same for ours, ``gate="hard"``, beside it.
 
-    python benchmarks/diagnose_ersm.py              # about 5 min on 2 shared cores
-    python benchmarks/diagnose_ersm.py --json benchmarks/results/ersm_diagnosis.json
+    python benchmarks/diagnose_ersm.py --json benchmarks/results/ersm_diagnosis.json \
+        > benchmarks/results/ersm_diagnosis.md    # about 5 min on 2 shared cores
 """
 
 from __future__ import annotations
@@ -192,8 +192,8 @@ def report(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num-train", type=int, default=1500)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--num-train", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args(argv)
