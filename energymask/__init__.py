@@ -19,6 +19,7 @@ _EXPORTS = {  # name -> the module that defines it (imported on first use)
     "drop_block_2d": "energymask.dropblock",
     "EnergyMask2d": "energymask.ersm",
     "EnergyMaskOutput": "energymask.ersm",
+    "ErsmSettings": "energymask.ersm",
     "collect_regularizer": "energymask.ersm",
     "energy_mask_2d": "energymask.ersm",
     "energy_mask_layers": "energymask.ersm",
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from energymask.ersm import (
         EnergyMask2d,
         EnergyMaskOutput,
+        ErsmSettings,
         collect_regularizer,
         energy_mask_2d,
         energy_mask_layers,
@@ -83,6 +85,7 @@ __all__ = [
     "DropBlock2d",
     "EnergyMask2d",
     "EnergyMaskOutput",
+    "ErsmSettings",
     "FrozenBackboneClassifier",
     "InsertedAfter",
     "PBEDropout2d",

@@ -2,12 +2,17 @@
 
 import inspect
 
-from energymask.ersm import EnergyMask2d
-from energymask.lightning_modules.app.options import ERSM_DEFAULTS, PBEDROPOUT_DEFAULTS
+from energymask.ersm import GATES, ErsmSettings
+from energymask.lightning_modules.app.options import (
+    ERSM_DEFAULTS,
+    ERSM_GATES,
+    PBEDROPOUT_DEFAULTS,
+)
 from energymask.pbedropout import PBEDropoutSettings
 
 
 def test_layer_defaults_are_the_layers_own():
-    for cls, table in ((EnergyMask2d, ERSM_DEFAULTS), (PBEDropoutSettings, PBEDROPOUT_DEFAULTS)):
+    for cls, table in ((ErsmSettings, ERSM_DEFAULTS), (PBEDropoutSettings, PBEDROPOUT_DEFAULTS)):
         parameters = inspect.signature(cls).parameters
         assert {name: parameters[name].default for name in table} == table, cls.__name__
+    assert ERSM_GATES == GATES

@@ -28,6 +28,7 @@ from .options import (
     BACKBONES_HELP,
     DATASETS,
     ERSM_DEFAULTS,
+    ERSM_GATES,
     PBEDROPOUT_DEFAULTS,
     default_threads,
 )
@@ -130,6 +131,11 @@ def _train_parser(sub) -> None:
                    default=ERSM_BIAS_INIT,
                    help=f"initial mask bias (default: %(default)s: {ERSM_BIAS_REASON}; "
                    "--ersm-bias-init 6.0 for the authors' setting)")
+    e.add_argument("--ersm-gate", dest="ersm_gate", choices=ERSM_GATES,
+                   default=ERSM_DEFAULTS["gate"],
+                   help="mask executed: soft (the authors', X * keep) or hard (ours, not the "
+                   "authors': the binary mask 1[keep >= 0.5] in training too, straight-through "
+                   "gradient; docs/design.md section 3) (default: %(default)s)")
 
     b = p.add_argument_group("PB-EDropout (patch-based energy dropout)")
     b.add_argument("--pbedropout", nargs="+", metavar="LAYER",
