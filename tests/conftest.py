@@ -60,3 +60,23 @@ def _boltzmann_pvalue(
 @pytest.fixture
 def boltzmann_pvalue():
     return _boltzmann_pvalue
+
+
+def _heavy_imports(statement: str) -> list[str]:
+    """The torch / Lightning / NumPy modules ``statement`` imports in a fresh interpreter."""
+    import ast
+    import subprocess
+    import sys
+
+    code = (f"import sys\n{statement}\nprint([m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'lightning', 'pytorch_lightning', 'numpy')])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return ast.literal_eval(done.stdout.strip().splitlines()[-1])  # a printed list of names
+
+
+@pytest.fixture
+def heavy_imports():
+    """``heavy_imports("import X")``: what importing ``X`` costs (torch, Lightning, NumPy)."""
+    return _heavy_imports

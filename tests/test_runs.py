@@ -91,16 +91,8 @@ def test_truncate_log_keeps_the_checkpointed_epochs(tmp_path):
     assert not (tmp_path / "none.csv").exists()
 
 
-def test_runs_imports_neither_torch_nor_lightning():
-    import subprocess
-    import sys
-
-    code = ("import sys\nimport energymask.lightning_modules.app.runs\n"
-            "print([m for m in sys.modules if m.split('.')[0] in "
-            "('torch', 'lightning', 'pytorch_lightning')])")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
-    assert done.stdout.strip() == "[]", done.stderr
+def test_runs_imports_neither_torch_nor_lightning(heavy_imports):
+    assert heavy_imports("import energymask.lightning_modules.app.runs") == []
 
 
 def test_keep_evaluation_numbers_and_never_replaces(tmp_path):
