@@ -67,10 +67,10 @@ def ersm_energy(
     x: Tensor,
     weight: Tensor,
     bias: Tensor,
-    token_size: int = 1,
-    lam: float = 1e-3,
-    gamma: float = 1e-3,
-    temperature: float = 1.0,
+    token_size: int,
+    lam: float,
+    gamma: float,
+    temperature: float,
 ) -> ErsmEnergy:
     """ERSM token energies and masked output; see :func:`reference.ersm_energy`."""
     args = (x, weight, bias, token_size, lam, gamma, temperature)

@@ -43,7 +43,8 @@ def test_forced_triton_runs_the_triton_kernels(monkeypatch):
         assert kernels.population_energy(masks, unary, 0.5) == "triton-energy"
         assert kernels.gibbs_sweep(masks, unary, 0.5, 1.0, 0, 0) == "triton-gibbs"
         x = torch.zeros(1, 2, 2, 2)
-        assert kernels.ersm_energy(x, torch.zeros(2), torch.tensor(0.0)) == "triton-ersm"
+        got = kernels.ersm_energy(x, torch.zeros(2), torch.tensor(0.0), 1, 1e-3, 1e-3, 1.0)
+        assert got == "triton-ersm"
     with kernels.use_backend("reference"):
         assert kernels.population_energy(masks, unary, 0.5).shape == (1, 1, 1)
 
@@ -58,7 +59,8 @@ def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch):
 def test_forced_triton_without_triton_raises(monkeypatch):
     monkeypatch.setattr(dispatch, "_triton_ok", False)
     with kernels.use_backend("triton"), pytest.raises(RuntimeError, match="cannot be imported"):
-        kernels.ersm_energy(torch.zeros(1, 2, 2, 2), torch.zeros(2), torch.tensor(0.0))
+        kernels.ersm_energy(torch.zeros(1, 2, 2, 2), torch.zeros(2), torch.tensor(0.0),
+                            1, 1e-3, 1e-3, 1.0)
 
 
 def test_package_imports_and_runs_without_triton():
@@ -66,7 +68,8 @@ def test_package_imports_and_runs_without_triton():
         "import sys; sys.modules['triton'] = None\n"
         "import torch, energymask.kernels as k\n"
         "assert not k.triton_available()\n"
-        "r = k.ersm_energy(torch.ones(1, 2, 3, 3), torch.ones(2), torch.tensor(0.0))\n"
+        "r = k.ersm_energy(torch.ones(1, 2, 3, 3), torch.ones(2), torch.tensor(0.0),\n"
+        "                  1, 1e-3, 1e-3, 1.0)\n"
         "print(r.keep.shape)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
