@@ -149,7 +149,7 @@ def test_half_inputs_are_cast_on_load_in_every_layout(monkeypatch, dtype, layout
 
 def test_channels_last_stays_channels_last_and_strided_input_is_copied():
     x = torch.randn(2, 4, 3, 5).to(memory_format=torch.channels_last)
-    got = ersm_triton.ersm_energy(x, torch.randn(4), torch.tensor(0.1), 1)
+    got = ersm_triton.ersm_energy(x, torch.randn(4), torch.tensor(0.1), 1, 1e-3, 1e-3, 1.0)
     assert got.output.is_contiguous(memory_format=torch.channels_last)
     assert ersm_triton.memory_format(x) == torch.channels_last
     assert ersm_triton.memory_format(x[..., ::2]) == torch.contiguous_format
