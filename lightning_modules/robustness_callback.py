@@ -1,6 +1,6 @@
 """RobustnessTests: the deletion test, structured occlusion and mask quality inside
 ``trainer.test`` / ``trainer.validate``, on any strategy and number of devices
-(docs/design.md §6.4).
+(docs/design.md §6, "On the Trainer").
 
 ERSM: Energy-Regularized Spatial Masking (Devynck et al., IJCAI 2026, arXiv 2604.06893).
 

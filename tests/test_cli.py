@@ -388,7 +388,7 @@ def test_evaluate_on_two_processes_equals_one(tmp_path, run_dir, capsys):
     assert one.pop("run") != two.pop("run")
     # counts: exact. Mask scores: the small CNN's ERSM keep map of an image differs by 1 ulp
     # between a batch of 1 and of 2 on CPU (the last image is alone in one process, paired
-    # in two), so they agree to float32 rounding, not bit for bit (docs/design.md §6.4)
+    # in two), so they agree to float32 rounding, not bit for bit (docs/design.md §6)
     masks_one, masks_two = one.pop("mask_quality"), two.pop("mask_quality")
     assert two == one and one["num_samples"] == 7
     for layer, scores in masks_one.items():
