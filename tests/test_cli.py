@@ -394,3 +394,4 @@ def test_evaluate_on_two_processes_equals_one(tmp_path, run_dir, capsys):
     for layer, scores in masks_one.items():
         assert masks_two[layer] == pytest.approx(scores, rel=1e-6, abs=1e-7)
     assert set(one["occlusion"]) == {"random", "object"}
+    _fails(capsys, [*common, "--devices", "0"], "evaluate", "--devices must be >= 1, but got 0")

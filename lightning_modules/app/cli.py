@@ -182,7 +182,8 @@ def _evaluate_parser(sub) -> None:
     t = p.add_argument_group("on Lightning's Trainer (RobustnessTests in trainer.test)")
     t.add_argument("--devices", type=int, metavar="N",
                    help="evaluate on N devices (processes) with trainer.test; the results are "
-                   "those of one process over the whole set (default: one process, no Trainer)")
+                   "those of one process over the whole set (default: without --devices, "
+                   "--strategy and --accelerator, one process and no Trainer)")
     t.add_argument("--strategy", default="auto", metavar="NAME",
                    help="with --devices: Lightning strategy, e.g. ddp, ddp_spawn "
                    "(default: %(default)s)")

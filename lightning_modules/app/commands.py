@@ -259,7 +259,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.steps < 2:
         raise ValueError(f"--steps must be >= 2, but got {args.steps}")
     folder, module, loader, with_masks = _load(args)
-    if args.devices is not None:
+    if args.devices is not None or (args.strategy, args.accelerator) != ("auto", "auto"):
         return _evaluate_on_trainer(args, folder, module, loader, with_masks)
     with _runs.claim(folder, resume=True):
         net = module.model
@@ -328,8 +328,9 @@ def _evaluate_on_trainer(args: argparse.Namespace, folder: Path, module, loader,
     from .cli import ORDERINGS_EXTRA
     from .trainer import quiet_lightning
 
-    if args.devices < 1:
-        raise ValueError(f"--devices must be >= 1, but got {args.devices}")
+    devices = 1 if args.devices is None else args.devices
+    if devices < 1:
+        raise ValueError(f"--devices must be >= 1, but got {devices}")
     extra = {ORDERINGS_EXTRA[o] for o in args.orderings}
     orderings = [o for o in ORDERINGS if o not in ORDERINGS_EXTRA.values() or o in extra]
     tests = RobustnessTests(
@@ -340,7 +341,7 @@ def _evaluate_on_trainer(args: argparse.Namespace, folder: Path, module, loader,
         model="model", seed=args.seed, stages=("test",))
     writer = _WriteEvaluation(tests, folder)
     quiet_lightning()
-    trainer = pl.Trainer(accelerator=args.accelerator, devices=args.devices,
+    trainer = pl.Trainer(accelerator=args.accelerator, devices=devices,
                          strategy=args.strategy, logger=False, enable_checkpointing=False,
                          enable_model_summary=False, enable_progress_bar=not args.no_progress,
                          callbacks=[tests, writer])
