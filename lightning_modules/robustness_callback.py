@@ -55,6 +55,8 @@ DELETION_OPTIONS = ("orderings", "steps", "method", "steps_per_forward", "mode",
                     "perturbations_per_eval", "protocol")
 OCCLUSION_OPTIONS = ("fractions", "patch_size", "placement", "fill")
 STAGES = ("test", "validate")
+#: strategies whose processes do not hold the whole model (refused, by class name)
+SHARDING = ("FSDP", "DeepSpeed", "ModelParallel")
 
 
 @dataclass
@@ -209,6 +211,10 @@ class RobustnessTests(Callback):
         self._active = fn == stage and stage in self.stages and not trainer.sanity_checking
         if not self._active:
             return
+        strategy = type(trainer.strategy).__name__
+        if any(k in strategy for k in SHARDING):
+            raise ValueError(f"RobustnessTests runs the full model in every process, but the "
+                             f"strategy {strategy} shards it; use ddp, ddp_spawn or one device")
         loaders = trainer.test_dataloaders if stage == "test" else trainer.val_dataloaders
         loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
         self._indices, self._valid = shard_indices(loader, trainer.world_size)

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as L
 import pytest
@@ -127,3 +128,13 @@ def test_module_without_the_model_attribute_is_refused():
 def test_bad_settings(kwargs, error, match):
     with pytest.raises(error, match=match):
         RobustnessTests(**kwargs)
+
+
+def test_sharding_strategies_are_refused():
+    class FSDPStrategy:  # stands for Lightning's: only its name is read
+        pass
+
+    trainer = SimpleNamespace(state=SimpleNamespace(fn="test"), sanity_checking=False,
+                              strategy=FSDPStrategy())
+    with pytest.raises(ValueError, match="strategy FSDPStrategy shards it; use ddp, ddp_spawn"):
+        RobustnessTests().on_test_epoch_start(trainer, tiny_module())
