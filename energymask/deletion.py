@@ -42,6 +42,7 @@ from energymask.evaluation import (
     loader_length,
     progress_bar,
     split_batch,
+    to_model_device,
 )
 from energymask.orderings import check_orderings, compute_scores
 from energymask.split import CannotSplit, Split, split_at
@@ -254,6 +255,7 @@ class DeletionTest:
     def hits(self, x: Tensor, y: Tensor, seed: int | Tensor, bar=None) -> dict[str, Tensor]:
         """Per ordering, whether each image (B ≥ 1) is classified right at each step: (S, B)
         bool on the CPU. ``seed``: the random ordering's, an int (the batch) or (B,) per image."""
+        x = to_model_device(self.model, x)
         if self.runner is None:
             self.runner = _runner(self.model, self.name, self.ersm, x, self.method)
         runner, p = self.runner, self.ersm.token_size

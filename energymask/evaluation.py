@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from energymask.ersm import energy_mask_layers
-from energymask.mask_quality import mask_scores
+from energymask.mask_quality import layer_mask_scores
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -149,6 +149,15 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def to_model_device(model: nn.Module, x: Tensor) -> Tensor:
+    """``x`` on the model's device (:func:`model_device`), as :func:`evaluate` moves its batches.
+
+    The robustness tools call it on every batch, so a CUDA model takes a loader of
+    CPU batches.
+    """
+    return x.to(model_device(model))
+
+
 @dataclass
 class Evaluation:
     """Result of :func:`evaluate`.
@@ -211,7 +220,7 @@ def batch_scores(
     ``layers``. ``extra``: the batch's object masks (B, [1,] H, W), or anything else."""
     hits = model(x).argmax(-1) == y
     obj = extra.to(x.device) if isinstance(extra, Tensor) and extra.dim() >= 3 else None
-    return hits, {name: mask_scores(layer.last_keep, obj) for name, layer in layers.items()}
+    return hits, {name: layer_mask_scores(layer, obj) for name, layer in layers.items()}
 
 
 def _evaluate(

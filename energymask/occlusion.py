@@ -35,6 +35,7 @@ from energymask.evaluation import (
     loader_length,
     progress_bar,
     split_batch,
+    to_model_device,
 )
 
 __all__ = ["OcclusionResult", "occlude", "occlusion_robustness"]
@@ -170,7 +171,7 @@ def occlusion_hits(
             gen = torch.Generator().manual_seed(seed)
             xo = occlude(x, f, patch_size, placement, fill, mask, gen)
         for name, model in models.items():
-            hits[name][j] = model(xo).argmax(-1).cpu() == y.cpu()
+            hits[name][j] = model(to_model_device(model, xo)).argmax(-1).cpu() == y.cpu()
     return hits
 
 

@@ -15,6 +15,7 @@ from energymask.evaluation import (
     evaluate,
     progress_bar,
     split_batch,
+    to_model_device,
 )
 from energymask.mask_quality import mask_quality
 
@@ -131,7 +132,7 @@ def test_progress_bar(capsys):
 
 def test_batch_scores_per_image():
     from energymask.evaluation import batch_scores
-    from energymask.mask_quality import mask_scores
+    from energymask.mask_quality import layer_mask_scores
 
     torch.manual_seed(0)
     model = Classifier(small_cnn(1, (4, 8)), 8, 3)
@@ -140,7 +141,13 @@ def test_batch_scores_per_image():
     obj = (torch.rand(3, 1, 16, 16) > 0.5).float()
     with torch.no_grad():
         hits, scores = batch_scores(model.eval(), {"l": model.backbone.layer1.layer}, x, y, obj)
-        expected = mask_scores(model.backbone.layer1.layer.last_keep, obj)
+        expected = layer_mask_scores(model.backbone.layer1.layer, obj)
         assert torch.equal(hits, model(x).argmax(-1) == y)
     assert set(scores["l"]) == set(expected) and "iou" in expected
     assert all(torch.equal(scores["l"][k], v) for k, v in expected.items() if k != "keep_contrast")
+
+
+def test_to_model_device_follows_the_first_parameter_or_buffer():
+    x = torch.ones(2, 3)
+    assert to_model_device(nn.Linear(3, 2, device="meta"), x).device.type == "meta"
+    assert to_model_device(nn.ReLU(), x) is x  # no parameters: cpu, already there
