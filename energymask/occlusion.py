@@ -8,7 +8,7 @@ so a fraction f of the image is occluded (exactly f = 0 and f = 1; in between
 up to the clipped border cells). Placement:
 
 - ``random``: cells drawn uniformly (seeded; batch i uses ``seed + i``, the same
-  occlusions for every model compared).
+  occlusions for every model compared; :func:`occlusion_hits` also seeds per image).
 - ``object`` / ``background``: cells sorted by the fraction of object pixels
   (from the ground-truth mask, descending / ascending), ties broken at random;
   the first ones are occluded.
