@@ -23,6 +23,8 @@ _EXPORTS = {  # name -> the module that defines it (imported on first use)
     "ERSMCallback": ".ersm_callback",
     "MaskLoggerCallback": ".mask_logger",
     "PBEDropoutCallback": ".pbedropout_callback",
+    "RobustnessResults": ".robustness_callback",
+    "RobustnessTests": ".robustness_callback",
 }
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
@@ -37,6 +39,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .ersm_callback import ERSMCallback
     from .mask_logger import MaskLoggerCallback
     from .pbedropout_callback import PBEDropoutCallback
+    from .robustness_callback import RobustnessResults, RobustnessTests
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
@@ -50,6 +53,8 @@ __all__ = [
     "ImageClassifier",
     "MaskLoggerCallback",
     "PBEDropoutCallback",
+    "RobustnessResults",
+    "RobustnessTests",
     "TensorDataModule",
     "load_for_inference",
     "read_checkpoint",

@@ -9,6 +9,7 @@ expected errors are raised as ``ValueError`` / ``FileNotFoundError`` /
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 from pathlib import Path
@@ -21,6 +22,7 @@ from energymask.ersm import energy_mask_layers
 from energymask.pbedropout import PBEDropout2d
 
 from .. import _compat
+from .._compat import Callback
 from . import building
 from . import runs as _runs
 
@@ -103,7 +105,6 @@ def _build(spec: dict[str, Any], weights: bool = True):
 
     ``weights``: load ``--weights`` (a resumed run takes them from its checkpoint).
     """
-    from .._compat import Callback
     from ..classifier import FrozenBackboneERSM, ImageClassifier
     from ..ersm_callback import ERSMCallback
     from ..pbedropout_callback import PBEDropoutCallback
@@ -296,6 +297,8 @@ def evaluate(args: argparse.Namespace) -> int:
 
     protocol = _protocol(args)
     folder, module, test_set, with_masks = _load(args)
+    if args.devices is not None or (args.strategy, args.accelerator) != ("auto", "auto"):
+        return _evaluate_on_trainer(args, protocol, folder, module, test_set, with_masks)
     with _runs.claim(folder, resume=True):
         result = {"run": str(folder), **evaluate_run(module.model, test_set, protocol,
                                                      with_masks, progress=not args.no_progress)}
@@ -304,6 +307,66 @@ def evaluate(args: argparse.Namespace) -> int:
         _runs.write_atomic(folder / _runs.EVALUATION, text)
     print(_table(result))
     print(f"energymask evaluate: wrote {folder / _runs.EVALUATION} (kept as {kept})")
+    return 0
+
+
+class _WriteEvaluation(Callback):
+    """Writes evaluation.json and prints the table on global rank 0, at the end of
+    ``trainer.test`` (under ddp_spawn the results exist only in the spawned processes)."""
+
+    def __init__(self, tests, folder: Path, protocol) -> None:
+        self.tests, self.folder, self.protocol = tests, folder, protocol
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        from .evaluating import deterministic_drop_rate
+
+        if trainer.global_rank != 0:
+            return
+        net = pl_module.model
+        result = {"run": str(self.folder), "protocol": self.protocol.to_dict(),
+                  **self.tests.results.to_dict()}
+        result["pbedropout"] = {
+            name: {"deterministic_drop_rate": deterministic_drop_rate(layer)}
+            for name, layer in net.named_modules()
+            if isinstance(layer, PBEDropout2d) and layer.ema_mask.numel()
+        }  # fmt: skip
+        text = json.dumps(result, indent=2) + "\n"
+        _runs.keep_evaluation(self.folder, text, self.protocol.deletion_protocol)
+        _runs.write_atomic(self.folder / _runs.EVALUATION, text)
+        print(_table(result))
+        print(f"energymask evaluate: wrote {self.folder / _runs.EVALUATION} "
+              f"({trainer.world_size} processes)")
+
+
+def _evaluate_on_trainer(args: argparse.Namespace, protocol, folder: Path, module, test_set,
+                         with_masks: bool) -> int:
+    """``evaluate --devices N``: the same tests through RobustnessTests in ``trainer.test``
+    on any strategy; the launching process holds the folder, rank 0 writes the file once."""
+    from ..robustness_callback import RobustnessTests
+    from .trainer import quiet_lightning
+
+    pl = _compat.lightning()
+    rank_zero_only = _compat.lightning("utilities.rank_zero").rank_zero_only
+
+    devices = 1 if args.devices is None else args.devices
+    if devices < 1:
+        raise ValueError(f"--devices must be >= 1, but got {devices}")
+    tests = RobustnessTests(
+        deletion={"orderings": list(protocol.orderings), "steps": protocol.steps,
+                  "protocol": protocol.deletion_protocol},
+        occlusion={"fractions": list(protocol.fractions), "patch_size": protocol.patch_size,
+                   "placement": [p for p in protocol.placements if p != "object" or with_masks]},
+        model="model", seed=protocol.seed, stages=("test",))
+    writer = _WriteEvaluation(tests, folder, protocol)
+    loader = DataLoader(test_set, batch_size=protocol.batch_size)
+    quiet_lightning()
+    trainer = pl.Trainer(accelerator=args.accelerator, devices=devices,
+                         strategy=args.strategy, logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, enable_progress_bar=not args.no_progress,
+                         callbacks=[tests, writer])
+    launcher = rank_zero_only.rank == 0  # ddp runs this command again in each other rank
+    with _runs.claim(folder, resume=True) if launcher else contextlib.nullcontext():
+        trainer.test(module, dataloaders=loader, verbose=False)
     return 0
 
 
