@@ -55,24 +55,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["layer_mask_scores", "mask_quality", "mask_scores", "undecided_share"]
+__all__ = ["layer_mask_scores", "mask_quality", "mask_scores", "object_masks", "undecided_share"]
 
 
-def _object_mask(object_mask: Tensor, batch: int, grid: tuple[int, int]) -> Tensor:
-    if not isinstance(object_mask, Tensor):
-        raise TypeError(f"object_mask must be a tensor, but got {type(object_mask).__name__}")
-    if object_mask.dim() == 4 and object_mask.shape[1] == 1:
-        object_mask = object_mask[:, 0]
-    if object_mask.dim() != 3 or object_mask.shape[0] != batch:
+def object_masks(mask: object, batch: int | None = None,
+                 size: tuple[int, int] | None = None) -> Tensor:
+    """A batch's object masks as a (B, H, W) bool tensor: the one place they are read.
+
+    ``mask``: (B, H, W) or (B, 1, H, W), foreground > 0.5 (the data modules give
+    floats in {0, 1}). ``batch`` / ``size``: the B / (H, W) it must have, when given.
+
+    Raises:
+        TypeError: ``mask`` is not a tensor.
+        ValueError: another shape, naming the one expected.
+    """
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"object_mask must be a tensor, but got {type(mask).__name__}")
+    if mask.dim() == 4 and mask.shape[1] == 1:
+        mask = mask[:, 0]
+    if (mask.dim() != 3 or (batch is not None and mask.shape[0] != batch)
+            or (size is not None and tuple(mask.shape[1:]) != tuple(size))):
+        wanted = [f"B = {batch}"] if batch is not None else []
+        wanted += [f"(H, W) = {tuple(size)}"] if size is not None else []
         raise ValueError(
-            f"object_mask must have shape (B, H, W) or (B, 1, H, W) with B = {batch}, "
-            f"but got {tuple(object_mask.shape)}"
+            "object_mask must have shape (B, H, W) or (B, 1, H, W)"
+            + (f" with {', '.join(wanted)}" if wanted else "")
+            + f", but got {tuple(mask.shape)}"
         )
-    if object_mask.shape[1] < grid[0] or object_mask.shape[2] < grid[1]:
-        raise ValueError(
-            f"object_mask {tuple(object_mask.shape[1:])} must be at least the token grid {grid}"
-        )
-    return object_mask > 0.5
+    return mask > 0.5
 
 
 def _check_keep(keep: Tensor) -> Tensor:
@@ -163,7 +173,11 @@ def mask_scores(
     }
     if object_mask is None:
         return scores
-    obj = _object_mask(object_mask, b, (h, w)).to(keep.device)
+    obj = object_masks(object_mask, b).to(keep.device)
+    if obj.shape[1] < h or obj.shape[2] < w:
+        raise ValueError(
+            f"object_mask {tuple(obj.shape[1:])} must be at least the token grid {(h, w)}"
+        )
     hard = F.interpolate((keep >= threshold).float()[:, None], size=obj.shape[1:], mode="nearest")
     hard = hard[:, 0] > 0.5
     inter = (hard & obj).flatten(1).sum(1).float()

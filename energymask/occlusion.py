@@ -37,6 +37,7 @@ from energymask.evaluation import (
     split_batch,
     to_model_device,
 )
+from energymask.mask_quality import object_masks
 
 __all__ = ["OcclusionResult", "occlude", "occlusion_robustness"]
 
@@ -58,17 +59,6 @@ class OcclusionResult:
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)
-
-
-def _object_pixels(mask: Tensor, shape: tuple[int, int]) -> Tensor:
-    if mask.dim() == 4 and mask.shape[1] == 1:
-        mask = mask[:, 0]
-    if mask.dim() != 3 or tuple(mask.shape[1:]) != shape:
-        raise ValueError(
-            f"object_mask must have shape (B, H, W) or (B, 1, H, W) with (H, W) = {shape}, "
-            f"but got {tuple(mask.shape)}"
-        )
-    return (mask > 0.5).float()
 
 
 def occlude(
@@ -95,7 +85,7 @@ def occlude(
             raise ValueError(
                 f"placement={placement!r} needs object masks (batches (x, y, mask)), but got none"
             )
-        obj = _object_pixels(object_mask, (hh, ww)).cpu()
+        obj = object_masks(object_mask, size=(hh, ww)).float().cpu()
         pad = (0, gw * patch_size - ww, 0, gh * patch_size - hh)
         frac = F.avg_pool2d(F.pad(obj[:, None], pad), patch_size).flatten(1)
         key = (frac if placement == "object" else -frac) + 1e-3 * tie  # random ties

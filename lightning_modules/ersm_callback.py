@@ -18,7 +18,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from energymask.ersm import EnergyMask2d, ErsmSettings
-from energymask.mask_quality import layer_mask_scores
+from energymask.mask_quality import layer_mask_scores, object_masks
 
 from ._inserting import InsertingCallback
 
@@ -52,10 +52,10 @@ def batch_object_mask(batch: Any, batch_size: int) -> Tensor | None:
     """
     if not isinstance(batch, (tuple, list)) or len(batch) < 3:
         return None
-    mask = batch[2]
-    if not isinstance(mask, Tensor) or mask.dim() not in (3, 4) or mask.shape[0] != batch_size:
+    try:
+        return object_masks(batch[2], batch_size).float()
+    except (TypeError, ValueError):  # a third element that is no object mask
         return None
-    return mask if mask.dim() == 3 or mask.shape[1] == 1 else None
 
 
 def ersm_stats(layer: EnergyMask2d, object_mask: Tensor | None = None) -> dict[str, Tensor]:

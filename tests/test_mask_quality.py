@@ -169,3 +169,22 @@ def test_layer_mask_scores_of_the_hard_gate():
     assert torch.equal(scores["keep_ratio"], layer.last_keep.flatten(1).mean(1))
     assert scores["undecided"].eq(0).all()  # the executed map is binary
     torch.testing.assert_close(scores["soft_undecided"], undecided_share(soft))
+
+
+def test_object_masks_is_the_one_reader_of_batch_masks():
+    from energymask.mask_quality import object_masks
+
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[:, :, 1:3, 1:3] = 1.0
+    out = object_masks(mask, batch=2, size=(4, 4))
+    assert out.dtype == torch.bool and out.shape == (2, 4, 4) and out.sum() == 8
+    assert torch.equal(object_masks(mask[:, 0]), out)  # (B, H, W) as well
+    with pytest.raises(ValueError, match=r"object_mask must have shape \(B, H, W\) or "
+                                         r"\(B, 1, H, W\) with B = 3, but got \(2, 4, 4\)"):
+        object_masks(mask, batch=3)
+    with pytest.raises(ValueError, match=r"with \(H, W\) = \(8, 8\), but got \(2, 4, 4\)"):
+        object_masks(mask, size=(8, 8))
+    with pytest.raises(ValueError, match=r"or \(B, 1, H, W\), but got \(2, 2, 4, 4\)"):
+        object_masks(torch.zeros(2, 2, 4, 4))
+    with pytest.raises(TypeError, match=r"object_mask must be a tensor, but got list"):
+        object_masks([[0.0]])
