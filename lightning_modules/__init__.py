@@ -17,6 +17,7 @@ from .datamodules import (
 from .ersm_callback import ERSMCallback
 from .mask_logger import MaskLoggerCallback
 from .pbedropout_callback import PBEDropoutCallback
+from .random_state import RandomState
 
 __all__ = [
     "CIFAR10DataModule",
@@ -27,6 +28,7 @@ __all__ = [
     "ImageClassifier",
     "MaskLoggerCallback",
     "PBEDropoutCallback",
+    "RandomState",
     "TensorDataModule",
     "load_for_inference",
     "read_checkpoint",

@@ -20,6 +20,7 @@ from typing_extensions import override
 from energymask.surgery import insert_after, insertable_names, inserted_layers, last_spatial_block
 
 from ._compat import Callback, package_of
+from .random_state import warn_if_not_resumable
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -171,6 +172,10 @@ class InsertingCallback(Callback):
 
         self._wrap(pl_module, "on_load_checkpoint", on_load_checkpoint)
         self.after_insert(trainer, pl_module)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        warn_if_not_resumable(trainer)  # once per Trainer, whichever callback comes first
 
     def _wrap(self, pl_module: pl.LightningModule, hook: str, fn: Callable) -> None:
         """Replace ``pl_module.<hook>`` by ``fn`` on the instance, until ``teardown``."""
