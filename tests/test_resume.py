@@ -11,7 +11,7 @@ subprocess (this file run as a script), which kills itself with SIGKILL at a
 fixed batch of epoch 2, so the test does not depend on timing. ``last.ckpt`` is
 written at each epoch's end (resume at an epoch boundary) or after every step
 (resume mid-epoch). A plain ``DataLoader`` cannot be resumed exactly: the
-plugin says so once, at fit start.
+plugin says so once, at fit start (tests/test_random_state.py).
 """
 
 from __future__ import annotations
@@ -23,13 +23,12 @@ import random
 import signal
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*val_dataloader.*no `validation_step`"),
               pytest.mark.filterwarnings("ignore:The dirpath has changed"),
@@ -151,29 +150,6 @@ def test_killed_run_resumes_bit_for_bit(tmp_path_factory, package, pbedropout, w
     for key, slot in expected_optimizer["state"].items():
         torch.testing.assert_close(optimizer["state"][key]["momentum_buffer"],
                                    slot["momentum_buffer"], rtol=0, atol=0, msg=str(key))
-
-
-@pytest.mark.parametrize("package", ["pytorch_lightning", "lightning.pytorch"])
-def test_a_plain_dataloader_is_named_once_at_fit_start(package):
-    from energymask.lightning_modules import ERSMCallback
-
-    L, Net, _ = _classes(package)
-
-    class WithLoader(Net):
-        def train_dataloader(self):
-            return DataLoader(Augmented(), batch_size=BATCH_SIZE, shuffle=True)
-
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False, limit_train_batches=1,
-                        callbacks=[ERSMCallback("features.1"), ERSMCallback("features.3")])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trainer.fit(WithLoader())
-    named = [w for w in caught if "cannot be resumed exactly" in str(w.message)]
-    assert len(named) == 1, [str(w.message) for w in caught]
-    assert "DataLoader" in str(named[0].message)
-    assert "ResumableLoader" in str(named[0].message)
 
 
 if __name__ == "__main__":  # the run to kill: ROOT PACKAGE EVERY_N_TRAIN_STEPS PBEDROPOUT WORKERS

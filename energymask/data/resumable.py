@@ -77,9 +77,10 @@ def seeded_generators(seed: int) -> Iterator[None]:
     CUDA generators are left alone (data loading draws on the CPU).
     """
     saved = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    words = np.random.SeedSequence(seed).generate_state(4, np.uint32)  # 3 unrelated streams
     torch.default_generator.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
+    random.seed(int(words[0]) | int(words[1]) << 32)
+    np.random.seed(words[2:])
     try:
         yield
     finally:
