@@ -115,6 +115,16 @@ class ERSMCallback(InsertingCallback):
         return make_ersm(channels, self._settings)
 
     @override
+    def check_grid(self, name: str, grid: tuple[int, int]) -> None:
+        token = self._settings.get("token_size", 1)
+        if grid[0] % token or grid[1] % token:
+            raise ValueError(
+                f"token_size={token} does not fit the {grid[0]}x{grid[1]} feature map after "
+                f"{name!r}: a token must divide its height and width (at most "
+                f"{min(grid)}); pick a divisor or another layer"
+            )
+
+    @override
     def after_insert(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not pl_module.automatic_optimization:
             raise ValueError(

@@ -328,3 +328,12 @@ def test_insertion_is_logged_once_over_two_fits(caplog):
     inserted = [r for r in caplog.records if "inserted" in r.getMessage()]
     assert [r.getMessage() for r in inserted] == [
         "ERSMCallback: inserted EnergyMask2d after features.2"]
+
+
+def test_token_larger_than_the_feature_map_is_refused_before_building_the_layer():
+    cb = ERSMCallback("features.2", token_size=100_000)  # no 1.6e11-weight probe layer either
+    with pytest.raises(ValueError, match=r"token_size=100000 does not fit the 4x4 feature map "
+                                         r"after 'features.2': .*\(at most 4\)"):
+        trainer(callbacks=[cb]).fit(Net(), loader())
+    with pytest.raises(ValueError, match=r"token_size=3 does not fit the 4x4 feature map"):
+        trainer(callbacks=[ERSMCallback("features.2", token_size=3)]).fit(Net(), loader())
