@@ -179,7 +179,7 @@ class InsertingCallback(Callback):
         )  # a second fit / validate on the same module
         if not already:
             names, picked = self._resolve(pl_module)
-            self._check_grids(pl_module, names)
+            self.check_grids(pl_module, names)
             try:
                 self._layers = insert_after(pl_module, names, lambda _n, c: self.make_layer(c),
                                             example_input=example_input(pl_module))
@@ -254,8 +254,10 @@ class InsertingCallback(Callback):
         """Subclass hook: raise ``ValueError`` when the settings do not fit the
         ``(H, W)`` feature map after block ``name``; called before any layer is built."""
 
-    def _check_grids(self, pl_module: pl.LightningModule, names: list[str]) -> None:
-        """:meth:`check_grid` for each block, from a forward of the example input (if any)."""
+    def check_grids(self, pl_module: pl.LightningModule, names: list[str] | None = None) -> None:
+        """:meth:`check_grid` for each block (default: the named ones), from a forward of
+        ``pl_module.example_input_array`` (nothing to check without one)."""
+        names = names if names is not None else self._requested or []
         x = example_input(pl_module)
         if x is None or type(self).check_grid is InsertingCallback.check_grid:
             return

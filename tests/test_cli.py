@@ -219,6 +219,15 @@ def test_train_input_errors(tmp_path, capsys):
            "--weights loads torchvision / timm weights, but --backbone is 'small_cnn'")
     _fails(capsys, ["train", *TINY, "--frozen-backbone", "--ersm", "layer2"], "train",
            "does not combine with --ersm")
+    _fails(capsys, ["train", *TINY, "--ersm", "layer2", "--ersm-token-size", "100000", "--out",
+                    tmp_path / "r"], "train",  # 1.6e11 weights if built: refused before
+           "token_size=100000 does not fit the 16x16 feature map after 'model.backbone.layer2'")
+    tree = write_image_tree(tmp_path / "tree", per_class=4, side=8)
+    _fails(capsys, ["train", "--data", "image-folder", "--data-dir", tree, "--image-size", "4",
+                    "--out", tmp_path / "r"], "train",
+           "--image-size 4: the backbone's feature map vanishes for images of 4x4 (Given input "
+           "size: (64x1x1). Calculated output size: (64x0x0). Output size is too small); it "
+           "needs images of at least 8x8")
     assert not (tmp_path / "r").exists()
 
 

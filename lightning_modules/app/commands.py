@@ -118,6 +118,13 @@ def _build(spec: dict[str, Any], weights: bool = True):
         callbacks.append(PBEDropoutCallback(layers, **pb))
         spec["pbedropout"]["layers"] = layers
     module = ImageClassifier(model, dm.num_classes, lr=t["lr"], max_epochs=t["epochs"])
+    dm.setup("fit")  # the image shape; checks before anything large is built
+    option = f"--image-size {spec['data']['image_size']}" if "image_size" in spec["data"] else (
+        f"--data {spec['data'].get('name')}")
+    module.example_input_array = _runs.example_images(model, tuple(dm.train_set[0][0].shape),
+                                                      option)
+    for callback in callbacks:  # e.g. an ERSM token larger than the feature map
+        callback.check_grids(module)
     return module, callbacks, dm
 
 
