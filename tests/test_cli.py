@@ -254,6 +254,27 @@ def test_not_a_run(tmp_path, run_dir, capsys):
            "--num-samples must be >= 1")
 
 
+def test_edited_run_and_evaluation_files(tmp_path, run_dir, capsys):
+    spec = json.loads((run_dir / "run.json").read_text())
+    del spec["model"]
+    (tmp_path / "run.json").write_text(json.dumps(spec))
+    _fails(capsys, ["evaluate", "--run", tmp_path], "evaluate",
+           "run.json' lacks the entries ['model'] that `energymask train` writes")
+    run = tmp_path / "copy"
+    run.mkdir()
+    for name in ("run.json", "model.ckpt"):
+        shutil.copy(run_dir / name, run / name)
+    for evaluation, problem in (
+            ("[1, 2]", "a list, not an object"),
+            ('{"accuracy": "high"}', "no number under 'accuracy'"),
+            ('{"accuracy": 0.5, "deletion": {"layer2": {"auc": 1}}}', "'deletion' is not a"),
+            ('{"accuracy": 0.5, "occlusion": {"random": [0.1]}}', "'occlusion' is not a"),
+            ("{", "not valid JSON")):
+        (run / "evaluation.json").write_text(evaluation)
+        _fails(capsys, ["plot", "--run", run], "plot",
+               f"evaluation.json' is not an evaluation.json of `energymask evaluate`: {problem}")
+
+
 def test_real_bugs_are_not_hidden(monkeypatch):
     def broken(args):
         raise RuntimeError("a bug")

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 __all__ = ["EpochSampler", "ResumableLoader", "SeededItems", "epoch_seed", "item_seed",
            "seeded_generators"]
@@ -74,9 +74,15 @@ def seeded_generators(seed: int) -> Iterator[None]:
     """Seed torch's global CPU generator, Python's ``random`` and ``np.random`` with
     ``seed`` for the block, then put back their previous states.
 
-    CUDA generators are left alone (data loading draws on the CPU).
+    CUDA generators are left alone (data loading draws on the CPU). In a
+    DataLoader worker the states are not put back: nothing there draws between
+    two items that is not seeded again, and saving and restoring NumPy's state is
+    most of the cost (about 0.4 of 0.55 ms per item on the shared CI machine;
+    ``benchmarks/bench_item_seeding.py`` prints it).
     """
-    saved = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    in_worker = get_worker_info() is not None
+    saved = None if in_worker else (torch.get_rng_state(), random.getstate(),
+                                     np.random.get_state())
     words = np.random.SeedSequence(seed).generate_state(4, np.uint32)  # 3 unrelated streams
     torch.default_generator.manual_seed(seed)
     random.seed(int(words[0]) | int(words[1]) << 32)
@@ -84,9 +90,10 @@ def seeded_generators(seed: int) -> Iterator[None]:
     try:
         yield
     finally:
-        torch.set_rng_state(saved[0])
-        random.setstate(saved[1])
-        np.random.set_state(saved[2])
+        if saved is not None:
+            torch.set_rng_state(saved[0])
+            random.setstate(saved[1])
+            np.random.set_state(saved[2])
 
 
 class SeededItems(Dataset):
@@ -233,3 +240,4 @@ class ResumableLoader(DataLoader):
                              f"but got {sorted(state_dict)}")
         self._resume = {k: int(v) for k, v in state_dict.items()}
         self._position = dict(self._resume)
+

@@ -263,6 +263,16 @@ def read_run(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return folder, spec
 
 
+def require_entries(folder: Path, spec: dict[str, Any]) -> None:
+    """Refuse a ``run.json`` without the ``data``, ``model`` and ``training`` entries."""
+    missing = [k for k in ("data", "model", "training") if not isinstance(spec.get(k), dict)]
+    if not missing and not isinstance(spec["model"].get("backbone"), str):
+        missing = ["model.backbone"]
+    if missing:
+        raise ValueError(f"{str(folder / RUN_FILE)!r} lacks the entries {missing} that "
+                         "`energymask train` writes (edited or written by another program?)")
+
+
 def sha256(path: Path) -> str:
     """The SHA-256 of the file ``path``, in hex."""
     digest = hashlib.sha256()
