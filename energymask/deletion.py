@@ -41,6 +41,7 @@ from energymask.evaluation import (
     loader_length,
     progress_bar,
     split_batch,
+    to_model_device,
 )
 from energymask.orderings import check_orderings, compute_scores
 from energymask.split import CannotSplit, Split, split_at
@@ -278,6 +279,7 @@ def deletion_curve(
             if y.shape[0] == 0:
                 bar.update(len(named))
                 continue
+            x = to_model_device(model, x)
             if runner is None:
                 runner = _runner(model, name, ersm, x, method)
             features, logits = runner.start(x)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from energymask.ersm import energy_mask_layers
-from energymask.mask_quality import mask_scores
+from energymask.mask_quality import layer_mask_scores
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -149,6 +149,15 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def to_model_device(model: nn.Module, x: Tensor) -> Tensor:
+    """``x`` on the model's device (:func:`model_device`), as :func:`evaluate` moves its batches.
+
+    The robustness tools call it on every batch, so a CUDA model takes a loader of
+    CPU batches.
+    """
+    return x.to(model_device(model))
+
+
 @dataclass
 class Evaluation:
     """Result of :func:`evaluate`.
@@ -221,7 +230,7 @@ def _evaluate(
             total += y.shape[0]
             obj = extra.to(device) if isinstance(extra, Tensor) and extra.dim() >= 3 else None
             for name, layer in layers.items():
-                _add_scores(sums[name], mask_scores(layer.last_keep, obj))
+                _add_scores(sums[name], layer_mask_scores(layer, obj))
     if total == 0:
         raise ValueError("loader yielded no sample (no batch, or only empty batches)")
     masks = {

@@ -35,6 +35,7 @@ from energymask.evaluation import (
     loader_length,
     progress_bar,
     split_batch,
+    to_model_device,
 )
 
 __all__ = ["OcclusionResult", "occlude", "occlusion_robustness"]
@@ -175,7 +176,7 @@ def occlusion_robustness(
                 gen = torch.Generator().manual_seed(seed + i)
                 xo = occlude(x, f, patch_size, placement, fill, mask, gen)
                 for name, model in models.items():
-                    pred = model(xo).argmax(-1).cpu()
+                    pred = model(to_model_device(model, xo)).argmax(-1).cpu()
                     correct[name][j] += (pred == y.cpu()).sum()
             total += y.shape[0]
     if n_batches == 0:

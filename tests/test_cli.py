@@ -66,6 +66,7 @@ def test_python_m_energymask_help():
     (["train", "--bogus"], "unrecognized arguments: --bogus"),
     ([], "required: COMMAND"),
     (["evaluate"], "one of the arguments --run --checkpoint is required"),
+    (["train", "--ersm-gate", "sharp"], "argument --ersm-gate: invalid choice: 'sharp'"),
 ])
 def test_usage_errors_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -15,6 +15,7 @@ from energymask.evaluation import (
     evaluate,
     progress_bar,
     split_batch,
+    to_model_device,
 )
 from energymask.mask_quality import mask_quality
 
@@ -127,3 +128,9 @@ def test_progress_bar(capsys):
     with progress_bar(3, "shown", progress=True) as bar:
         bar.update(3)
     assert "shown" in capsys.readouterr().err
+
+
+def test_to_model_device_follows_the_first_parameter_or_buffer():
+    x = torch.ones(2, 3)
+    assert to_model_device(nn.Linear(3, 2, device="meta"), x).device.type == "meta"
+    assert to_model_device(nn.ReLU(), x) is x  # no parameters: cpu, already there

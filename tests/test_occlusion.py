@@ -98,3 +98,28 @@ def test_empty_batches():
     assert got.accuracy == ref.accuracy and got.num_samples == ref.num_samples == 10
     with pytest.raises(ValueError, match="yielded 2 batches, all empty"):
         occlusion_robustness(model, [empty, empty])
+
+
+class DeviceStem(torch.nn.Module):
+    """Stands in for a CUDA model: its parameter, the model's first, sits on ``device``
+    (``meta``); it records where its input arrives and hands the CPU rest zeros."""
+
+    def __init__(self, device):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.empty(0, device=device))
+        self.seen = set()
+
+    def forward(self, x):
+        self.seen.add(x.device.type)
+        return torch.zeros(x.shape)
+
+
+def test_batches_go_to_the_models_device():
+    dl, _, _ = _data()
+    results = {}
+    for device in ("meta", "cpu"):
+        stem = DeviceStem(device)
+        model = torch.nn.Sequential(stem, _model()).eval()
+        results[device] = occlusion_robustness(model, dl, fractions=(0, 0.5), patch_size=6)
+        assert stem.seen == {device}  # CPU batches moved to the model's device
+    assert results["meta"].accuracy == results["cpu"].accuracy

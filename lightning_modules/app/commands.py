@@ -73,7 +73,7 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
                      "seed": args.seed},
     }
     ersm = {k: getattr(args, f"ersm_{k}")
-            for k in ("lam", "gamma", "temperature", "token_size", "bias_init")}
+            for k in ("lam", "gamma", "temperature", "token_size", "bias_init", "gate")}
     if args.ersm or args.frozen_backbone:
         spec["ersm"] = {"layers": args.ersm or [], **ersm}
     if args.pbedropout:
