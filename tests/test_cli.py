@@ -223,6 +223,9 @@ def test_train_input_errors(tmp_path, capsys):
     _fails(capsys, ["train", *TINY, "--ersm", "layer2", "--ersm-token-size", "100000", "--out",
                     tmp_path / "r"], "train",  # 1.6e11 weights if built: refused before
            "token_size=100000 does not fit the 16x16 feature map after 'model.backbone.layer2'")
+    _fails(capsys, ["train", *TINY, "--frozen-backbone", "--ersm-token-size", "100000", "--out",
+                    tmp_path / "r"], "train",
+           "token_size=100000 does not fit the 8x8 feature map of the backbone")
     tree = write_image_tree(tmp_path / "tree", per_class=4, side=8)
     _fails(capsys, ["train", "--data", "image-folder", "--data-dir", tree, "--image-size", "4",
                     "--out", tmp_path / "r"], "train",

@@ -91,7 +91,7 @@ def _build(spec: dict[str, Any], weights: bool = True):
     import pytorch_lightning as pl
 
     from ..classifier import FrozenBackboneERSM, ImageClassifier
-    from ..ersm_callback import ERSMCallback
+    from ..ersm_callback import ERSMCallback, check_token_fits
     from ..pbedropout_callback import PBEDropoutCallback
     from .backbones import build_backbone
 
@@ -101,8 +101,14 @@ def _build(spec: dict[str, Any], weights: bool = True):
     m.update(in_channels=dm.in_channels, num_classes=dm.num_classes)
     path = m["weights"] if weights else None
     ersm = {k: v for k, v in spec.get("ersm", {}).items() if k != "layers"}
+    dm.setup("fit")  # the image shape; checks before anything large is built
+    shape = tuple(dm.train_set[0][0].shape)
+    option = f"--image-size {spec['data']['image_size']}" if "image_size" in spec["data"] else (
+        f"--data {spec['data'].get('name')}")
     if m["frozen_backbone"]:
         net, channels = build_backbone(m["backbone"], dm.in_channels, path)
+        grid = _runs.output_grid(net, _runs.example_images(net, shape, option))
+        check_token_fits(ersm.get("token_size", 1), "of the backbone", grid)
         module = FrozenBackboneERSM(net, channels, dm.num_classes, lr=t["lr"],
                                     max_epochs=t["epochs"], **ersm)
         return module, [], dm
@@ -118,11 +124,7 @@ def _build(spec: dict[str, Any], weights: bool = True):
         callbacks.append(PBEDropoutCallback(layers, **pb))
         spec["pbedropout"]["layers"] = layers
     module = ImageClassifier(model, dm.num_classes, lr=t["lr"], max_epochs=t["epochs"])
-    dm.setup("fit")  # the image shape; checks before anything large is built
-    option = f"--image-size {spec['data']['image_size']}" if "image_size" in spec["data"] else (
-        f"--data {spec['data'].get('name')}")
-    module.example_input_array = _runs.example_images(model, tuple(dm.train_set[0][0].shape),
-                                                      option)
+    module.example_input_array = _runs.example_images(model, shape, option)
     for callback in callbacks:  # e.g. an ERSM token larger than the feature map
         callback.check_grids(module)
     return module, callbacks, dm

@@ -156,6 +156,17 @@ def example_images(model: nn.Module, shape: tuple[int, ...], option: str) -> tor
     return torch.zeros(1, *shape)
 
 
+def output_grid(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """``(H, W)`` of ``model(x)`` (a backbone's feature map), in eval mode without gradients."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    finally:
+        model.train(was_training)
+    return int(out.shape[-2]), int(out.shape[-1])
+
+
 def prepare_out(path: str | Path) -> Path:
     """Create the folder ``path`` and check that a file can be written in it."""
     path = Path(path)
