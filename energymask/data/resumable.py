@@ -197,7 +197,8 @@ class ResumableLoader(DataLoader):
         sampler = kwargs.get("sampler", args[2] if len(args) > 2 else None)
         if isinstance(sampler, EpochSampler):
             dataset = SeededItems(dataset, sampler.seed)
-            if kwargs.get("generator") is None:  # else the base seed advances the global one
+            if kwargs.get("generator") is None and len(args) < 12:  # 12th: generator
+                # without one, each pass's base seed for the workers is a global draw
                 kwargs["generator"] = torch.Generator()
         super().__init__(dataset, *args, **kwargs)
         if isinstance(self.sampler, EpochSampler) and self.batch_size is None:
