@@ -44,25 +44,27 @@ _POINTER = {
 
 
 class Case(NamedTuple):
-    """One realistic call: ``kind`` ("ersm" or "potts"), its shape and dtype name."""
+    """One realistic call: ``kind`` ("ersm" or "potts"), its shape, dtype name and, for
+    ERSM, the layouts recorded ("nchw", "channels_last" or "both")."""
 
     kind: str
     shape: tuple[int, ...]
     dtype: str
+    layout: str = "both"
 
 
 def cases(full: bool) -> Iterator[Case]:
     """ERSM: B = 64, C 64..2048, maps 7..56, p 1 and 2. Potts: grids 4..128, K up to 32.
 
     ``full=False`` is the representative subset run by the test suite: per
-    dtype, the two ERSM tiles (many channels at 7x7: BLOCK_S = 8; a wide map:
-    BLOCK_S = 64) and the two Potts tiles (small grids: many planes per
-    program; 128x128: chunks of 1024 sites).
+    dtype, ERSM many channels at 7x7 in channels-last (5 channel splits) and a
+    wide map in NCHW (128-token rows), and the two Potts tiles (small grids:
+    many planes per program; 128x128: chunks of 1024 sites).
     """
     if not full:
         for dtype in DTYPES:
-            yield Case("ersm", (64, 2048, 7, 7, 1), dtype)
-            yield Case("ersm", (64, 256, 56, 56, 2), dtype)
+            yield Case("ersm", (64, 2048, 7, 7, 1), dtype, "channels_last")
+            yield Case("ersm", (64, 256, 56, 56, 2), dtype, "nchw")
             yield Case("potts", (32, 8, 64, 8, 8), dtype)
             yield Case("potts", (32, 8, 64, 128, 128), dtype)
         return
@@ -94,7 +96,10 @@ def record(case: Case, full: bool = True) -> list[Launch]:
             nchw = torch.empty(bsz, c * p * p, h // p, w // p, dtype=dtype, **meta)
             weight = torch.empty(c * p * p, **meta)
             tokens = torch.empty(bsz, h // p, w // p, **meta)
-            for x in (nchw, nchw.to(memory_format=torch.channels_last)):
+            layouts = {"nchw": nchw, "channels_last": nchw.to(memory_format=torch.channels_last)}
+            for name, x in layouts.items():
+                if case.layout not in ("both", name):
+                    continue
                 for bias in (tokens[0], torch.empty((), **meta))[: 2 if full else 1]:
                     out, z, keep, _, _, r, sim = ersm_triton.forward(x, weight, bias, 1e-3, 1e-3,
                                                                      1.0)  # fmt: skip

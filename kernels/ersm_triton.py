@@ -533,10 +533,10 @@ def ersm_energy(
     x: Tensor,
     weight: Tensor,
     bias: Tensor,
-    token_size: int = 1,
-    lam: float = 1e-3,
-    gamma: float = 1e-3,
-    temperature: float = 1.0,
+    token_size: int,
+    lam: float,
+    gamma: float,
+    temperature: float,
 ) -> ErsmEnergy:
     """Triton version of :func:`energymask.kernels.reference.ersm_energy` (same signature)."""
     tokens = F.pixel_unshuffle(x, token_size) if token_size > 1 else x

@@ -18,6 +18,7 @@ from .ersm_callback import ERSMCallback
 from .mask_logger import MaskLoggerCallback
 from .pbedropout_callback import PBEDropoutCallback
 from .random_state import RandomState
+from .robustness_callback import RobustnessResults, RobustnessTests
 
 __all__ = [
     "CIFAR10DataModule",
@@ -29,6 +30,8 @@ __all__ = [
     "MaskLoggerCallback",
     "PBEDropoutCallback",
     "RandomState",
+    "RobustnessResults",
+    "RobustnessTests",
     "TensorDataModule",
     "load_for_inference",
     "read_checkpoint",

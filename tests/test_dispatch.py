@@ -212,7 +212,7 @@ def test_ersm_backend_on_cpu_is_the_reference_unless_forced():
 
 def test_compile_backend_runs_the_compiled_reference_and_falls_back(monkeypatch):
     monkeypatch.setattr(kernels, "_compiled_ersm", lambda: lambda *a: "compiled")
-    args = (torch.ones(1, 2, 3, 3), torch.ones(2), torch.tensor(0.0))
+    args = (torch.ones(1, 2, 3, 3), torch.ones(2), torch.tensor(0.0), 1, 1e-3, 1e-3, 1.0)
     with kernels.use_backend("compile"):
         assert kernels.ersm_energy(*args) == "compiled"
 

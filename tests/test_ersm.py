@@ -555,3 +555,28 @@ def test_bad_keep_target(value, error, match):
     with pytest.raises(error, match=match):
         energy_mask_2d(torch.randn(1, 1, 2, 2), torch.ones(1), torch.tensor(0.0),
                        keep_target=value)
+
+
+def test_hard_gate_on_the_triton_kernels_equals_the_reference():
+    """Ours applies on the kernel's keep map: same output, regulariser and gradients
+    with the Triton kernels (interpreter on CPU) as with the PyTorch reference."""
+    pytest.importorskip("triton")
+    from energymask.kernels import use_backend
+
+    torch.manual_seed(0)
+    layer = EnergyMask2d(3, bias_init=0.0, gate="hard", keep_target=0.3)
+    x = torch.randn(2, 3, 5, 4, requires_grad=True)
+
+    def run():
+        out = layer(x)
+        loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum()
+        loss = loss + layer.pop_regularizer()
+        return out, loss, torch.autograd.grad(loss, (x, layer.weight, layer.bias))
+
+    want = run()
+    with use_backend("triton"):
+        got = run()
+    assert torch.equal(got[0], want[0])  # the same binary mask
+    torch.testing.assert_close(got[1], want[1])
+    for g, w in zip(got[2], want[2], strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)

@@ -44,6 +44,9 @@ def test_every_kernel_compiles_for_sm80_and_sm90_without_spills(tmp_path):
             pointers = set().union(*(r["pointers"] for r in rows
                                      if r["kernel"] == kernel and r["cc"] == cc))  # fmt: skip
             assert {"*fp32", "*bf16", "*fp16"} <= pointers, (kernel, cc, pointers)
+    for kernel in {k for k in kernels if k.startswith("_ersm")}:
+        unit_strides = {("stride_d" in r, "stride_s" in r) for r in rows if r["kernel"] == kernel}
+        assert unit_strides == {(True, False), (False, True)}, kernel  # channels-last and NCHW
     assert all(r["spill_bytes"] == 0 and r["registers"] <= 255 for r in rows)
 
 

@@ -100,6 +100,24 @@ def test_empty_batches():
         occlusion_robustness(model, [empty, empty])
 
 
+def test_occlusion_hits_seeded_per_image_equal_batches_of_one():
+    from energymask.occlusion import occlusion_hits
+
+    model = _model()
+    _, x, y = _data()
+    x, y = x[:5], y[:5]
+    seeds = torch.arange(5) + 3
+    with torch.no_grad():
+        hits = occlusion_hits({"m": model}, x, y, None, [0.0, 0.5], 8, "random", "noise", seeds)
+        assert hits["m"].shape == (2, 5) and hits["m"].dtype == torch.bool
+        for b in range(5):  # the plain function's per-batch seed on a batch of one image
+            alone = occlusion_hits({"m": model}, x[b : b + 1], y[b : b + 1], None, [0.0, 0.5], 8,
+                                   "random", "noise", 3 + b)
+            assert torch.equal(alone["m"][:, 0], hits["m"][:, b])
+        with pytest.raises(ValueError, match="patch_size must be <= the image size"):
+            occlusion_hits({"m": model}, x, y, None, [0.5], 999, "random", "zero", 0)
+
+
 class DeviceStem(torch.nn.Module):
     """Stands in for a CUDA model: its parameter, the model's first, sits on ``device``
     (``meta``); it records where its input arrives and hands the CPU rest zeros."""
