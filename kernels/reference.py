@@ -5,7 +5,7 @@ here (``tests/test_ersm_triton.py``, ``tests/test_potts_triton.py``). They are
 vectorised, not loops, and they are the CPU path of the public entry points
 and the fallback of a Triton kernel that fails. PB-EDropout's sampler on CPU
 runs the same Potts model in the site layout of :mod:`energymask.kernels.lattice`
-(one matmul per colour), checked against these.
+(a 4-neighbour gather per colour), checked against these.
 
 - ``ersm_energy``: the ERSM token energy of docs/design.md §3 (Devynck et al.,
   "Energy-Regularized Spatial Masking", IJCAI 2026, arXiv 2604.06893), and

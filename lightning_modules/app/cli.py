@@ -184,6 +184,16 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--patch-size", type=int, metavar="N", default=8,
                    help="occluding patch side in pixels (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t = p.add_argument_group("on Lightning's Trainer (RobustnessTests in trainer.test)")
+    t.add_argument("--devices", type=int, metavar="N",
+                   help="evaluate on N devices (processes) with trainer.test; the results are "
+                   "those of one process over the whole set (default: without --devices, "
+                   "--strategy and --accelerator, one process and no Trainer)")
+    t.add_argument("--strategy", default="auto", metavar="NAME",
+                   help="with --devices: Lightning strategy, e.g. ddp, ddp_spawn "
+                   "(default: %(default)s)")
+    t.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="with --devices: Lightning accelerator (default: %(default)s)")
     p.set_defaults(func=commands.evaluate)
 
 
