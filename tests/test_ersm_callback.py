@@ -85,8 +85,8 @@ def test_automatic_layer_choice_and_logged_stats(tmp_path):
     t.fit(model, loader())
     assert list(cb.layers) == ["features.2"]  # last submodule with a 4D output
     logged = {k for k in t.logged_metrics if k.startswith("ersm/features.2/")}
-    keys = ("keep_ratio", "hard_sparsity", "relative_sparsity", "keep_gini", "entropy", "energy",
-            "reg")
+    keys = ("keep_ratio", "hard_sparsity", "relative_sparsity", "keep_gini", "entropy",
+            "undecided", "soft_undecided", "energy", "reg")
     assert logged == {f"ersm/features.2/{key}" for key in keys}
     assert 0 <= t.logged_metrics["ersm/features.2/keep_ratio"] <= 1
 
@@ -111,8 +111,8 @@ def test_object_scores_logged_in_training_and_validation():
     pl.seed_everything(0)
     t = trainer(callbacks=[ERSMCallback("features.2", bias_init=0.0)], num_sanity_val_steps=0)
     t.fit(MaskedNet(), masked_loader(), masked_loader())
-    scores = ("keep_ratio", "hard_sparsity", "relative_sparsity", "keep_gini", "entropy", "iou",
-              "pointing", "keep_contrast")
+    scores = ("keep_ratio", "hard_sparsity", "relative_sparsity", "keep_gini", "entropy",
+              "undecided", "soft_undecided", "iou", "pointing", "keep_contrast")
     for key in (*scores, "energy", "reg"):
         assert f"ersm/features.2/{key}" in t.logged_metrics
     val = {k for k in t.logged_metrics if k.startswith("val_ersm/")}
