@@ -23,6 +23,7 @@ _EXPORTS = {  # name -> the module that defines it (imported on first use)
     "ERSMCallback": ".ersm_callback",
     "MaskLoggerCallback": ".mask_logger",
     "PBEDropoutCallback": ".pbedropout_callback",
+    "RandomState": ".random_state",
     "RobustnessResults": ".robustness_callback",
     "RobustnessTests": ".robustness_callback",
 }
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .ersm_callback import ERSMCallback
     from .mask_logger import MaskLoggerCallback
     from .pbedropout_callback import PBEDropoutCallback
+    from .random_state import RandomState
     from .robustness_callback import RobustnessResults, RobustnessTests
 
 
@@ -53,6 +55,7 @@ __all__ = [
     "ImageClassifier",
     "MaskLoggerCallback",
     "PBEDropoutCallback",
+    "RandomState",
     "RobustnessResults",
     "RobustnessTests",
     "TensorDataModule",

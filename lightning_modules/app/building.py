@@ -83,6 +83,52 @@ def qualify_layers(model: nn.Module, in_channels: int, names: list[str], option:
     return out
 
 
+def example_images(model: nn.Module, shape: tuple[int, ...], option: str) -> torch.Tensor:
+    """``zeros(1, *shape)``, checked by one forward of ``model``.
+
+    ``ValueError`` naming ``option`` and the smallest square size (found by
+    bisection over forwards of 1 image) the backbone works on, when its feature
+    map vanishes for images of ``shape`` (C, H, W).
+    """
+    def works(h: int, w: int) -> str | None:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, shape[0], h, w))
+        except RuntimeError as err:
+            return str(err).splitlines()[0]
+        return None
+
+    was_training = model.training
+    model.eval()
+    try:
+        error = works(*shape[1:])
+        if error is not None:
+            high = next((2 ** k for k in range(1, 13) if works(2 ** k, 2 ** k) is None), None)
+            need = "no size up to 4096 works"
+            if high is not None:
+                low = high // 2  # fails (or is 1)
+                while high - low > 1:
+                    mid = (low + high) // 2
+                    low, high = (low, mid) if works(mid, mid) is None else (mid, high)
+                need = f"it needs images of at least {high}x{high}"
+            raise ValueError(f"{option}: the backbone's feature map vanishes for images of "
+                             f"{shape[1]}x{shape[2]} ({error}); {need}")
+    finally:
+        model.train(was_training)
+    return torch.zeros(1, *shape)
+
+
+def output_grid(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """``(H, W)`` of ``model(x)`` (a backbone's feature map), in eval mode without gradients."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    finally:
+        model.train(was_training)
+    return int(out.shape[-2]), int(out.shape[-1])
+
+
 def load_model(spec: dict[str, Any], checkpoint: Path) -> ImageClassifier:
     """The trained module of a run, with its inserted layers, in eval mode.
 
@@ -116,5 +162,5 @@ def checkpoint_model(checkpoint: Path) -> dict[str, Any]:
     return {"num_classes": hp["num_classes"], "frozen_backbone": "num_features" in hp}
 
 
-__all__ = ["build_datamodule", "build_model", "checkpoint_model", "default_of", "load_model",
-           "qualify_layers"]
+__all__ = ["build_datamodule", "build_model", "checkpoint_model", "default_of", "example_images",
+           "load_model", "output_grid", "qualify_layers"]

@@ -216,6 +216,16 @@ def read_run(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return folder, spec
 
 
+def require_entries(folder: Path, spec: dict[str, Any]) -> None:
+    """Refuse a ``run.json`` without the ``data``, ``model`` and ``training`` entries."""
+    missing = [k for k in ("data", "model", "training") if not isinstance(spec.get(k), dict)]
+    if not missing and not isinstance(spec["model"].get("backbone"), str):
+        missing = ["model.backbone"]
+    if missing:
+        raise ValueError(f"{str(folder / RUN_FILE)!r} lacks the entries {missing} that "
+                         "`energymask train` writes (edited or written by another program?)")
+
+
 def sha256(path: Path) -> str:
     """The SHA-256 of the file ``path``, in hex."""
     digest = hashlib.sha256()
@@ -247,5 +257,6 @@ def check_checkpoint(path: Path, expected_sha256: str | None = None) -> None:
 
 __all__ = ["CHECKPOINT", "EVALUATION", "EVALUATIONS", "FORMAT", "LAST_CHECKPOINT", "LOCK",
            "METRICS", "RUN_CONTENTS", "RUN_FILE", "atomic_replace", "check_checkpoint", "claim",
+           "require_entries",
            "failed_at_start", "holds_run", "keep_evaluation", "prepare_out", "read_run",
            "save_figure", "sha256", "temporary_path", "truncate_log", "write_atomic", "write_run"]
