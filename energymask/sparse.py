@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from energymask.kernels.sparse_rows import gather_rows, scatter_rows
 from energymask.masked_residual import MaskedBlock
 
 
@@ -97,6 +98,12 @@ def _plan(block: nn.Module) -> tuple[list[tuple[nn.Module, nn.Module]], str | No
     return pairs, None
 
 
+def _flat(rows: Tensor, grid: tuple[int, int], pad: int) -> Tensor:
+    """Row numbers of positions ``rows`` (N, 3) (b, i, j) in a (B, H+2·pad, W+2·pad, C) tensor."""
+    hp, wp = grid[0] + 2 * pad, grid[1] + 2 * pad
+    return rows[:, 0] * (hp * wp) + (rows[:, 1] + pad) * wp + (rows[:, 2] + pad)
+
+
 def _gather_conv(x_pad: Tensor, rows: Tensor, conv: FoldedConv) -> Tensor:
     """Conv outputs at N positions: ``x_pad`` (B, H+2p, W+2p, C) zero-padded, ``rows`` (N, 3) (b, i, j)."""
     b, hp, wp, c = x_pad.shape
@@ -104,11 +111,11 @@ def _gather_conv(x_pad: Tensor, rows: Tensor, conv: FoldedConv) -> Tensor:
     flat = x_pad.reshape(-1, c)
     base = rows[:, 0] * (hp * wp) + rows[:, 1] * s * wp + rows[:, 2] * s
     if k == 1:
-        taps = flat.index_select(0, base)
+        taps = gather_rows(flat, base)
     else:
         offsets = torch.arange(k, device=x_pad.device)
         offsets = (offsets[:, None] * wp + offsets[None, :]).reshape(-1)
-        taps = flat.index_select(0, (base[:, None] + offsets).reshape(-1)).reshape(len(rows), -1)
+        taps = gather_rows(flat, (base[:, None] + offsets).reshape(-1)).reshape(len(rows), -1)
     return torch.addmm(conv.bias, taps, conv.matrix)
 
 
@@ -170,21 +177,21 @@ class SparseBlock(nn.Module):
             need = _dilate(mask, branch[1].stride, (ho, wo) if len(branch) == 2 else (h, w))
             rows = need.nonzero()
             if len(branch) == 3:  # Bottleneck: 1x1 at need, 3x3 at kept, 1x1
-                h1 = torch.relu(_gather_conv(x_cl, rows, first))
+                h1 = _gather_conv(x_cl, rows, first).relu_()
                 grid = (h, w)
             else:  # BasicBlock: 3x3 (strided) at need, 3x3 at kept
-                h1 = torch.relu(_gather_conv(F.pad(x_cl, (0, 0, 1, 1, 1, 1)), rows, first))
+                h1 = _gather_conv(F.pad(x_cl, (0, 0, 1, 1, 1, 1)), rows, first).relu_()
                 grid = (ho, wo)
             buf = h1.new_zeros(b, grid[0] + 2, grid[1] + 2, h1.shape[1])
-            buf[rows[:, 0], rows[:, 1] + 1, rows[:, 2] + 1] = h1
+            scatter_rows(buf.view(-1, h1.shape[1]), _flat(rows, grid, 1), h1)
             y = _gather_conv(buf, kept, branch[1])
             if len(branch) == 3:
-                y = torch.addmm(branch[2].bias, torch.relu(y), branch[2].matrix)
+                y = torch.addmm(branch[2].bias, y.relu_(), branch[2].matrix)
             if down is None:
-                y = y + x_cl[kept[:, 0], kept[:, 1], kept[:, 2]]
+                y += gather_rows(x_cl.reshape(-1, c), _flat(kept, (h, w), 0))
             else:
-                y = y + _gather_conv(x_cl, kept, down)
-            out[kept[:, 0], kept[:, 1], kept[:, 2]] = torch.relu(y)
+                y += _gather_conv(x_cl, kept, down)
+            scatter_rows(out.view(-1, c_out), _flat(kept, (ho, wo), 0), y.relu_())
         return out.permute(0, 3, 1, 2)
 
 
