@@ -1,4 +1,4 @@
-"""Masked-residual semantics: residual blocks after a hard mask run their branch only where it is one.
+"""Masked-residual semantics: blocks after a hard mask run their branch only where it is one.
 
 DynConv (Verelst & Tuytelaars, "Dynamic Convolutions: Exploiting Spatial
 Sparsity for Faster Inference", CVPR 2020, https://arxiv.org/abs/1912.03203)
@@ -214,7 +214,9 @@ def masked_residual(model: nn.Module, after: str, until: str | None = None) -> n
         ):
             strays.append(name)
     if not blocks:
-        raise ValueError(f"no residual block ({', '.join(t.__name__ for t in types)}) after {after!r}")
+        raise ValueError(
+            f"no residual block ({', '.join(t.__name__ for t in types)}) after {after!r}"
+        )
     last = names.index(blocks[-1])
     strays = [s for s in strays if names.index(s) < last]
     if strays:
@@ -255,7 +257,9 @@ def masking(model: nn.Module, mask: Tensor | None) -> Iterator[nn.Module]:
     """
     if mask is not None:
         if not isinstance(mask, Tensor):
-            raise TypeError(f"mask must be a tensor (B, H, W) or None, but got {type(mask).__name__}")
+            raise TypeError(
+                f"mask must be a tensor (B, H, W) or None, but got {type(mask).__name__}"
+            )
         if not ((mask == 0) | (mask == 1)).all():
             raise ValueError("mask values must be in {0, 1}, but got other values")
     state = mask_point(model).state

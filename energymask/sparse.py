@@ -1,4 +1,4 @@
-"""Sparse execution of a masked-residual model: residual branches computed only where the mask is one.
+"""Sparse execution of a masked-residual model: residual branches run only where the mask is one.
 
 DynConv (Verelst & Tuytelaars, CVPR 2020, https://arxiv.org/abs/1912.03203):
 token gather, the first convolution of a block on the dilated mask so that the
@@ -33,7 +33,7 @@ from energymask.masked_residual import MaskedBlock
 
 
 class FoldedConv:
-    """A conv with its BatchNorm folded: ``(k·k·C_in, C_out)`` matrix in channels-last im2col order."""
+    """A conv with its BatchNorm folded: (k·k·C_in, C_out) matrix, channels-last im2col."""
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         with torch.no_grad():
@@ -43,7 +43,9 @@ class FoldedConv:
             if conv.bias is not None:
                 bias = bias + conv.bias * scale
             k = conv.kernel_size[0]
-            self.matrix = weight.permute(2, 3, 1, 0).reshape(k * k * conv.in_channels, -1).contiguous()
+            self.matrix = (
+                weight.permute(2, 3, 1, 0).reshape(k * k * conv.in_channels, -1).contiguous()
+            )
             self.bias = bias.contiguous()
         self.kernel = k
         self.stride = conv.stride[0]
@@ -82,7 +84,9 @@ def _plan(block: nn.Module) -> tuple[list[tuple[nn.Module, nn.Module]], str | No
         if (why := _refusal(conv, bn)) is not None:
             return pairs, why
     kernels = [c.kernel_size[0] for c, _ in pairs]
-    if kernels not in ([1, 3, 1], [3, 3]) or any(c.stride[0] != 1 for c, _ in pairs[1:] if c.kernel_size[0] == 1):
+    if kernels not in ([1, 3, 1], [3, 3]) or any(
+        c.stride[0] != 1 for c, _ in pairs[1:] if c.kernel_size[0] == 1
+    ):
         return pairs, f"branch kernels {kernels} with strides {[c.stride[0] for c, _ in pairs]}"
     if kernels == [3, 3] and pairs[1][0].stride[0] != 1:
         return pairs, "second 3x3 strides"
@@ -105,7 +109,7 @@ def _flat(rows: Tensor, grid: tuple[int, int], pad: int) -> Tensor:
 
 
 def _gather_conv(x_pad: Tensor, rows: Tensor, conv: FoldedConv) -> Tensor:
-    """Conv outputs at N positions: ``x_pad`` (B, H+2p, W+2p, C) zero-padded, ``rows`` (N, 3) (b, i, j)."""
+    """Conv outputs at N positions ``rows`` (N, 3) (b, i, j) of ``x_pad`` (B, H+2p, W+2p, C)."""
     b, hp, wp, c = x_pad.shape
     s, k = conv.stride, conv.kernel
     flat = x_pad.reshape(-1, c)
@@ -131,7 +135,7 @@ def _dilate(mask: Tensor, stride: int, in_size: tuple[int, int]) -> Tensor:
 
 
 class SparseBlock(nn.Module):
-    """A :class:`MaskedBlock` executed at its mask's positions only (eval mode; dense in training)."""
+    """A :class:`MaskedBlock` run at its mask's positions only (eval; dense in training)."""
 
     def __init__(self, masked: MaskedBlock) -> None:
         super().__init__()
@@ -141,7 +145,11 @@ class SparseBlock(nn.Module):
         self._versions: tuple[int, ...] = ()
 
     def _fold(self) -> list[FoldedConv]:
-        tensors = [t for m in self.masked.block.modules() for t in (*m.parameters(False), *m.buffers(False))]
+        tensors = [
+            t
+            for m in self.masked.block.modules()
+            for t in (*m.parameters(False), *m.buffers(False))
+        ]
         versions = tuple(t._version for t in tensors) + tuple(id(t) for t in tensors)
         if self._folded is None or versions != self._versions:
             folded = [FoldedConv(c, b) for c, b in self.pairs]

@@ -1,4 +1,4 @@
-"""Given binary masks for measuring sparse execution: random tokens and blobs of an exact keep ratio.
+"""Given binary masks to measure sparse execution: random tokens, blobs; exact keep ratio.
 
 A learned ERSM mask is spatially coherent (Devynck et al., IJCAI 2026,
 https://arxiv.org/abs/2604.06893); blobs stand in for it, random tokens are the
@@ -56,7 +56,11 @@ def blob_mask(
     kernel = torch.exp(-(t**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
     noise = torch.randn(batch, 1, h, w, generator=g)
-    noise = F.conv2d(F.pad(noise, (radius, radius, 0, 0), mode="circular"), kernel.view(1, 1, 1, -1))
-    noise = F.conv2d(F.pad(noise, (0, 0, radius, radius), mode="circular"), kernel.view(1, 1, -1, 1))
+    noise = F.conv2d(
+        F.pad(noise, (radius, radius, 0, 0), mode="circular"), kernel.view(1, 1, 1, -1)
+    )
+    noise = F.conv2d(
+        F.pad(noise, (0, 0, radius, radius), mode="circular"), kernel.view(1, 1, -1, 1)
+    )
     noise = noise + 1e-6 * torch.rand(batch, 1, h, w, generator=g)  # ties broken at random
     return _top(noise[:, 0], keep)

@@ -1,4 +1,4 @@
-"""Row gather / scatter through an index, the data movement of sparse execution (docs/design.md §11).
+"""Row gather / scatter through an index: the data movement of sparse execution (design §11).
 
 ``gather_rows(src, idx)`` = ``src[idx]`` and ``scatter_rows(dst, idx, values)``
 sets ``dst[idx] = values`` in place, for (M, C) row-major matrices (a
@@ -17,7 +17,9 @@ from .dispatch import guarded, use_triton
 
 def _check(src: Tensor, idx: Tensor) -> None:
     if src.dim() != 2 or not src.is_contiguous():
-        raise ValueError(f"rows must be a contiguous (M, C) matrix, but got shape {tuple(src.shape)}")
+        raise ValueError(
+            f"rows must be a contiguous (M, C) matrix, but got shape {tuple(src.shape)}"
+        )
     if idx.dim() != 1 or idx.is_floating_point():
         raise ValueError(f"idx must be a 1D integer tensor, but got {idx.dtype} {tuple(idx.shape)}")
 
@@ -34,7 +36,7 @@ def gather_rows(src: Tensor, idx: Tensor) -> Tensor:
 
 
 def scatter_rows(dst: Tensor, idx: Tensor, values: Tensor) -> Tensor:
-    """``dst[idx] = values`` in place and return ``dst``: ``idx`` (N,) distinct, ``values`` (N, C)."""
+    """``dst[idx] = values`` in place, returns ``dst``: ``idx`` (N,) distinct, ``values`` (N, C)."""
     _check(dst, idx)
     if values.shape != (idx.shape[0], dst.shape[1]):
         raise ValueError(
@@ -44,7 +46,7 @@ def scatter_rows(dst: Tensor, idx: Tensor, values: Tensor) -> Tensor:
     if use_triton(dst):
         from . import sparse_triton
 
-        return guarded("scatter_rows",
-                       lambda: sparse_triton.scatter_rows(dst, idx.contiguous(), values.contiguous()),
+        idx, values = idx.contiguous(), values.contiguous()
+        return guarded("scatter_rows", lambda: sparse_triton.scatter_rows(dst, idx, values),
                        lambda: dst.index_copy_(0, idx, values))  # fmt: skip
     return dst.index_copy_(0, idx, values)

@@ -58,7 +58,8 @@ def gather_rows(src: Tensor, idx: Tensor) -> Tensor:
     out = torch.empty(idx.shape[0], src.shape[1], dtype=src.dtype, device=src.device)
     if idx.shape[0]:
         launch(_gather_rows, _grid(idx.shape[0], src.shape[1]),
-               (src, idx, out, idx.shape[0], src.shape[1]), BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)  # fmt: skip
+               (src, idx, out, idx.shape[0], src.shape[1]),
+               BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)  # fmt: skip
     return out
 
 
@@ -66,5 +67,6 @@ def scatter_rows(dst: Tensor, idx: Tensor, values: Tensor) -> Tensor:
     """``dst[idx] = values`` in place (distinct ``idx``); returns ``dst``."""
     if idx.shape[0]:
         launch(_scatter_rows, _grid(idx.shape[0], dst.shape[1]),
-               (dst, idx, values, idx.shape[0], dst.shape[1]), BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)  # fmt: skip
+               (dst, idx, values, idx.shape[0], dst.shape[1]),
+               BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)  # fmt: skip
     return dst
