@@ -44,7 +44,7 @@ _POINTER = {
 
 
 class Case(NamedTuple):
-    """One realistic call: ``kind`` ("ersm" or "potts"), its shape and dtype name."""
+    """One realistic call: ``kind`` ("ersm", "potts" or "sparse"), its shape and dtype name."""
 
     kind: str
     shape: tuple[int, ...]
@@ -57,8 +57,11 @@ def cases(full: bool) -> Iterator[Case]:
     ``full=False`` is the representative subset run by the test suite: per
     dtype, the two ERSM tiles (many channels at 7x7: BLOCK_S = 8; a wide map:
     BLOCK_S = 64) and the two Potts tiles (small grids: many planes per
-    program; 128x128: chunks of 1024 sites).
+    program; 128x128: chunks of 1024 sites). Sparse rows (gather / scatter,
+    fixed tiles): (N, C) = 9·1568 taps of 256 channels.
     """
+    for dtype in DTYPES:
+        yield Case("sparse", (9 * 1568, 256), dtype)
     if not full:
         for dtype in DTYPES:
             yield Case("ersm", (64, 2048, 7, 7, 1), dtype)
@@ -83,7 +86,7 @@ def record(case: Case, full: bool = True) -> list[Launch]:
     ``full``: every flag (scalar and per-position bias, with and without
     g_out; uint8 and float32 masks); otherwise the heavier of each.
     """
-    from . import ersm_triton, potts_triton
+    from . import ersm_triton, potts_triton, sparse_triton
 
     dtype = DTYPES[case.dtype]
     meta = {"device": "meta"}
@@ -98,6 +101,11 @@ def record(case: Case, full: bool = True) -> list[Launch]:
                 for g_out in (out, None)[: 2 if full else 1]:
                     ersm_triton.backward(x, weight, r, z, keep, sim, g_out, z, z, z, z,
                                          1e-3, 1e-3, 1.0, bias.dim() > 0)  # fmt: skip
+        elif case.kind == "sparse":
+            n, c = case.shape
+            rows = torch.empty(2 * n, c, dtype=dtype, **meta)
+            idx = torch.empty(n, dtype=torch.int64, **meta)
+            sparse_triton.scatter_rows(rows, idx, sparse_triton.gather_rows(rows, idx))
         else:
             k, b, c, h, w = case.shape
             unary = torch.empty(b, c, h, w, dtype=dtype, **meta)
