@@ -43,6 +43,7 @@ from energymask.evaluation import (
     split_batch,
 )
 from energymask.orderings import check_orderings, compute_scores
+from energymask.sparse import sparse_copy
 from energymask.split import CannotSplit, Split, split_at
 
 __all__ = ["DeletionResult", "deletion_curve", "insertion_curve", "find_ersm_layer"]
@@ -196,6 +197,23 @@ class _Fast(_Naive):
         return torch.cat(out)
 
 
+class _Sparse(_Naive):
+    """Scores from the model; each deletion step through its sparse copy (docs/design.md §11)."""
+
+    method = "sparse"
+
+    def __init__(self, model: nn.Module, layer: EnergyMask2d, name: str) -> None:
+        super().__init__(model, layer)
+        self.sparse_model, self.sparse_layer = sparse_copy(model, name)
+
+    def logits(self, masks: Tensor, soft: bool, _per_forward: int) -> Tensor:
+        out = []
+        for m in masks:
+            with forcing(self.sparse_layer, m, soft=soft):
+                out.append(self.sparse_model(self.x))
+        return torch.cat(out)
+
+
 def _runner(model: nn.Module, name: str, layer: EnergyMask2d, x: Tensor, method: str) -> _Naive:
     if method == "naive":
         return _Naive(model, layer)
@@ -233,6 +251,7 @@ def deletion_curve(
     mode: str = "deletion",
     perturbations_per_eval: int = 1,
     protocol: str = "binary",
+    sparse: bool = False,
 ) -> DeletionResult:
     """Accuracy after deleting (or inserting) k tokens at an ERSM layer, per ordering.
 
@@ -254,6 +273,12 @@ def deletion_curve(
         perturbations_per_eval: Captum FeatureAblation batching knob (1 on the naive path).
         protocol: ``"binary"`` (forced binary mask, the authors') or ``"soft"`` (the
             model's soft keep map, deleted tokens set to 0). Default: ``"binary"``.
+        sparse: run each step through the model's sparse masked-residual copy
+            (:func:`energymask.sparse.sparse_copy`, docs/design.md §11): the residual
+            blocks after the layer compute only at kept tokens, so a step with fewer
+            tokens costs less; a different model from the dense one (the blocks pass
+            deleted tokens on unchanged). Orderings are scored on ``model``. Binary
+            protocol only. Default: False.
 
     Returns:
         :class:`DeletionResult`.
@@ -262,6 +287,8 @@ def deletion_curve(
         ValueError: bad arguments, or a dataloader that yields no sample.
     """
     _check_args(method, mode, protocol, steps_per_forward, perturbations_per_eval)
+    if sparse and protocol != "binary":
+        raise ValueError(f"sparse=True needs protocol='binary' (a hard mask), but got {protocol!r}")
     named = check_orderings(orderings)
     name, ersm = find_ersm_layer(model, layer)
     p = ersm.token_size
@@ -279,7 +306,8 @@ def deletion_curve(
                 bar.update(len(named))
                 continue
             if runner is None:
-                runner = _runner(model, name, ersm, x, method)
+                runner = (_Sparse(model, ersm, name) if sparse
+                          else _runner(model, name, ersm, x, method))  # fmt: skip
             features, logits = runner.start(x)
             if not correct:
                 n_tokens = logits.shape[1] * logits.shape[2]

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from energymask.kernels.sparse_rows import gather_rows, scatter_rows
-from energymask.masked_residual import MaskedBlock
+from energymask.masked_residual import MaskedBlock, MaskPoint, masked_residual
 
 
 class FoldedConv:
@@ -240,3 +240,17 @@ def sparsify(model: nn.Module, warn: bool = True) -> nn.Module:
     if dense and warn:
         warnings.warn(f"sparsify: these blocks run dense: {dense}", stacklevel=2)
     return model
+
+
+def sparse_copy(model: nn.Module, layer: str) -> tuple[nn.Module, nn.Module]:
+    """``(sparse model, its ERSM layer)``: a sparse masked-residual copy of ``model``.
+
+    The mask point is the ERSM layer named ``layer``: its binary (forced or
+    hard) keep map masks every residual block after it. ``model`` is unchanged.
+    """
+    masked = masked_residual(copy.deepcopy(model), layer)
+    sparse = sparsify(masked)
+    point = sparse.get_submodule(layer)
+    if not isinstance(point, MaskPoint):
+        raise ValueError(f"layer must name the mask point, but {layer!r} is {type(point).__name__}")
+    return sparse, point.module

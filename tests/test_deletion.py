@@ -350,3 +350,25 @@ def test_result_serialises():
     assert d["protocol"] == "binary" and d["settings"]["protocol"] == "binary"
     assert '"curves"' in r.to_json()
     assert all(0.0 <= v <= 1.0 for v in r.auc.values())
+
+
+def test_sparse_steps_equal_the_dense_masked_residual_model():
+    # ERSM inside layer3: layer3.1 and layer4 compute only at kept tokens (docs/design.md §11)
+    import copy
+
+    from energymask.masked_residual import masked_residual
+
+    model = _resnet18()
+    model.layer3[0].layer.hard_inference = True  # binary in eval: the masked model's clean pass
+    dl = _data(4, 64, channels=3, batch_size=4, labels=_clean_labels(model))
+    orderings = ("energy", "magnitude", "random")  # Captum's are scored on `model` itself
+    sparse = deletion_curve(model, dl, orderings=orderings, steps=5, sparse=True)
+    dense = masked_residual(copy.deepcopy(model), "layer3.0.layer")
+    reference = deletion_curve(dense, dl, orderings=orderings, steps=5, method="naive")
+    assert sparse.settings["method"] == "sparse"
+    assert sparse.curves == reference.curves
+    assert any(len(set(c)) >= 2 for c in sparse.curves.values())
+    with pytest.raises(ValueError, match="sparse=True needs protocol='binary'"):
+        deletion_curve(model, dl, sparse=True, protocol="soft")
+    with pytest.raises(ValueError, match="no residual block"):
+        deletion_curve(_resnet18("layer4"), dl, sparse=True)
