@@ -370,3 +370,11 @@ def test_ctrl_c_then_resume_equals_a_straight_run(tmp_path, capsys):
     assert json.loads((cut / "run.json").read_text())["status"] == "complete"
     assert len(epochs) > 1
     capsys.readouterr()
+
+
+def test_evaluate_sparse_names_what_it_cannot_run(run_dir, capsys):
+    # the run's small CNN has no residual block after its ERSM layer: nothing to run sparsely
+    argv = ["evaluate", "--run", str(run_dir), "--num-samples", "4", "--steps", "2",
+            "--fractions", "0", "--no-progress", "--sparse"]
+    assert main(argv) != 0
+    assert "no residual block" in capsys.readouterr().err

@@ -268,7 +268,8 @@ def evaluate(args: argparse.Namespace) -> int:
         result["deletion"] = {
             name: deletion_curve(net, loader, layer=name, orderings=orderings, steps=args.steps,
                                  seed=args.seed, progress=progress,
-                                 protocol=args.deletion_protocol).to_dict()
+                                 protocol=args.deletion_protocol,
+                                 sparse=getattr(args, "sparse", False)).to_dict()
             for name in energy_mask_layers(net)
         }  # fmt: skip
         placements = ["random", "object"] if with_masks else ["random"]
