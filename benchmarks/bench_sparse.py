@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -38,8 +39,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import interleaved_medians, machine, write_json  # noqa: E402
 
-from energymask.masked_residual import mask_point, masked_residual, masking  # noqa: E402
-from energymask.sparse import sparsify  # noqa: E402
+from energymask.masked_residual import mask_point, masked_residual, masking, pool_mask  # noqa: E402
+from energymask.sparse import dilated_mask, sparsify  # noqa: E402
 from energymask.sparse_masks import blob_mask, random_mask  # noqa: E402
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -50,6 +51,25 @@ def _flops(fn) -> int:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         fn()
     return counter.get_total_flops()
+
+
+def gather_shares(mask: torch.Tensor, tiles=(2, 4)) -> dict[str, float]:
+    """FLOPs share of one stride-1 ResNet-50 layer3 bottleneck computed by token vs tile gather.
+
+    ``mask`` (B, 14, 14) bool at the block's grid. Token gather (ours, DynConv's):
+    the 1x1 before the 3x3 at the dilated mask, the 3x3 and the last 1x1 at the
+    mask. Tile gather (SBNet, counted, not run): every tile x tile output tile
+    holding a kept position is computed whole, the first 1x1 over the tile and
+    its 1-position halo ((tile + 2)² positions, halos computed once per tile).
+    """
+    w1, w2, w3 = 1024 * 256, 9 * 256 * 256, 256 * 1024
+    total = mask.numel() * (w1 + w2 + w3)
+    dilated = dilated_mask(mask, 1, tuple(mask.shape[-2:])).sum().item()
+    shares = {"token": (w1 * dilated + (w2 + w3) * mask.sum().item()) / total}
+    for t in tiles:
+        active = F.max_pool2d(mask[:, None].float(), t, t, ceil_mode=True).sum().item()
+        shares[f"tile{t}"] = active * (w1 * (t + 2) ** 2 + (w2 + w3) * t * t) / total
+    return shares
 
 
 def _synced(fn, device: str):
@@ -137,6 +157,8 @@ def measure(
             row["model_flops_ratio"] = flops["sparse_model"] / flops["dense_model"]
             row["model_time_ratio"] = times["sparse_model"] / times["dense_model"]
             row["top1_agrees_with_dense_masked"] = _agreement(sparse, dense_masked, mask, x)
+        if after == "layer2":
+            row["layer3_block_flops_share"] = gather_shares(pool_mask(cells, 2, (14, 14)))
         if keep <= 0.5:
             row["goal_time_held"] = row["blocks_time_ratio"] <= 1.5 * keep
             row["goal_flops_held"] = row["blocks_flops_ratio"] <= 1.2 * keep
@@ -169,6 +191,9 @@ def _print(row: dict) -> None:
             f" | model: FLOPs x{row['model_flops_ratio']:.3f} time x{row['model_time_ratio']:.3f}"
             f" top-1 agree {row['top1_agrees_with_dense_masked']:.2f}"
         )
+    if "layer3_block_flops_share" in row:
+        shares = " ".join(f"{k} {v:.2f}" for k, v in row["layer3_block_flops_share"].items())
+        line += f" | layer3 block FLOPs share: {shares}"
     if "goal_time_held" in row:
         line += f" | goal time {'held' if row['goal_time_held'] else 'NOT held'}"
         line += f", FLOPs {'held' if row['goal_flops_held'] else 'NOT held'}"

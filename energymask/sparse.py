@@ -123,7 +123,7 @@ def _gather_conv(x_pad: Tensor, rows: Tensor, conv: FoldedConv) -> Tensor:
     return torch.addmm(conv.bias, taps, conv.matrix)
 
 
-def _dilate(mask: Tensor, stride: int, in_size: tuple[int, int]) -> Tensor:
+def dilated_mask(mask: Tensor, stride: int, in_size: tuple[int, int]) -> Tensor:
     """Positions (B, H, W) of a padded 3x3 conv's input grid that the outputs where ``mask`` read.
 
     Output o reads inputs stride·o − 1 .. stride·o + 1: put the mask at stride·o, max-pool 3x3.
@@ -182,7 +182,7 @@ class SparseBlock(nn.Module):
         kept = mask.nonzero()
         if len(kept):
             first = branch[0]
-            need = _dilate(mask, branch[1].stride, (ho, wo) if len(branch) == 2 else (h, w))
+            need = dilated_mask(mask, branch[1].stride, (ho, wo) if len(branch) == 2 else (h, w))
             rows = need.nonzero()
             if len(branch) == 3:  # Bottleneck: 1x1 at need, 3x3 at kept, 1x1
                 h1 = _gather_conv(x_cl, rows, first).relu_()
