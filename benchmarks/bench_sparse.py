@@ -15,6 +15,7 @@ Goal on CPU (issue 21), for keep ≤ 0.5: blocks time ≤ 1.5 × keep × dense
 checked against the keep ratio at the mask and reported as held or not.
 
     python benchmarks/bench_sparse.py [--quick] [--json PATH] [--device cuda]
+    python benchmarks/bench_sparse.py --table benchmarks/results/sparse.json   # markdown
 
 (``results/sparse.json``: ``--json benchmarks/results/sparse.json``, the full
 grid: keeps 0.1 .. 0.9, after layer2 then layer1, blob masks at batch 1 and 32
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 from pathlib import Path
 
@@ -200,13 +202,41 @@ def _print(row: dict) -> None:
     print(line, flush=True)
 
 
+def markdown(rows: list[dict]) -> str:
+    """The README table of a run's rows (``--table PATH``)."""
+    lines = [
+        "| mask after | batch | threads | mask | keep | keep at last block | blocks FLOPs "
+        "sparse/dense | blocks time sparse/dense | speed-up | model FLOPs | model time | "
+        "top-1 = dense masked |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        model = (
+            (f"{r['model_flops_ratio']:.2f}", f"{r['model_time_ratio']:.2f}",
+             f"{r['top1_agrees_with_dense_masked']:.2f}")
+            if "model_time_ratio" in r
+            else ("", "", "")
+        )  # fmt: skip
+        lines.append(
+            f"| {r['after']} | {r['batch']} | {r['threads']} | {r['mask']} | {r['keep']:.1f} | "
+            f"{r['keep_at_last_block']:.2f} | {r['blocks_flops_ratio']:.2f} | "
+            f"{r['blocks_time_ratio']:.2f} | {1 / r['blocks_time_ratio']:.2f}x | "
+            f"{model[0]} | {model[1]} | {model[2]} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 1, 1 thread, after layer2")
     parser.add_argument("--json", default=None, help="write the rows here")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--table", default=None, metavar="JSON", help="print a run's table")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())["rows"]))
+        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit(
             "bench_sparse: --device cuda needs a CUDA GPU, but torch.cuda.is_available() is "
