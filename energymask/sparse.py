@@ -170,7 +170,10 @@ class SparseBlock(nn.Module):
         b, c, h, w = x.shape
         ho, wo = -(-h // s), -(-w // s)
         mask = masked.next_mask((ho, wo))
-        fill = masked.next_fill()
+        fill = masked.state.fill  # the vector at masked positions (docs/design.md §11)
+        if down is not None:  # downsample(v) with the folded 1x1: no convolution call
+            fill = torch.addmm(down.bias[None], fill[None].to(x.dtype), down.matrix)[0]
+            masked.state.fill = fill
         x_cl = x.permute(0, 2, 3, 1)
         if not x_cl.is_contiguous():
             x_cl = x_cl.contiguous()
@@ -178,7 +181,7 @@ class SparseBlock(nn.Module):
         if down is None:
             out = x_cl.clone()
         else:
-            out = fill.to(x.dtype).expand(b, ho, wo, c_out).contiguous()
+            out = fill.expand(b, ho, wo, c_out).contiguous()
         kept = mask.nonzero()
         if len(kept):
             first = branch[0]
