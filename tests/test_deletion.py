@@ -352,6 +352,34 @@ def test_result_serialises():
     assert all(0.0 <= v <= 1.0 for v in r.auc.values())
 
 
+class DeviceStem(nn.Module):
+    """Stands in for a CUDA model: its parameter, the model's first, sits on ``device``
+    (``meta``); it records where its input arrives and hands the CPU rest zeros."""
+
+    def __init__(self, device):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.empty(0, device=device))
+        self.seen = set()
+
+    def forward(self, x):
+        self.seen.add(x.device.type)
+        return torch.zeros(x.shape)
+
+
+def test_batches_go_to_the_models_device():
+    # naive path: the fast path's split check (energymask/split.py) forces masks on the
+    # input's device, right for a model on one device, not for this two-device stand-in
+    method = "naive"
+    results = {}
+    for device in ("meta", "cpu"):
+        stem = DeviceStem(device)
+        model = nn.Sequential(stem, _inside()).eval()
+        results[device] = deletion_curve(model, _data(), orderings=("energy", "random"),
+                                         steps=3, method=method)
+        assert stem.seen == {device}  # CPU batches moved to the model's device
+    assert results["meta"].curves == results["cpu"].curves
+
+
 def test_sparse_steps_equal_the_dense_masked_residual_model():
     # ERSM inside layer3: layer3.1 and layer4 compute only at kept tokens (docs/design.md §11)
     import copy
@@ -359,7 +387,9 @@ def test_sparse_steps_equal_the_dense_masked_residual_model():
     from energymask.masked_residual import masked_residual
 
     model = _resnet18()
-    model.layer3[0].layer.hard_inference = True  # binary in eval: the masked model's clean pass
+    old = model.layer3[0].layer  # binary in eval: the masked model's clean pass
+    model.layer3[0].layer = EnergyMask2d(old.channels, old.settings, hard_inference=True).eval()
+    model.layer3[0].layer.load_state_dict(old.state_dict())
     dl = _data(4, 64, channels=3, batch_size=4, labels=_clean_labels(model))
     orderings = ("energy", "magnitude", "random")  # Captum's are scored on `model` itself
     sparse = deletion_curve(model, dl, orderings=orderings, steps=5, sparse=True)

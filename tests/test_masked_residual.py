@@ -163,9 +163,9 @@ def test_mask_from_a_forced_or_hard_ersm_layer():
     assert torch.equal(from_layer, given)
     with pytest.raises(ValueError, match="keep map is not binary"), torch.no_grad():
         model(x)
-    layer.hard_inference = True
+    model.layer2.module.layer = EnergyMask2d(layer.channels, layer.settings, hard_inference=True)
     with torch.no_grad():
-        model(x)  # 1[keep >= 0.5]: binary
+        model.eval()(x)  # 1[keep >= 0.5]: binary
 
 
 def test_refusals_name_the_problem():
@@ -198,3 +198,14 @@ def test_refusals_name_the_problem():
     with pytest.raises(ValueError, match="pooled by stride 2 has grid"):
         pool_mask(torch.ones(1, 5, 5, dtype=torch.bool), 2, (2, 2))
     assert isinstance(model.layer2, MaskPoint)
+
+
+def test_a_learned_hard_gate_masks_the_blocks_and_trains():
+    # gate="hard" (ours, docs/design.md §3): the layer's binary mask, in training too
+    model = _resnet18().train()
+    insert_after(model, ["layer2"], lambda name, c: EnergyMask2d(c, gate="hard", bias_init=0.0))
+    masked_residual(model, "layer2")
+    model(torch.randn(2, 3, 64, 64)).square().sum().backward()
+    layer = model.layer2.module.layer
+    assert set(layer.last_keep.unique().tolist()) <= {0.0, 1.0}
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
