@@ -333,6 +333,15 @@ def test_insertion_is_logged_once_over_two_fits(caplog):
         "ERSMCallback: inserted EnergyMask2d after features.2"]
 
 
+def test_token_larger_than_the_feature_map_is_refused_before_building_the_layer():
+    cb = ERSMCallback("features.2", token_size=100_000)  # no 1.6e11-weight probe layer either
+    with pytest.raises(ValueError, match=r"token_size=100000 does not fit the 4x4 feature map "
+                                         r"after 'features.2': .*\(at most 4\)"):
+        trainer(callbacks=[cb]).fit(Net(), loader())
+    with pytest.raises(ValueError, match=r"token_size=3 does not fit the 4x4 feature map"):
+        trainer(callbacks=[ERSMCallback("features.2", token_size=3)]).fit(Net(), loader())
+
+
 @pytest.mark.parametrize("package", ["lightning.pytorch", "pytorch_lightning"])
 def test_hard_gate_trains_resumes_and_is_checked_under_both_packages(package, tmp_path):
     """Ours (gate="hard"): binary masks in training, an exact resume, and a resume with the
