@@ -50,3 +50,9 @@ def test_defaults_and_round_trip():
 def test_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         EvaluationProtocol(**kwargs)
+
+
+def test_sparse_must_be_a_bool():
+    assert EvaluationProtocol(sparse=True).to_dict()["sparse"] is True
+    with pytest.raises(TypeError, match=r"sparse must be a bool, but got 1"):
+        EvaluationProtocol(sparse=1)

@@ -295,7 +295,7 @@ def _protocol(args: argparse.Namespace):
             orderings=tuple(o for o in ORDERINGS if o in BASE_ORDERINGS or o in extra),
             steps=args.steps, deletion_protocol=args.deletion_protocol,
             fractions=tuple(args.fractions), patch_size=args.patch_size,
-            batch_size=args.batch_size, seed=args.seed)
+            batch_size=args.batch_size, seed=args.seed, sparse=getattr(args, "sparse", False))
     except ValueError as err:  # name the option, not the field
         for field in ("steps", "patch_size", "batch_size", "fractions"):
             if str(err).startswith(field):
@@ -309,6 +309,9 @@ def evaluate(args: argparse.Namespace) -> int:
     protocol = _protocol(args)
     folder, module, test_set, with_masks = _load(args)
     if args.devices is not None or (args.strategy, args.accelerator) != ("auto", "auto"):
+        if protocol.sparse:
+            raise ValueError("--sparse runs in one process: drop --devices, --strategy and "
+                             "--accelerator")
         return _evaluate_on_trainer(args, protocol, folder, module, test_set, with_masks)
     with _runs.claim(folder, resume=True):
         result = {"run": str(folder), **evaluate_run(module.model, test_set, protocol,

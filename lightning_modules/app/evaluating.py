@@ -38,7 +38,8 @@ def deletion_results(net: nn.Module, test_set: Dataset, protocol: EvaluationProt
         name: deletion_curve(net, loader, layer=name, orderings=list(protocol.orderings),
                              steps=protocol.steps, seed=protocol.seed, progress=progress,
                              protocol=protocol.deletion_protocol,
-                             perturbations_per_eval=protocol.perturbations_per_eval).to_dict()
+                             perturbations_per_eval=protocol.perturbations_per_eval,
+                             sparse=protocol.sparse).to_dict()
         for name in energy_mask_layers(net)
     }  # fmt: skip
 

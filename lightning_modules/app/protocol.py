@@ -60,6 +60,9 @@ class EvaluationProtocol:
         perturbations_per_eval: Captum's batching knob; results do not depend
             on it (>= 1). Default: 16.
         seed: seed of the random ordering and of the occlusions. Default: 0.
+        sparse: each deletion step through the sparse masked-residual model
+            (``deletion_curve(sparse=True)``, docs/design.md §11; binary protocol
+            only). Default: False.
     """
 
     orderings: tuple[str, ...] = BASE_ORDERINGS
@@ -72,6 +75,7 @@ class EvaluationProtocol:
     batch_size: int = 128
     perturbations_per_eval: int = 16
     seed: int = 0
+    sparse: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "orderings", tuple(self.orderings))
@@ -95,6 +99,8 @@ class EvaluationProtocol:
                                     or samples < 1):
             raise ValueError(f"deletion_samples must be None or an int >= 1, but got "
                              f"{self.deletion_samples!r}")
+        if not isinstance(self.sparse, bool):
+            raise TypeError(f"sparse must be a bool, but got {self.sparse!r}")
         if not self.fractions or not all(0.0 <= f <= 1.0 for f in self.fractions):
             raise ValueError(f"fractions must be values in [0, 1], but got {list(self.fractions)}")
 
