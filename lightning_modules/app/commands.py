@@ -51,8 +51,11 @@ def _data_spec(args: argparse.Namespace) -> dict[str, Any]:
     else:
         data["data_dir"] = str(args.data_dir.resolve()) if args.data_dir else None
         data["normalize"] = args.normalize
+        data["val_fraction"] = args.val_fraction
         if args.data == "image-folder":
             data["image_size"] = args.image_size
+            data["bad_images"] = args.bad_images
+        data["num_workers"] = args.num_workers
     return data
 
 
@@ -242,7 +245,7 @@ def _load(args: argparse.Namespace):
     test = dm.test_set
     if args.num_samples is not None:
         test = Subset(test, range(min(args.num_samples, len(test))))
-    loader = DataLoader(test, batch_size=args.batch_size)
+    loader = DataLoader(test, batch_size=args.batch_size, num_workers=args.num_workers)
     return Path(folder), module, loader, dm.has_object_masks
 
 
