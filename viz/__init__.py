@@ -22,10 +22,15 @@ from energymask.viz.curves import (  # noqa: E402
 )
 from energymask.viz.energies import plot_energy_maps  # noqa: E402
 from energymask.viz.masks import plot_ema_masks, plot_keep_masks, plot_mask_grid  # noqa: E402
-from energymask.viz.training import plot_training_log, read_metrics_csv  # noqa: E402
+from energymask.viz.training import (  # noqa: E402
+    matching_metrics,
+    plot_training_log,
+    read_metrics_csv,
+)
 
 __all__ = [
     "curve_auc",
+    "matching_metrics",
     "plot_curves",
     "plot_ema_masks",
     "plot_energy_maps",

@@ -322,6 +322,10 @@ def _save(fig, path: Path, written: list[Path]) -> None:
     written.append(path)
 
 
+#: ``plot``'s training panels, as the demo's (those the log has).
+TRAINING_PANELS = ("loss", "acc", "keep_ratio", "hard_sparsity", "drop_rate")
+
+
 def plot(args: argparse.Namespace) -> int:
     from matplotlib.figure import Figure
 
@@ -333,17 +337,17 @@ def plot(args: argparse.Namespace) -> int:
     with _runs.claim(folder, resume=True):
         figures = _runs.prepare_out(folder / "figures")
         log = folder / _runs.METRICS
-        if log.is_file():
-            columns = viz.read_metrics_csv(log)
-            wanted = [c for c in ("train_loss", "train_acc", "val_acc") if c in columns]
-            wanted += [c for c in columns if c.endswith(("/keep_ratio", "/drop_rate"))]
+        if log.is_file():  # as the demo's: one panel per metric, train and val in it
+            wanted = viz.matching_metrics(log, TRAINING_PANELS)
             if wanted:
-                _save(viz.plot_training_log(log, metrics=tuple(wanted))[0],
-                      figures / "training.png", written)
+                fig = viz.plot_training_log(log, metrics=wanted)[0]
+                fig.suptitle(f"{folder.name}: training")
+                _save(fig, figures / "training.png", written)
         net = module.model
         batch = next(iter(loader))
         with torch.no_grad():
-            chance = 1 / net(batch[0]).shape[-1]  # the forward also fills the keep maps
+            logits = net(batch[0])  # the forward also fills the keep maps
+        chance, predicted = 1 / logits.shape[-1], logits.argmax(-1)
         evaluation = folder / _runs.EVALUATION
         if evaluation.is_file():
             result = json.loads(evaluation.read_text())
@@ -354,20 +358,24 @@ def plot(args: argparse.Namespace) -> int:
                                           deletion.items(), strict=True):
                     viz.plot_curves(DeletionResult(**d), ax=ax, title=f"deletion at {layer}",
                                     clean=result["accuracy"], chance=chance)
+                fig.suptitle(f"{folder.name}: deletion test")
                 _save(fig, figures / "deletion.png", written)
             occlusion = result.get("occlusion", {})
             if occlusion:
                 first = next(iter(occlusion.values()))
                 curves = {p: {"model": d["accuracy"]["model"]} for p, d in occlusion.items()}
-                _save(viz.plot_occlusion_placements(first["fractions"], curves,
-                                                    chance=chance)[0],
-                      figures / "occlusion.png", written)
+                fig = viz.plot_occlusion_placements(first["fractions"], curves,
+                                                    chance=chance)[0]
+                fig.suptitle(f"{folder.name}: accuracy under structured occlusion")
+                _save(fig, figures / "occlusion.png", written)
         else:
             print(f"energymask plot: no evaluation.json in {folder}: run `energymask evaluate "
                   f"--run {folder}` first for the deletion and occlusion figures")
         for name, layer in energy_mask_layers(net).items():
             fig = viz.plot_mask_grid(batch[0], layer.last_keep,
-                                     batch[2] if with_masks else None)[0]
+                                     batch[2] if with_masks else None, labels=batch[1],
+                                     predictions=predicted)[0]
+            fig.suptitle(f"{folder.name}: ERSM keep map at {name}")
             _save(fig, figures / f"masks_{name.replace('.', '_')}.png", written)
         for name, layer in net.named_modules():
             if isinstance(layer, PBEDropout2d) and layer.ema_mask.numel():

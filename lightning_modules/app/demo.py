@@ -71,7 +71,8 @@ def _figures(out: Path, dm, models: dict[str, torch.nn.Module], results: dict[st
                                 max_rows=6)
         fig.suptitle(f"{key}: ERSM keep map at {where}")
         names.append(_save(fig, fig_dir / f"masks_{key}.png"))
-        fig, _ = plot_energy_maps(layer.last_unary, layer.last_pairwise, images=x, max_rows=3)
+        fig, _ = plot_energy_maps(layer.last_unary, layer.last_pairwise, images=x, max_rows=3,
+                                  logits=layer.last_logits)
         fig.suptitle(f"{key}: ERSM energies at {where}")
         names.append(_save(fig, fig_dir / f"energies_{key}.png"))
         for protocol, deletion in deletion_results(results[key]).items():

@@ -354,12 +354,15 @@ def caption(name: str, metrics: dict[str, Any]) -> str:
     if kind == "masks":
         return (f"{key}: per test image, the image (true and predicted class, red when "
                 "wrong; red outline: the digit), the ERSM keep map on the token grid, the keep "
-                "map over the image and the image times the keep map. Keep colours use one "
-                "scale set from the data (colour bar).")
+                "map over the image and the image times the keep map. Keep colours run from "
+                "0 to 1 (colour bar), so a uniform map of keep 0.5 looks uniform.")
     if kind == "energies":
-        return (f"{key}: the input beside its unary, pairwise and total energy maps (low "
-                "energy = kept), each on its own colour scale; the outer token ring (fewer "
-                "neighbours, zero padding) is grey and left out of the scales.")
+        return (f"{key}: the input; the logit z, which alone sets the keep (keep = "
+                "sigmoid(-z / T): blue, z < 0, is kept more than half); the pairwise term P "
+                "and the total energy E = U + P, which do not set the keep but weight it in "
+                "the regulariser mean(keep · E), so a high E can sit where the keep is high. "
+                "Each map has its own colour scale; the outer token ring (fewer neighbours, "
+                "zero padding) is grey and left out of the P and E scales.")
     if kind == "deletion":
         return (f"{key}: accuracy as the ERSM layer's tokens are deleted in each ordering's "
                 "order (AUC in the legend), the model's clean test accuracy (dashed) and "
@@ -370,7 +373,8 @@ def caption(name: str, metrics: dict[str, Any]) -> str:
                 "line is chance.")
     if kind == "pbedropout":
         return ("PB-EDropout: how often each patch was kept during training (EMA of the "
-                "chosen masks), per channel, on a scale set from the data.")
+                "chosen masks), per channel, on a 0 to 1 scale; crosses mark the patches "
+                "the deterministic masks drop.")
     if kind == "training":
         return (f"{key}: training and validation loss, validation accuracy, mean keep and "
                 "hard sparsity of the ERSM layer, over epochs.")
