@@ -244,3 +244,15 @@ def test_occlusion_at_chance_for_every_model_cannot_separate():
     assert "within 0.05 of chance (0.10) at every f > 0" in v.evidence
     m["occlusion"]["object"]["frozen_ersm"] = [0.95, 0.16]  # one model above chance
     assert _verdict(m, "ERSM is robust to occlusion (object", "ersm_inside").verdict == "held"
+
+
+def test_occlusion_placements_at_their_own_fractions():
+    m = metrics()
+    m["occlusion_placements"] = {"random": [0.0, 0.5], "object": [0.0, 0.02, 0.05]}
+    m["occlusion"]["object"] = {"baseline": [0.99, 0.8, 0.5], "frozen_ersm": [0.95, 0.7, 0.4],
+                                "ersm_inside": [0.985, 0.85, 0.6]}
+    text = report.render(m, [])
+    assert "| model | f = 0.0 | f = 0.02 | f = 0.05 |" in text
+    assert "| ersm_inside | 0.985 | 0.850 | 0.600 |" in text
+    v = _verdict(m, "ERSM is robust to occlusion (object", "ersm_inside")
+    assert v.verdict == "held" and "+0.075" in v.evidence  # mean of +0.05 and +0.10

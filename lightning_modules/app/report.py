@@ -211,7 +211,7 @@ def verdicts(metrics: dict[str, Any]) -> list[Verdict]:
         for key in ersm:
             if key not in table or "baseline" not in table:
                 continue
-            f = metrics.get("occlusion_fractions") or [None] * len(_points(table[key]))
+            f = _fractions(metrics, placement) or [None] * len(_points(table[key]))
             idx = [i for i, x in enumerate(f) if x != 0.0]
             d = [_diff(_point(table[key], i), _point(table["baseline"], i)) for i in idx]
             avg = _avg_over_points(d)
@@ -256,6 +256,13 @@ def verdicts(metrics: dict[str, Any]) -> list[Verdict]:
                                f"(Δ {_fmt(d, True)}{_seeds(d)})", _rule("the difference"),
                                _count(d)))
     return out
+
+
+def _fractions(metrics: dict[str, Any], placement: str) -> list | None:
+    """The occluded fractions of ``placement``: ``occlusion_placements[placement]``, else
+    the one list ``occlusion_fractions`` of runs that used the same for both."""
+    return metrics.get("occlusion_placements", {}).get(placement) or metrics.get(
+        "occlusion_fractions")
 
 
 def _count(v) -> int:
@@ -505,13 +512,12 @@ def _occlusion_section(metrics: dict[str, Any]) -> list[str]:
     occ = metrics.get("occlusion", {})
     if not occ:
         return []
-    f = metrics.get("occlusion_fractions")
     lines = ["## Structured occlusion", "",
              f"Accuracy with a fraction f of the image covered by zero-filled "
              f"{metrics.get('occlusion_patch_size', '?')}-pixel square patches.", ""]
     for placement, table in occ.items():
         n = len(_points(next(iter(table.values()))))
-        fr = f if f else list(range(n))
+        fr = _fractions(metrics, placement) or list(range(n))
         lines += [f"Placement: {placement}", ""]
         lines += _table(("model", *(f"f = {x}" for x in fr)),
                         [(k, *(_fmt(_point(v, i)) for i in range(n))) for k, v in table.items()])
