@@ -5,7 +5,8 @@ pyplot state) or draws into the ``ax``/``axes`` given; none calls ``plt.show()``
 Save with ``fig.savefig(path)``. Needs matplotlib (``pip install 'energymask[viz]'``).
 
 Conventions shared by every figure (docs/design.md §6, "Figures and the report"):
-colour bars on keep and energy maps, scales set from the data unless given,
+colour bars on keep and energy maps, keep maps on [0, 1] (the data's range only
+when asked, and then said in the title), energy maps on their data's range,
 accuracy axes fixed to [0, 1] with clean-accuracy and chance lines, curves told
 apart by marker and line style as well as colour.
 """
