@@ -48,19 +48,29 @@ HERE = Path(__file__).resolve().parent
 # What each kernel reads and writes, by argument name (``go_ptr`` only with HAS_GO);
 # ``after``: tensors the wrapper then reads in torch (the dw and db sums).
 KERNEL_IO = {
-    "_ersm_fwd": {
+    "_ersm_fwd_tokens": {
         "reads": ("x_ptr", "w_ptr", "b_ptr"),
-        "writes": ("r_ptr", "z_ptr", "keep_ptr", "u_ptr", "sim_ptr", "p_ptr", "out_ptr"),
+        "writes": ("r_ptr", "z_ptr", "keep_ptr", "u_ptr"),
     },
-    "_ersm_bwd": {
-        "reads": ("x_ptr", "go_ptr", "w_ptr", "r_ptr", "z_ptr", "keep_ptr", "sim_ptr",
-                  "gz_ptr", "gk_ptr", "gu_ptr", "gp_ptr"),
-        "writes": ("gzt_ptr", "dx_ptr", "dw_ptr"),
+    "_ersm_fwd_pairs": {
+        "reads": ("x_ptr", "r_ptr", "keep_ptr"),
+        "writes": ("simp_ptr", "out_ptr"),
+        "after": ("simp_ptr",),
+    },
+    "_ersm_bwd_tokens": {
+        "reads": ("x_ptr", "go_ptr", "w_ptr", "r_ptr", "z_ptr", "keep_ptr", "gs_ptr", "gsr_ptr",
+                  "gz_ptr", "gk_ptr", "gu_ptr"),
+        "writes": ("gzt_ptr", "coef_ptr"),
+    },
+    "_ersm_bwd_dx": {
+        "reads": ("x_ptr", "go_ptr", "w_ptr", "r_ptr", "keep_ptr", "gs_ptr", "gsr_ptr", "gzt_ptr",
+                  "coef_ptr"),
+        "writes": ("dx_ptr", "dw_ptr"),
         "after": ("gzt_ptr", "dw_ptr"),
-    },  # fmt: skip
+    },
     "_population_energy": {"reads": ("m_ptr", "u_ptr"), "writes": ("e_ptr",)},
     "_gibbs_sweep": {"reads": ("m_ptr", "u_ptr"), "writes": ("out_ptr",)},
-}
+}  # fmt: skip
 
 
 def launch_bytes(item) -> int:
@@ -77,21 +87,30 @@ def nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def ersm_traffic(bsz: int, c: int, size: int, dtype: torch.dtype) -> list[dict]:
+def ersm_traffic(bsz: int, c: int, size: int, dtype: torch.dtype, channels_last: bool = False):
     """Forward, backward and both, ERSM at B, C, size×size, p = 1."""
     from energymask.kernels import ersm_triton
     from energymask.kernels.launch import recording
 
     meta = {"device": "meta"}
     x = torch.empty(bsz, c, size, size, dtype=dtype, **meta)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
     weight, bias = torch.empty(c, **meta), torch.empty((), **meta)
-    with recording() as fwd:
-        out, z, keep, _, _, r, sim = ersm_triton.forward(x, weight, bias, 1e-3, 1e-3, 1.0)
-    with recording() as bwd:
-        ersm_triton.backward(x, weight, r, z, keep, sim, out, z, z, z, z, 1e-3, 1e-3, 1.0, False)
-    tile = fwd[0].constexprs
-    shape = f"B{bsz} C{c} {size}x{size} {str(dtype)[6:]}"
-    launches = f"BLOCK_D {tile['BLOCK_D']} BLOCK_S {tile['BLOCK_S']}, {fwd[0].grid} programs"
+    gpu_tiling, ersm_triton.GPU_TILING = ersm_triton.GPU_TILING, True  # also under --dry-run
+    try:
+        with recording() as fwd:
+            out, z, keep, _, _, r, sim = ersm_triton.forward(x, weight, bias, 1e-3, 1e-3, 1.0)
+        with recording() as bwd:
+            ersm_triton.backward(x, weight, r, z, keep, sim, out, z, z, z, z, 1e-3, 1e-3, 1.0,
+                                 False)  # fmt: skip
+    finally:
+        ersm_triton.GPU_TILING = gpu_tiling
+    tile = fwd[-1].constexprs
+    layout = "channels_last" if channels_last else "nchw"
+    shape = f"B{bsz} C{c} {size}x{size} {str(dtype)[6:]} {layout}"
+    launches = (f"BLOCK_D {tile['BLOCK_D']} BLOCK_S {tile['BLOCK_S']}, "
+                f"{fwd[0].grid[0]} / {fwd[-1].grid[0]} programs")  # fmt: skip
     rows = []
     for what, items, minimum in (
         ("ersm forward", fwd, 2 * nbytes(x)),
@@ -135,7 +154,7 @@ def traffic_table() -> list[dict]:
     rows = []
     for size in (14, 56):
         rows += ersm_traffic(64, 256, size, torch.float32)
-        rows += ersm_traffic(64, 256, size, torch.bfloat16)
+        rows += ersm_traffic(64, 256, size, torch.bfloat16, channels_last=True)
         rows += potts_traffic(8, 64, 256, size)
     for row in rows:
         print(f"{row['kernel']:<24} {row['size']:<24} {row['bytes'] / 2**20:9.1f} MiB "
@@ -170,9 +189,24 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * src.numel() / timed(lambda: dst.copy_(src), device, 20)
 
 
-def ersm_step(fn: Callable, x, weight, bias, backward: bool) -> Callable[[], object]:
+def gbps(minimum_bytes: int, ms: float) -> float:
+    return minimum_bytes / (ms * 1e-3) / 1e9
+
+
+# ERSM shapes (C, map): the four ResNet-50 stages, and the widest map at the most channels.
+ERSM_SHAPES = [(256, 56), (512, 28), (1024, 14), (2048, 7), (2048, 56)]
+QUICK_SHAPES = [(256, 14), (256, 56)]
+LAYOUTS = (("nchw", torch.float32), ("channels_last", torch.bfloat16))
+ERSM_BACKENDS = {"eager": "reference", "compile": "compile", "triton": "triton"}
+
+
+def ersm_call(x, weight, bias, backend: str, backward: bool) -> Callable[[], object]:
+    """One ERSM call through ``energymask.kernels`` forced to ``backend`` (what dispatch runs)."""
+    import energymask.kernels as kernels
+
     def run() -> object:
-        res = fn(x, weight, bias, 1, 1e-3, 1e-3, 1.0)
+        with kernels.use_backend(backend):
+            res = kernels.ersm_energy(x, weight, bias, 1, 1e-3, 1e-3, 1.0)
         if backward:
             loss = res.output.float().sum() + (res.keep * (res.unary + res.pairwise)).sum()
             loss.backward()
@@ -186,117 +220,311 @@ def bind(fn: Callable | None, *args) -> Callable[[], object] | None:
     return None if fn is None else (lambda: fn(*args))
 
 
-def timings(device: torch.device, quick: bool, compile_ref: bool) -> list[dict]:
-    on_gpu = device.type == "cuda"
-    repeats = 10 if quick else 30
-    peak = copy_bandwidth(device) if on_gpu else float("nan")
-    if on_gpu:
-        from energymask.kernels import ersm_triton, potts_triton
+def timings(device: torch.device, shapes, bsz: int, impls: tuple[str, ...], repeats: int,
+            peak: float) -> list[dict]:  # fmt: skip
+    """ERSM forward and forward+backward per shape and layout, each of ``impls``."""
+    from energymask.kernels.dispatch import ERSM_KERNEL_VERSION
 
-        print(f"device: {torch.cuda.get_device_name()}; copy bandwidth {peak / 1e9:.0f} GB/s")
-    compiled = {
-        name: torch.compile(fn) if compile_ref else None
-        for name, fn in (("ersm", ref.ersm_energy), ("energy", ref.population_energy),
-                         ("sweep", ref.gibbs_sweep))
-    }  # fmt: skip
     rows: list[dict] = []
-
-    def record(kernel: str, size: str, impls: dict, minimum: int) -> None:
-        row: dict = {"kernel": kernel, "size": size}
-        for label, fn in impls.items():
-            if fn is None:
-                continue
-            try:
-                row[f"{label}_ms"] = 1e3 * timed(fn, device, repeats)
-            except Exception as exc:  # e.g. no C++ compiler for inductor on CPU
-                row[f"{label}_error"] = f"{type(exc).__name__}: {str(exc)[:80]}"
-        for label in ("compile", "triton"):
-            if "eager_ms" in row and f"{label}_ms" in row:
-                row[f"speedup_{label}_vs_eager"] = row["eager_ms"] / row[f"{label}_ms"]
-        if "triton_ms" in row:
-            row["triton_bandwidth_share"] = minimum / (row["triton_ms"] * 1e-3) / peak
-        rows.append(row)
-        print(f"{kernel:<22} {size:<22} " + "  ".join(
-            f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in row.items() if k not in ("kernel", "size")))  # fmt: skip
-
-    cases = [(64, 256, 14), (64, 256, 56)] if quick or not on_gpu else [
-        (64, c, s) for c in (256, 1024, 2048) for s in (7, 14, 28, 56)]  # fmt: skip
-    if not on_gpu:
-        cases = [(8, 64, 7), (8, 256, 14)]
-    for bsz, c, s in cases:
-        for backward in (False, True):
-            x = torch.randn(bsz, c, s, s, device=device, requires_grad=backward)
-            weight = torch.randn(c, device=device, requires_grad=backward)
-            bias = torch.tensor(6.0, device=device, requires_grad=backward)
-            impls = {
-                "eager": ersm_step(ref.ersm_energy, x, weight, bias, backward),
-                "compile": ersm_step(compiled["ersm"], x, weight, bias, backward)
-                if compiled["ersm"] else None,
-                "triton": ersm_step(ersm_triton.ersm_energy, x, weight, bias, backward)
-                if on_gpu else None,
-            }  # fmt: skip
-            kind = "ersm fwd+bwd" if backward else "ersm fwd"
-            record(kind, f"B{bsz} C{c} {s}x{s}", impls, nbytes(x) * (5 if backward else 2))
-    for k, bsz, c, s in [(8, 64, 256, 14), (32, 64, 64, 16)] if on_gpu else [(8, 8, 16, 8)]:
-        masks = (torch.rand(k, bsz, c, s, s, device=device) < 0.5).to(torch.uint8)
-        unary = torch.randn(bsz, c, s, s, device=device)
-        size = f"K{k} B{bsz} C{c} {s}x{s} uint8"
-        triton_energy = potts_triton.population_energy if on_gpu else None
-        triton_sweep = potts_triton.gibbs_sweep if on_gpu else None
-        energy = {label: bind(fn, masks, unary, 0.5) for label, fn in (
-            ("eager", ref.population_energy), ("compile", compiled["energy"]),
-            ("triton", triton_energy))}  # fmt: skip
-        sweep = {label: bind(fn, masks, unary, 0.5, 1.0, 0, 0) for label, fn in (
-            ("eager", ref.gibbs_sweep), ("compile", compiled["sweep"]),
-            ("triton", triton_sweep))}  # fmt: skip
-        record("population energy", size, energy, nbytes(masks) + nbytes(unary))
-        record("gibbs half-sweep", size, sweep, 2 * nbytes(masks) + nbytes(unary))
+    for c, size in shapes:
+        for layout, dtype in LAYOUTS:
+            for backward in (False, True):
+                gen = torch.Generator(device=device).manual_seed(0)
+                x = torch.randn(bsz, c, size, size, device=device, generator=gen).to(dtype)
+                if layout == "channels_last":
+                    x = x.to(memory_format=torch.channels_last)
+                x.requires_grad_(backward)
+                weight = torch.randn(c, device=device, requires_grad=backward)
+                bias = torch.tensor(6.0, device=device, requires_grad=backward)
+                minimum = nbytes(x) * (5 if backward else 2)
+                row: dict = {"kernel": "ersm fwd+bwd" if backward else "ersm fwd",
+                             "size": f"B{bsz} C{c} {size}x{size} {str(dtype)[6:]} {layout}",
+                             "batch": bsz, "channels": c, "map": size, "layout": layout,
+                             "dtype": "half" if dtype != torch.float32 else "float32",
+                             "minimum_bytes": minimum,
+                             "triton_version": ERSM_KERNEL_VERSION}  # fmt: skip
+                record(row, {k: ersm_call(x, weight, bias, ERSM_BACKENDS[k], backward)
+                             for k in impls}, device, repeats, peak)  # fmt: skip
+                rows.append(row)
     return rows
 
 
-def main() -> None:
+def record(row: dict, impls: dict, device: torch.device, repeats: int, peak: float) -> None:
+    """Time each of ``impls`` into ``row`` (ms, GB/s of the minimum bytes, share of peak)."""
+    for label, fn in impls.items():
+        if fn is None:
+            continue
+        try:
+            row[f"{label}_ms"] = ms = 1e3 * timed(fn, device, repeats)
+        except Exception as exc:  # e.g. no C++ compiler for inductor on CPU
+            row[f"{label}_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
+            continue
+        row[f"{label}_gbps"] = gbps(row["minimum_bytes"], ms)
+        if peak == peak:  # not NaN: a GPU
+            row[f"{label}_bandwidth_share"] = row[f"{label}_gbps"] * 1e9 / peak
+    for label in ("compile", "triton"):
+        if "eager_ms" in row and f"{label}_ms" in row:
+            row[f"speedup_{label}_vs_eager"] = row["eager_ms"] / row[f"{label}_ms"]
+    if "compile_ms" in row and "triton_ms" in row:
+        row["speedup_triton_vs_compile"] = row["compile_ms"] / row["triton_ms"]
+    shown = {k: v for k, v in row.items()
+             if k.endswith(("_ms", "_share", "_vs_compile")) or k.endswith("_error")}  # fmt: skip
+    print(f"{row['kernel']:<18} {row['size']:<40} " + "  ".join(
+        f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()),
+        flush=True)  # fmt: skip
+
+
+def potts_timings(device: torch.device, impls: tuple[str, ...], repeats: int, peak: float,
+                  cases) -> list[dict]:  # fmt: skip
+    """Population energy and one Gibbs half-sweep: eager, compile of the reference, Triton."""
+    from energymask.kernels import potts_triton
+
+    fns = {
+        "energy": {"eager": ref.population_energy, "compile": torch.compile(ref.population_energy),
+                   "triton": potts_triton.population_energy},
+        "sweep": {"eager": ref.gibbs_sweep, "compile": torch.compile(ref.gibbs_sweep),
+                  "triton": potts_triton.gibbs_sweep},
+    }  # fmt: skip
+    rows = []
+    for k, bsz, c, s in cases:
+        masks = (torch.rand(k, bsz, c, s, s, device=device) < 0.5).to(torch.uint8)
+        unary = torch.randn(bsz, c, s, s, device=device)
+        size = f"K{k} B{bsz} C{c} {s}x{s} uint8"
+        energy = {n: bind(fns["energy"][n], masks, unary, 0.5) for n in impls}
+        sweep = {n: bind(fns["sweep"][n], masks, unary, 0.5, 1.0, 0, 0) for n in impls}
+        for kernel, fn, minimum in (
+            ("population energy", energy, nbytes(masks) + nbytes(unary)),
+            ("gibbs half-sweep", sweep, 2 * nbytes(masks) + nbytes(unary)),
+        ):
+            row = {"kernel": kernel, "size": size, "minimum_bytes": minimum}
+            record(row, fn, device, repeats, peak)
+            rows.append(row)
+    return rows
+
+
+# ---- the training step ----------------------------------------------------------------
+
+
+def training_step(device: torch.device, layer: str, backend: str | None, bsz: int, size: int,
+                  steps: int) -> float:  # fmt: skip
+    """Median ms of a torchvision ResNet-50 step (bf16 autocast on CUDA, channels-last, AdamW)
+    with ERSM after ``layer`` through ``backend`` (None: the plain model)."""
+    import torchvision
+
+    import energymask.kernels as kernels
+    from energymask import EnergyMask2d, collect_regularizer, insert_after
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50()
+    if backend is not None:
+        insert_after(model, layer, lambda name, c: EnergyMask2d(c, bias_init=0.0))
+    model = model.to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    x = torch.randn(bsz, 3, size, size, device=device).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (bsz,), device=device)
+    half = torch.bfloat16 if device.type == "cuda" else torch.float32
+    times = []
+    with kernels.use_backend(backend or "reference"):
+        for _ in range(steps + 3):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            with torch.autocast(device.type, half, enabled=device.type == "cuda"):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                if backend is not None:
+                    loss = loss + collect_regularizer(model)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    return 1e3 * sorted(times[3:])[steps // 2]
+
+
+def step_rows(device: torch.device, impls: tuple[str, ...], bsz: int, size: int, steps: int):
+    """ResNet-50 + ERSM after layer2/3/4: plain vs each backend, and auto (the dispatch)."""
+    rows = []
+    for layer in ("layer2", "layer3", "layer4"):
+        row: dict = {"kernel": "resnet50 step", "layer": layer, "batch": bsz, "image": size}
+        row["plain_ms"] = training_step(device, layer, None, bsz, size, steps)
+        for label in (*impls, "auto"):
+            backend = ERSM_BACKENDS.get(label, label)
+            try:
+                ms = training_step(device, layer, backend, bsz, size, steps)
+            except Exception as exc:
+                row[f"{label}_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
+                continue
+            row[f"{label}_ms"], row[f"{label}_vs_plain"] = ms, ms / row["plain_ms"]
+        shown = [f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                 for k, v in row.items() if k.endswith(("_ms", "_plain", "_error"))]  # fmt: skip
+        print(f"resnet50 step, ERSM after {layer}: " + "  ".join(shown), flush=True)
+        rows.append(row)
+    return rows
+
+
+# ---- the dispatch table ----------------------------------------------------------------
+
+
+def table_rows(result: dict, kernel_version: str | None = None) -> list[dict]:
+    """The ERSM rows of a result of this script as dispatch-table rows.
+
+    ``kernel_version`` overrides the rows' ``triton_version`` (for results of
+    versions of this script that did not record it, e.g. the H200 run of v1).
+    Old results without a layout were NCHW float32: "B64 C256 7x7".
+    """
+    rows = []
+    for r in result["rows"]:
+        if not r["kernel"].startswith("ersm"):
+            continue
+        if "channels" in r:
+            shape = {k: r[k] for k in ("batch", "channels", "map", "layout", "dtype")}
+        else:
+            b, c, hw = r["size"].split()[:3]
+            shape = {"batch": int(b[1:]), "channels": int(c[1:]), "map": int(hw.split("x")[0]),
+                     "layout": "nchw", "dtype": "float32"}  # fmt: skip
+        times = {k: r[k] for k in ("eager_ms", "compile_ms", "triton_ms") if k in r}
+        version = kernel_version or r.get("triton_version")
+        rows.append({"kernel": r["kernel"], "device": result["device_name"], **shape, **times,
+                     "triton_version": version})  # fmt: skip
+    return rows
+
+
+def write_table(path: Path, rows: list[dict], source: str) -> None:
+    """Replace the rows of these devices in the table at ``path`` (created if absent)."""
+    from energymask.kernels.dispatch import fastest
+
+    table = json.loads(path.read_text()) if path.exists() else {"sources": [], "rows": []}
+    devices = {r["device"] for r in rows}
+    table["rows"] = [r for r in table["rows"] if r["device"] not in devices]
+    table["rows"] += [{**r, "choice": fastest(r)} for r in rows]
+    table["sources"] = [s for s in table["sources"] if s["device"] not in devices]
+    table["sources"] += [{"device": d, "source": source} for d in sorted(devices)]
+    path.write_text(json.dumps(table, indent=1) + "\n")
+    print(f"wrote {path}: {len(rows)} rows for {sorted(devices)}")
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("none", "auto", "cpu", "cuda"), default="auto",
-                        help="time on this device (auto: cuda if present, else cpu "
-                             "reference only; none: traffic table only)")  # fmt: skip
+    parser.add_argument(
+        "--device",
+        choices=("none", "auto", "cpu", "cuda"),
+        default="auto",
+        help="time on this device (auto: cuda if present, else cpu "
+        "reference only; none: traffic table only)",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    parser.add_argument(
+        "--step",
+        action="store_true",
+        help="also the ResNet-50 training step with ERSM after layer2/3/4",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="CPU smoke run of every part at tiny shapes, Triton in the "
+        "interpreter (checks the script, measures nothing)",
+    )
     parser.add_argument("--json", type=str, default=None, help="write the figures here")
+    parser.add_argument(
+        "--table",
+        type=str,
+        default=None,
+        help="write the ERSM rows into this dispatch table "
+        "(kernels/dispatch_table.json ships with the package)",
+    )
+    parser.add_argument(
+        "--table-from",
+        type=str,
+        default=None,
+        help="only convert this earlier --json result into --table rows",
+    )
+    parser.add_argument(
+        "--kernel-version",
+        type=str,
+        default=None,
+        help="with --table-from: the Triton kernel version it measured",
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
-    parser.add_argument("--compile", action="store_true",
-                        help="compile every kernel for sm_90 at the full grid of shapes "
-                             "(registers, spills, shared) into benchmarks/kernels_sm90.json")
-    args = parser.parse_args()  # fmt: skip
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile every kernel for sm_90 at the full grid of shapes "
+        "(registers, spills, shared) into benchmarks/kernels_sm90.json",
+    )
+    args = parser.parse_args(argv)  # fmt: skip
     if args.compile:
         env = {**os.environ, "TRITON_INTERPRET": "0"}
         out = str(HERE / "kernels_sm90.json")
         cmd = [sys.executable, "-m", "energymask.kernels.aot", "--full", "--cc", "90"]
         cmd += ["--json", out]
         raise SystemExit(subprocess.run(cmd, env=env, check=False).returncode)
+    if args.table_from:
+        if not args.table:
+            parser.error("--table-from needs --table PATH")
+        result = json.loads(Path(args.table_from).read_text())
+        write_table(Path(args.table), table_rows(result, args.kernel_version), args.table_from)
+        return
+    if args.dry_run:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        args.device = "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device here. The Triton kernels are timed only "
-                     "on a GPU (the CPU interpreter is a correctness tool, not a speed one).")
+        parser.error(
+            "--device cuda: no CUDA device here. The Triton kernels are timed only "
+            "on a GPU (the CPU interpreter is a correctness tool, not a speed one)."
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    started = time.perf_counter()
     print("traffic model (bytes moved / minimum):")
     result: dict = {"traffic": traffic_table(), "rows": []}
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    on_gpu = device == "cuda"
+    impls = ("eager",) + (() if args.no_compile else ("compile",))
+    impls += ("triton",) if on_gpu or args.dry_run else ()
     if device != "none":
-        if device == "cpu":
+        dev = torch.device(device)
+        peak = copy_bandwidth(dev) if on_gpu else float("nan")
+        if on_gpu:
+            print(f"device: {torch.cuda.get_device_name()}; copy bandwidth {peak / 1e9:.0f} GB/s")
+            result.update(device_name=torch.cuda.get_device_name(), copy_gbps=peak / 1e9)
+        else:
             cpu = platform.processor() or platform.machine()
-            print(f"device: CPU ({cpu}, {torch.get_num_threads()} threads); "
-                  "NO GPU: Triton kernels not timed, reference only (eager vs compile)")
-        result["rows"] = timings(torch.device(device), args.quick, not args.no_compile)
-    result.update(device=device, gpu=device == "cuda", quick=args.quick)
-    if device == "cuda":
-        result["device_name"] = torch.cuda.get_device_name()
+            print(
+                f"device: CPU ({cpu}, {torch.get_num_threads()} threads); NO GPU: "
+                + (
+                    "dry run, interpreter, nothing measured"
+                    if args.dry_run
+                    else "Triton kernels not timed, reference only (eager vs compile)"
+                )
+            )
+            result.update(device_name="cpu")
+        repeats = 2 if args.dry_run else 10 if args.quick else 20
+        if args.dry_run:
+            shapes, bsz, potts = [(8, 4), (16, 5)], 2, [(2, 2, 3, 4)]
+        elif on_gpu:
+            shapes, bsz, potts = (QUICK_SHAPES if args.quick else ERSM_SHAPES), 64, [
+                (8, 64, 256, 14), (32, 64, 64, 16)]  # fmt: skip
+        else:
+            shapes, bsz, potts = [(64, 7), (256, 14)], 8, [(8, 8, 16, 8)]
+        result["rows"] = timings(dev, shapes, bsz, impls, repeats, peak)
+        result["rows"] += potts_timings(dev, impls, repeats, peak, potts)
+        if args.step:
+            step = (2, 32, 1) if args.dry_run else (64, 224, 10) if on_gpu else (8, 64, 3)
+            result["step"] = step_rows(dev, impls, *step)
+    result.update(device=device, gpu=on_gpu, quick=args.quick, dry_run=args.dry_run,
+                  elapsed_s=time.perf_counter() - started)  # fmt: skip
+    print(f"elapsed {result['elapsed_s']:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
         print(f"wrote {args.json}")
+    if args.table and device != "none":
+        command = " ".join(sys.argv[1:] if argv is None else argv)
+        write_table(Path(args.table), table_rows(result), f"bench_kernels.py {command}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,19 @@ it held, computed from the numbers.
     python benchmarks/results_ersm.py            # 3 seeds, about 30 min on 2 cores
     python benchmarks/results_ersm.py --quick    # tiny data, 1 seed, about a minute
 
+``--gate`` (issue 20) instead compares the authors' soft mask with ours,
+``gate="hard"`` (the binary mask in training and inference), beside the
+baseline, in three settings: ERSM inside ``small_cnn`` (after ``layer2``),
+inside a torchvision ResNet-18 trained from scratch at 64 px (after
+``layer2``, 1-channel stem) and the frozen protocol (ERSM before the head of
+the trained ``small_cnn``). Per model: test accuracy, executed keep ratio,
+undecided share of the executed map and of the soft keep after the first
+epoch and at the end, IoU, pointing, deletion AUC (energy, magnitude,
+random) and random occlusion; writes benchmarks/results/ersm_gate.{json,md}:
+
+    python benchmarks/results_ersm.py --gate --seed 0 --json benchmarks/results/ersm_gate_s0.json
+    python benchmarks/results_ersm.py --gate --from-json a.json b.json c.json  # merge seeds
+
 Writes benchmarks/results/ersm.{json,md} by default (``--json``/``--md`` move them;
 ``--quick`` writes only where asked). Seeded runs repeat exactly at the same torch
 thread count (recorded in the JSON); CPU reductions in another order (1 vs 2
@@ -30,7 +43,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from _timing import machine
+from torch import nn
 
 from energymask.evaluation import DEFAULT_FRACTIONS, ORDERINGS
 from energymask.lightning_modules.app import recipes as ex
@@ -193,6 +208,231 @@ def report(results: dict, quick: bool) -> str:
                       f"{' --quick' if quick else ''}`)"])
 
 
+# ---- issue 20: the authors' soft mask beside ours, gate="hard" ------------------------
+
+#: The gate table's budget (2 shared CPU cores): fewer images and epochs than Budget().
+GATE_BUDGET = ex.Budget(num_train=1200, num_val=200, num_test=500, epochs=4, ersm_epochs=2,
+                        batch_size=32, deletion_steps=9, deletion_samples=128)
+#: label -> EnergyMask2d settings over the application's (λ = γ = 1e-3, T = 1, bias 0).
+GATES = {"soft (authors')": {"gate": "soft"}, "hard (ours)": {"gate": "hard"},
+         "hard + budget 0.4 (ours)": {"gate": "hard", "keep_target": 0.4}}
+GATE_SETTINGS = ("small_cnn", "resnet18", "frozen")
+GATE_ORDERINGS = ("energy", "magnitude", "random")
+
+
+def resnet18_64px(in_channels: int) -> tuple[nn.Module, int]:
+    """torchvision ResNet-18 trunk (no weights) with an ``in_channels`` stem, for 64 px."""
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None)
+    net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+    from energymask.models import feature_extractor
+
+    return feature_extractor(net), 512
+
+
+def _train_inside(backbone: str, dm, budget: ex.Budget, seed: int, settings: dict | None,
+                  log_dir: Path | None) -> tuple[nn.Module, float]:
+    """``backbone`` (small_cnn or resnet18) from scratch; ERSM after ``layer2`` unless None."""
+    from energymask.lightning_modules.app.settings import ERSM_SETTINGS
+    from energymask.lightning_modules.classifier import ImageClassifier
+    from energymask.lightning_modules.ersm_callback import ERSMCallback
+    from energymask.models import Classifier, small_cnn
+
+    torch.manual_seed(seed)
+    if backbone == "small_cnn":
+        net = small_cnn(dm.in_channels)
+        net, channels = net, net.out_channels
+    else:
+        net, channels = resnet18_64px(dm.in_channels)
+    model = Classifier(net, channels, dm.num_classes)
+    module = ImageClassifier(model, dm.num_classes, lr=budget.lr, max_epochs=budget.epochs)
+    callbacks = []
+    if settings is not None:
+        callbacks.append(ERSMCallback("model.backbone.layer2", log_stats=log_dir is not None,
+                                      **{**ERSM_SETTINGS, **settings}))
+    return model, ex.fit(module, dm, budget.epochs, seed, callbacks, False, log_dir)
+
+
+def _first_epoch(log_dir: Path) -> dict[str, float]:
+    """Validation mask scores of the first epoch from the CSV log (undecided shares, keep)."""
+    import csv
+
+    rows = list(csv.DictReader((log_dir / "metrics.csv").open()))
+    out = {}
+    for row in rows:
+        for key, value in row.items():
+            for score in ("undecided", "soft_undecided", "keep_ratio"):
+                if key.endswith(f"/{score}") and key.startswith("val_ersm/") and value:
+                    if row.get("epoch") == "0" and score not in out:
+                        out[score] = float(value)
+    return out
+
+
+def run_gate_seed(budget: ex.Budget, seed: int, settings: tuple[str, ...], work: Path) -> dict:
+    """Baseline, soft and hard models of every setting for one seed."""
+    dm = ex.datamodule(budget, seed)
+    out: dict[str, dict] = {}
+    baseline_small = None
+    for setting in settings:
+        rows: dict[str, dict] = {}
+        models: dict[str, nn.Module] = {}
+        t = time.perf_counter()
+        if setting == "frozen":
+            if baseline_small is None:
+                baseline_small, _ = _train_inside("small_cnn", dm, budget, seed, None, None)
+            base, acc = baseline_small, out.get("small_cnn", {}).get("baseline", {}).get(
+                "accuracy")
+            if acc is None:
+                from energymask.evaluation import accuracy as _accuracy
+
+                acc = _accuracy(base, ex.eval_loader(dm))
+        else:
+            base, acc = _train_inside(setting, dm, budget, seed, None, None)
+            if setting == "small_cnn":
+                baseline_small = base
+        rows["baseline"] = {"accuracy": acc, "seconds": time.perf_counter() - t}
+        models["baseline"] = base
+        for label, gate in GATES.items():
+            t = time.perf_counter()
+            log_dir = work / f"{setting}_{label.split(' (')[0].replace(' ', '')}_seed{seed}"
+            if setting == "frozen":
+                model, acc = ex.train_frozen_ersm(base, dm, budget, seed, False,
+                                                  bias_init=0.0, **gate)
+                first = {}
+            else:
+                model, acc = _train_inside(setting, dm, budget, seed, gate, log_dir)
+                first = _first_epoch(log_dir)
+            row = {"accuracy": acc, "first_epoch": first}
+            row.update(ex.evaluate_ersm(model, dm, budget, seed, progress=False,
+                                        orderings=GATE_ORDERINGS))
+            row["seconds"] = time.perf_counter() - t
+            rows[label], models[label] = row, model
+            _log(f"  seed {seed} {setting} {label}: accuracy {acc:.3f}, keep "
+                 f"{row['masks']['keep_ratio']:.3f}, {row['seconds']:.0f} s")
+        occ = ex.occlusion(models, dm, seed, progress=False)
+        for name, accs in occ["random"].items():
+            rows[name]["occlusion"] = dict(zip(map(str, DEFAULT_FRACTIONS), accs, strict=True))
+        out[setting] = rows
+    return out
+
+
+def gate_tables(results: dict) -> str:
+    runs = results["runs"]
+    n = len(runs)
+    b = results["budget"]
+    lines = [f"ERSM gate (issue 20): the authors' soft mask vs ours, gate=\"hard\" (binary "
+             f"mask in training and inference, straight-through gradient), beside the baseline. "
+             f"Cluttered digits, {n} seed(s), mean ± std. Budget (2 shared CPU cores, smaller "
+             f"than the issue's): {b['num_train']} training images, {b['epochs']} epochs "
+             f"(frozen stage 2: {b['ersm_epochs']}), batch {b['batch_size']}, "
+             f"{b['num_test']} test images; deletion on {b['deletion_samples']} images, "
+             f"{b['deletion_steps']} steps. λ = γ = 1e-3, T = 1, bias 0 for both gates. "
+             "Keep = executed keep ratio; undecided = share of tokens with keep in (0.1, 0.9) "
+             "of the executed map / of the soft keep sigmoid(−z/T), at the end (test) and after "
+             "the first epoch (validation).", "",
+             "| setting | model | test acc | keep | undecided exec. | undecided soft | "
+             "epoch-1 undecided exec. / soft | IoU | pointing | AUC energy | AUC magnitude | "
+             "AUC random | occl. f=0.25 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for setting in results["settings"]:
+        for name in runs[0][setting]:
+            rs = [r[setting][name] for r in runs]
+            cells = [_pm([r["accuracy"] for r in rs])]
+            if name == "baseline":
+                cells += ["—"] * 9
+            else:
+                def m(k: str, rs: list = rs) -> str:
+                    return _pm([r["masks"][k] for r in rs])
+
+                first = [r.get("first_epoch", {}) for r in rs]
+                if all("undecided" in f for f in first):
+                    epoch1 = (f"{_pm([f['undecided'] for f in first])} / "
+                              f"{_pm([f['soft_undecided'] for f in first])}")
+                else:
+                    epoch1 = "not logged"
+                cells += [m("keep_ratio"), m("undecided"), m("soft_undecided"), epoch1,
+                          m("iou"), m("pointing")]
+                cells += [_pm([r["deletion"]["auc"][o] for r in rs]) for o in GATE_ORDERINGS]
+            cells.append(_pm([r["occlusion"]["0.25"] for r in rs]))
+            lines.append(f"| {setting} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def gate_goals(results: dict) -> list[str]:
+    """Issue 20's goals for each variant of ours, held / not held, from the numbers."""
+    runs, lines = results["runs"], []
+    soft = "soft (authors')"
+    for setting in results["settings"]:
+        def mean(name: str, *path: str, setting: str = setting) -> float:
+            return statistics.fmean(_dig(r[setting][name], path) for r in runs)
+
+        base = mean("baseline", "accuracy")
+        for hard in (k for k in runs[0][setting] if "ours" in k):
+            tag = f"{setting}, {hard}"
+            acc, keep = mean(hard, "accuracy"), mean(hard, "masks", "keep_ratio")
+            held = keep <= 0.5 and acc >= base - 0.005
+            lines.append(f"- {tag}: executed keep <= 0.5 with accuracy within 0.5 points of "
+                         f"the baseline: {'held' if held else 'not held'} (keep {keep:.3f}, "
+                         f"accuracy {acc:.3f} vs baseline {base:.3f}, {acc - base:+.3f}).")
+            firsts = [r[setting][hard].get("first_epoch", {}) for r in runs]
+            if all("undecided" in f for f in firsts):
+                ex_u = statistics.fmean(f["undecided"] for f in firsts)
+                soft_u = statistics.fmean(f["soft_undecided"] for f in firsts)
+                lines.append(f"- {tag}: at most 10% undecided tokens after the first epoch: "
+                             f"{'held' if ex_u <= 0.1 else 'not held'} on the executed map "
+                             f"({ex_u:.3f}; binary by construction); on the soft keep behind "
+                             f"it {'held' if soft_u <= 0.1 else 'not held'} ({soft_u:.3f}).")
+            point = mean(hard, "masks", "pointing")
+            lines.append(f"- {tag}: pointing >= 0.9: {'held' if point >= 0.9 else 'not held'} "
+                         f"({point:.3f}; authors' soft {mean(soft, 'masks', 'pointing'):.3f}).")
+            iou_h, iou_s = mean(hard, "masks", "iou"), mean(soft, "masks", "iou")
+            lines.append(f"- {tag}: IoU clearly above the authors' (by 0.05 or more): "
+                         f"{'held' if iou_h >= iou_s + 0.05 else 'not held'} "
+                         f"({iou_h:.3f} vs {iou_s:.3f}).")
+    return lines
+
+
+def _dig(row: dict, path: tuple[str, ...]) -> float:
+    for key in path:
+        row = row[key]
+    return float(row)
+
+
+def gate_main(args: argparse.Namespace) -> int:
+    if args.from_json:
+        parts = [json.loads(p.read_text()) for p in args.from_json]
+        results = {**parts[0], "runs": [r for p in parts for r in p["runs"]],
+                   "seeds": [s for p in parts for s in p["seeds"]],
+                   "seconds": sum(p["seconds"] for p in parts)}
+    else:
+        budget = ex.QUICK if args.quick else GATE_BUDGET
+        if args.num_train:
+            budget = replace(budget, num_train=args.num_train)
+        if args.epochs:
+            budget = replace(budget, epochs=args.epochs)
+        seeds = args.seeds[:1] if args.quick else args.seeds
+        settings = tuple(args.settings)
+        work = Path(args.work)
+        start = time.perf_counter()
+        results = {"machine": machine(), "budget": budget.to_dict(), "seeds": seeds,
+                   "settings": list(settings), "gates": GATES, "runs": []}
+        for seed in seeds:
+            results["runs"].append(run_gate_seed(budget, seed, settings, work))
+        results["seconds"] = time.perf_counter() - start
+    results["goals"] = gate_goals(results)
+    text = "\n".join([gate_tables(results), "", "Goals (issue 20, ours = gate=\"hard\"):",
+                      *results["goals"], "",
+                      f"({results['seconds'] / 60:.1f} min of runs; "
+                      "`python benchmarks/results_ersm.py --gate`)"])
+    print(text)
+    for path, content in ((args.json, json.dumps(results, indent=2)), (args.md, text)):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -205,9 +445,21 @@ def main(argv: list[str] | None = None) -> int:
                         "baseline included, reads only the background)")
     parser.add_argument("--json", type=Path, help="write every number here")
     parser.add_argument("--md", type=Path, help="write the tables and claims here")
-    parser.add_argument("--from-json", type=Path, metavar="PATH",
-                        help="no training: print the tables and claims of a saved --json")
+    parser.add_argument("--from-json", type=Path, metavar="PATH", nargs="+",
+                        help="no training: print the tables and claims of a saved --json "
+                        "(with --gate: one or more, their seeds merged)")
+    parser.add_argument("--gate", action="store_true",
+                        help="issue 20: soft (authors') vs hard (ours) gate, beside the baseline")
+    parser.add_argument("--settings", nargs="+", default=list(GATE_SETTINGS),
+                        choices=GATE_SETTINGS, help="--gate: where ERSM goes")
+    parser.add_argument("--work", default="benchmarks/results/ersm_gate_logs",
+                        help="--gate: folder of the training logs")
     args = parser.parse_args(argv)
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    if args.gate:
+        return gate_main(args)
+    if args.from_json:
+        args.from_json = args.from_json[0]
     if args.from_json:
         results = json.loads(args.from_json.read_text())
         results["claims"] = claims(results)

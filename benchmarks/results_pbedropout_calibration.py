@@ -5,9 +5,12 @@ of dropped patches per training step) is within ±0.01 of p. Inputs: ReLU of
 standard normal feature maps (2, 8, 32, 32), a new one per step (seed = step),
 patch 4 (8×8 grids), T = 0.1, layer seed 0: the setting of
 ``tests/test_pbedropout.py::test_realised_drop_rate_is_p_after_warm_up``.
-Columns: mean rate over all steps with the calibration off (``calibration_rate=0``),
-mean and per-step std over steps ``warm-up..steps-1`` with it on, the final
-offset δ, and the share dropped by the deterministic masks (⌊p·h·w⌉ / (h·w)).
+Columns: mean rate over all steps with the calibration off (``calibration_rate=0``);
+with it on (δ initialised on the first batch, ``initial_offset``, then integral
+control): the rate of step 1, the mean over all steps, the worst mean of a block
+of 10 steps (1-10, 11-20, ...), the mean and per-step std over steps
+``warm-up..steps-1``, the final offset δ, and the share dropped by the
+deterministic masks (⌊p·h·w⌉ / (h·w)).
 
     python benchmarks/results_pbedropout_calibration.py [--steps 80] [--warm-up 40] [--json PATH]
 """
@@ -47,19 +50,24 @@ def main() -> None:
     torch.set_num_threads(1)
     found = []
     print(f"steps {args.steps}, calibrated mean over steps {args.warm_up}..{args.steps - 1}")
-    print("|  β  |  p   | δ = 0 | calibrated | per-step std | final δ | deterministic |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("|  β  |  p   | δ = 0 | step 1 | all steps | worst 10-step block | calibrated "
+          "| per-step std | final δ | deterministic |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for beta in BETAS:
         for p in PS:
             plain, _ = rates(p, beta, args.steps, 0.0)
             calibrated, layer = rates(p, beta, args.steps, None)
             tail = calibrated[args.warm_up:]
+            blocks = [statistics.fmean(calibrated[i:i + 10]) for i in range(0, args.steps, 10)]
             row = {"beta": beta, "p": p, "uncalibrated": statistics.fmean(plain),
+                   "first_step": calibrated[0], "all_steps": statistics.fmean(calibrated),
+                   "worst_block": max(blocks, key=lambda b: abs(b - p)),
                    "calibrated": statistics.fmean(tail), "std": statistics.stdev(tail),
                    "offset": float(layer.threshold_offset),
                    "deterministic": float(1 - lowest_keep_mask(layer.ema_mask, p).mean())}
             found.append(row)
-            print(f"| {beta} | {p} | {row['uncalibrated']:.4f} | {row['calibrated']:.4f} | "
+            print(f"| {beta} | {p} | {row['uncalibrated']:.4f} | {row['first_step']:.4f} | "
+                  f"{row['all_steps']:.4f} | {row['worst_block']:.4f} | {row['calibrated']:.4f} | "
                   f"{row['std']:.4f} | {row['offset']:+.3f} | {row['deterministic']:.4f} |",
                   flush=True)
     write_json(args.json, {"machine": machine(), "steps": args.steps, "warm_up": args.warm_up,

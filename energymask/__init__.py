@@ -9,6 +9,7 @@ from energymask.dropblock import DropBlock2d, drop_block_2d
 from energymask.ersm import (
     EnergyMask2d,
     EnergyMaskOutput,
+    ErsmSettings,
     collect_regularizer,
     energy_mask_2d,
     energy_mask_layers,
@@ -44,6 +45,7 @@ __all__ = [
     "DropBlock2d",
     "EnergyMask2d",
     "EnergyMaskOutput",
+    "ErsmSettings",
     "FrozenBackboneClassifier",
     "InsertedAfter",
     "PBEDropout2d",

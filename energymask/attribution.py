@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from energymask._extras import require
 from energymask.deletion import find_ersm_layer
 from energymask.ersm import forcing
-from energymask.evaluation import eval_mode
+from energymask.evaluation import eval_mode, to_model_device
 from energymask.orderings import gradcam_scores
 
 __all__ = ["attribution_maps", "rankdata", "spearman"]
@@ -86,6 +86,7 @@ def attribution_maps(
             f"window must be an int in [1, {min(images.shape[-2:])}], but got {window!r}"
         )
     _, ersm = find_ersm_layer(model, layer)
+    images, targets = to_model_device(model, images), to_model_device(model, targets)
     c, hh, ww = images.shape[1:]
     with eval_mode(model), forcing(ersm, None):
         with torch.no_grad():

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -41,6 +42,7 @@ from energymask.evaluation import (
     loader_length,
     progress_bar,
     split_batch,
+    to_model_device,
 )
 from energymask.orderings import check_orderings, compute_scores
 from energymask.split import CannotSplit, Split, split_at
@@ -220,6 +222,89 @@ def _check_args(method, mode, protocol, steps_per_forward, perturbations_per_eva
             raise ValueError(f"{arg} must be a positive int, but got {value!r}")
 
 
+class DeletionTest:
+    """One batch at a time: the deletion test's step, shared by :func:`deletion_curve` and
+    the Lightning callback (:mod:`energymask.lightning_modules.robustness_callback`).
+
+    :meth:`hits` gives per-image hits, :meth:`result` the curves from their counts;
+    the arguments are those of :func:`deletion_curve`. Run :meth:`hits` inside
+    :meth:`context` (eval mode, no grad, the layer's own mask).
+    """
+
+    def __init__(self, model: nn.Module, layer: str | None = None, orderings=ORDERINGS,
+                 steps: int | Sequence[int] | None = None, method: str = "fast",
+                 steps_per_forward: int = 16, mode: str = "deletion",
+                 perturbations_per_eval: int = 1, protocol: str = "binary") -> None:
+        _check_args(method, mode, protocol, steps_per_forward, perturbations_per_eval)
+        self.named = check_orderings(orderings)
+        self.name, self.ersm = find_ersm_layer(model, layer)
+        self.model, self.steps, self.method, self.mode = model, steps, method, mode
+        self.steps_per_forward, self.protocol = steps_per_forward, protocol
+        self.perturbations_per_eval = perturbations_per_eval
+        self.runner: _Naive | None = None
+        self.grid: list[int] = []
+        self.num_tokens = 0
+
+    def context(self) -> ExitStack:
+        stack = ExitStack()
+        stack.enter_context(eval_mode(self.model))
+        stack.enter_context(torch.no_grad())
+        stack.enter_context(forcing(self.ersm, None))
+        return stack
+
+    def hits(self, x: Tensor, y: Tensor, seed: int | Tensor, bar=None) -> dict[str, Tensor]:
+        """Per ordering, whether each image (B ≥ 1) is classified right at each step: (S, B)
+        bool on the CPU. ``seed``: the random ordering's, an int (the batch) or (B,) per image."""
+        x = to_model_device(self.model, x)
+        if self.runner is None:
+            self.runner = _runner(self.model, self.name, self.ersm, x, self.method)
+        runner, p = self.runner, self.ersm.token_size
+        features, logits = runner.start(x)
+        if not self.grid:
+            self.num_tokens = logits.shape[1] * logits.shape[2]
+            self.grid = step_grid(self.steps, self.num_tokens)
+        grid = self.grid
+        y_dev = y.to(logits.device)
+        forward, inputs = runner.grad_forward()
+        ablation_batch = self.perturbations_per_eval if runner.method == "fast" else 1
+        hits = {}
+        for oname, ordering in self.named.items():
+            scores = compute_scores(
+                ordering, features=features, logits=logits, token_size=p, seed=seed,
+                layer=self.ersm, y=y_dev, forward=forward, inputs=inputs, suffix=runner.suffix,
+                perturbations_per_eval=ablation_batch,
+            )  # fmt: skip
+            masks = forced_masks(scores, grid, self.mode).to(features.device, features.dtype)
+            out = runner.logits(masks, self.protocol == "soft", self.steps_per_forward)
+            pred = out.argmax(-1).view(len(grid), -1)
+            hits[oname] = (pred == y_dev.view(1, -1)).cpu()
+            if bar is not None:
+                bar.update()
+        return hits
+
+    def result(self, correct: dict[str, Tensor], total: int, seed: int) -> DeletionResult:
+        """:class:`DeletionResult` from the number of images right at each step (S,) per
+        ordering, over ``total`` images."""
+        fractions = [k / self.num_tokens for k in self.grid]
+        curves = {k: (v.double() / total).tolist() for k, v in correct.items()}
+        settings = dict(
+            layer=self.name, method=self.runner.method, steps_per_forward=self.steps_per_forward,
+            seed=seed, token_size=self.ersm.token_size, orderings=list(self.named),
+            protocol=self.protocol,
+        )  # fmt: skip
+        return DeletionResult(
+            mode=self.mode,
+            steps=self.grid,
+            fractions=fractions,
+            curves=curves,
+            auc={k: auc(fractions, v) for k, v in curves.items()},
+            num_tokens=self.num_tokens,
+            num_samples=total,
+            settings=settings,
+            protocol=self.protocol,
+        )
+
+
 def deletion_curve(
     model: nn.Module,
     dataloader: Iterable,
@@ -261,66 +346,28 @@ def deletion_curve(
     Raises:
         ValueError: bad arguments, or a dataloader that yields no sample.
     """
-    _check_args(method, mode, protocol, steps_per_forward, perturbations_per_eval)
-    named = check_orderings(orderings)
-    name, ersm = find_ersm_layer(model, layer)
-    p = ersm.token_size
-    runner: _Naive | None = None
+    test = DeletionTest(model, layer, orderings, steps, method, steps_per_forward, mode,
+                        perturbations_per_eval, protocol)
     correct: dict[str, Tensor] = {}
-    grid: list[int] = []
-    total = n_tokens = n_batches = 0
+    total = n_batches = 0
     length = loader_length(dataloader)
-    bar = progress_bar(None if length is None else length * len(named), mode, progress)
-    with eval_mode(model), torch.no_grad(), forcing(ersm, None), bar:
+    bar = progress_bar(None if length is None else length * len(test.named), mode, progress)
+    with test.context(), bar:
         for i, batch in enumerate(dataloader):
             n_batches += 1
             x, y, _ = split_batch(batch)
             if y.shape[0] == 0:
-                bar.update(len(named))
+                bar.update(len(test.named))
                 continue
-            if runner is None:
-                runner = _runner(model, name, ersm, x, method)
-            features, logits = runner.start(x)
-            if not correct:
-                n_tokens = logits.shape[1] * logits.shape[2]
-                grid = step_grid(steps, n_tokens)
-                correct = {k: torch.zeros(len(grid), dtype=torch.long) for k in named}
-            y_dev = y.to(logits.device)
-            forward, inputs = runner.grad_forward()
-            for oname, ordering in named.items():
-                scores = compute_scores(
-                    ordering, features=features, logits=logits, token_size=p, seed=seed + i,
-                    layer=ersm, y=y_dev, forward=forward, inputs=inputs, suffix=runner.suffix,
-                    perturbations_per_eval=perturbations_per_eval if runner.method == "fast" else 1,
-                )  # fmt: skip
-                masks = forced_masks(scores, grid, mode).to(features.device, features.dtype)
-                out = runner.logits(masks, protocol == "soft", steps_per_forward)
-                pred = out.argmax(-1).view(len(grid), -1)
-                correct[oname] += (pred == y_dev.view(1, -1)).sum(1).cpu()
-                bar.update()
+            for oname, hits in test.hits(x, y, seed + i, bar).items():
+                correct[oname] = correct.get(oname, 0) + hits.sum(1)
             total += y.shape[0]
     if n_batches == 0:
         raise ValueError("dataloader is empty: it yielded no batch")
     if total == 0:
         raise ValueError(f"dataloader yielded {n_batches} batches, all empty (0 samples): "
                          "no curve to compute")
-    fractions = [k / n_tokens for k in grid]
-    curves = {k: (v.double() / total).tolist() for k, v in correct.items()}
-    settings = dict(
-        layer=name, method=runner.method, steps_per_forward=steps_per_forward, seed=seed,
-        token_size=p, orderings=list(named), protocol=protocol,
-    )  # fmt: skip
-    return DeletionResult(
-        mode=mode,
-        steps=grid,
-        fractions=fractions,
-        curves=curves,
-        auc={k: auc(fractions, v) for k, v in curves.items()},
-        num_tokens=n_tokens,
-        num_samples=total,
-        settings=settings,
-        protocol=protocol,
-    )
+    return test.result(correct, total, seed)
 
 
 def insertion_curve(model: nn.Module, dataloader: Iterable, **kwargs) -> DeletionResult:

@@ -11,15 +11,21 @@ Masking", IJCAI 2026, https://arxiv.org/abs/2604.06893. Maths in docs/design.md 
     E_i    = U_i + P_i
     output = X ⊙ keep
     R      = mean_{b,i}(keep_i E_i) [+ η mean_{b,i} Σ_{j∈N4(i)} (keep_i − keep_j)²]
+
+Ours, not the authors' (``gate="hard"``, docs/design.md §3): the layer executes
+m_i = 1[keep_i ≥ 0.5] in training too, with the straight-through gradient of
+keep_i, and output and R use m in place of keep.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -66,6 +72,113 @@ def _check_settings(lam: float, gamma: float, temperature: float, eta: float) ->
     for name, value in (("lam", lam), ("gamma", gamma), ("eta", eta)):
         _check_real(name, value, 0)
     _check_real("temperature", temperature, 0, strict=True)
+
+
+#: The mask a layer executes: ``"soft"`` (the authors': X ⊙ keep) or ``"hard"``
+#: (ours: X ⊙ 1[keep ≥ 0.5] in training and eval, straight-through gradient).
+GATES = ("soft", "hard")
+
+
+@dataclass(frozen=True)
+class ErsmSettings:
+    """Every setting of an ERSM layer, validated once when built (``ValueError`` / ``TypeError``).
+
+    The defaults are the authors' (their public code); the functions of this
+    module and :class:`EnergyMask2d` take them from here.
+
+    Args:
+        token_size: p, the side of a token in feature-map cells. Default: 1.
+        lam, gamma: λ, γ >= 0, weights of the unary and pairwise energies. Default: 1e-3.
+        temperature: T > 0 of the keep probability. Default: 1.
+        bias_init: initial bias; 6.0 starts with almost closed masks. Default: 6.0.
+        grid_size: None for a scalar bias (any input size) or (h, w) for a
+            per-position bias over a fixed token grid. Default: None.
+        eta: η >= 0, mask-coherence weight; 0 is the authors' regulariser. Default: 0.
+        hard_inference: in eval mode use 1[keep ≥ 0.5] (soft gate). Default: False.
+        check_finite: raise on NaN/Inf features or parameters. Default: True.
+        gate: ``"soft"`` (the authors') or ``"hard"`` (ours: the binary mask
+            1[keep ≥ 0.5] in training and eval, straight-through gradient; the
+            regulariser on the executed mask; docs/design.md §3). Default: ``"soft"``.
+        keep_target: ours, a budget: None (the authors': none) or ρ in [0, 1];
+            adds (mean_i keep_i − ρ)² per image, averaged over the batch, to the
+            regulariser, on the executed keep map (DynConv's sparsity loss,
+            Verelst & Tuytelaars, CVPR 2020). Default: None.
+    """
+
+    token_size: int = 1
+    lam: float = 1e-3
+    gamma: float = 1e-3
+    temperature: float = 1.0
+    bias_init: float = 6.0
+    grid_size: tuple[int, int] | None = None
+    eta: float = 0.0
+    hard_inference: bool = False
+    check_finite: bool = True
+    gate: str = "soft"
+    keep_target: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("token_size", self.token_size)
+        _check_settings(self.lam, self.gamma, self.temperature, self.eta)
+        _check_real("bias_init", self.bias_init, -math.inf)
+        grid = self.grid_size
+        if grid is not None and (
+            not isinstance(grid, (tuple, list))
+            or len(grid) != 2
+            or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1
+                   for s in grid)
+        ):
+            raise ValueError(f"grid_size must be None or (h, w) positive ints, but got {grid!r}")
+        for name in ("hard_inference", "check_finite"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, but got {getattr(self, name)!r}")
+        _check_gate(self.gate)
+        _check_keep_target(self.keep_target)
+        if self.keep_target is not None:
+            object.__setattr__(self, "keep_target", float(self.keep_target))
+        # plain Python values (checkpoints load safely, settings compare equal)
+        for name in ("lam", "gamma", "temperature", "bias_init", "eta"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, "token_size", int(self.token_size))
+        if grid is not None:
+            object.__setattr__(self, "grid_size", (int(grid[0]), int(grid[1])))
+
+    @classmethod
+    def of(cls, settings: ErsmSettings | None, **fields: Any) -> ErsmSettings:
+        """``settings`` with ``fields`` replaced (defaults when None); unknown names raise."""
+        if settings is not None and not isinstance(settings, cls):
+            raise TypeError(f"settings must be an ErsmSettings or None, but got "
+                            f"{type(settings).__name__}; pass lam=... and the others by name")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise TypeError(f"unknown ERSM setting(s) {unknown}; the settings are {sorted(known)}")
+        return dataclasses.replace(settings or cls(), **fields)
+
+
+def _check_gate(gate: object) -> None:
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {list(GATES)} (\"soft\": the authors', "
+                         f"\"hard\": ours), but got {gate!r}")
+
+
+def _check_keep_target(keep_target: object) -> None:
+    if keep_target is None:
+        return
+    _check_real("keep_target", keep_target, 0)
+    if keep_target > 1:
+        raise ValueError(f"keep_target must be None or in [0, 1], but got {keep_target}")
+
+
+def straight_through_gate(keep: Tensor) -> Tensor:
+    """Ours: m = 1[keep ≥ 0.5] in the forward, ∂m/∂keep = 1 in the backward, (B, h, w).
+
+    The forward value is exactly binary (``keep − keep.detach()`` is exactly 0);
+    the gradient is the soft keep map's (Bengio et al. 2013, arXiv 1308.3432).
+    """
+    hard = (keep >= 0.5).to(keep.dtype)
+    return hard + (keep - keep.detach())
+
 
 
 def _check_input(x: Tensor, channels: int | None, token_size: int) -> None:
@@ -117,15 +230,17 @@ def energy_mask_2d(
     x: Tensor,
     weight: Tensor,
     bias: Tensor,
-    token_size: int = 1,
-    lam: float = 1e-3,
-    gamma: float = 1e-3,
-    temperature: float = 1.0,
-    eta: float = 0.0,
+    token_size: int = ErsmSettings.token_size,
+    lam: float = ErsmSettings.lam,
+    gamma: float = ErsmSettings.gamma,
+    temperature: float = ErsmSettings.temperature,
+    eta: float = ErsmSettings.eta,
     forced_mask: Tensor | None = None,
     hard: bool = False,
     check_finite: bool = True,
     forced_soft: bool = False,
+    gate: str = ErsmSettings.gate,
+    keep_target: float | None = ErsmSettings.keep_target,
 ) -> EnergyMaskOutput:
     """Functional ERSM layer.
 
@@ -144,27 +259,48 @@ def energy_mask_2d(
         forced_soft: with ``forced_mask``, keep = soft keep × forced_mask (deleted
             tokens go to 0, the rest keep their soft values) instead of the
             binary mask itself. Default: False (the authors' deletion protocol).
+        gate: ``"soft"`` (the authors') or ``"hard"`` (ours): keep is replaced
+            by :func:`straight_through_gate` of it before the output and the
+            regulariser, in every mode. Default: ``"soft"``.
+        keep_target: None or a budget ρ in [0, 1] (ours): R += mean_b (mean_i
+            keep_i − ρ)². Default: None.
 
     Returns:
-        :class:`EnergyMaskOutput`. The regulariser is computed from the soft
-        keep map in every mode. A zero-size input (B, H or W = 0) gives empty
-        maps and a zero regulariser.
+        :class:`EnergyMaskOutput`. The regulariser is computed from the keep map
+        the gate executes (soft gate: the soft map, also with ``hard``; hard
+        gate: the binary map), before any ``forced_mask``. ``keep`` is the map
+        the output used. A zero-size input (B, H or W = 0) gives empty maps and
+        a zero regulariser.
     """
-    _check_call(x, weight, bias, token_size)
     _check_settings(lam, gamma, temperature, eta)
+    _check_gate(gate)
+    _check_keep_target(keep_target)
+    return _energy_mask_2d(x, weight, bias, token_size, lam, gamma, temperature, eta,
+                           forced_mask, hard, check_finite, forced_soft, gate, keep_target)
+
+
+def _energy_mask_2d(x: Tensor, weight: Tensor, bias: Tensor, token_size: int, lam: float,
+                    gamma: float, temperature: float, eta: float, forced_mask: Tensor | None,
+                    hard: bool, check_finite: bool, forced_soft: bool, gate: str,
+                    keep_target: float | None = None) -> EnergyMaskOutput:
+    """:func:`energy_mask_2d` with the settings already checked (the layer's path)."""
+    _check_call(x, weight, bias, token_size)
     if x.numel() == 0:
         empty = _empty_maps(x, token_size)
         return EnergyMaskOutput(x.clone(), *(empty,) * 5, empty.sum())
     res = ersm_energy(x, weight, bias, token_size, lam, gamma, temperature)
     if check_finite:
         _check_finite(res.logits, weight, bias)
+    executed = straight_through_gate(res.keep) if gate == "hard" else res.keep
     energy = res.unary + res.pairwise
-    regularizer = (res.keep * energy).mean()
+    regularizer = (executed * energy).mean()
     if eta:
-        regularizer = regularizer + eta * mask_coherence(res.keep).mean()
-    if forced_mask is None and not hard:
+        regularizer = regularizer + eta * mask_coherence(executed).mean()
+    if keep_target is not None:
+        regularizer = regularizer + (executed.flatten(1).mean(1) - keep_target).pow(2).mean()
+    if forced_mask is None and not hard and gate == "soft":
         return EnergyMaskOutput(*res, energy, regularizer)
-    keep = _replace_keep(res.keep, forced_mask, hard, forced_soft)
+    keep = _replace_keep(executed, forced_mask, hard and gate == "soft", forced_soft)
     output = x * expand_tokens(keep, token_size).to(x.dtype)
     return EnergyMaskOutput(output, res.logits, keep, res.unary, res.pairwise, energy, regularizer)
 
@@ -225,12 +361,13 @@ def energy_mask_2d_inference(
     x: Tensor,
     weight: Tensor,
     bias: Tensor,
-    token_size: int = 1,
-    temperature: float = 1.0,
+    token_size: int = ErsmSettings.token_size,
+    temperature: float = ErsmSettings.temperature,
     forced_mask: Tensor | None = None,
     hard: bool = False,
     check_finite: bool = True,
     forced_soft: bool = False,
+    gate: str = ErsmSettings.gate,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The masked output without energies or regulariser: ``(output, logits, keep)``.
 
@@ -238,16 +375,32 @@ def energy_mask_2d_inference(
     order); used by the layer in eval mode. The logits come from
     :func:`energymask.kernels.token_logits`, two reads of x.
     """
-    _check_call(x, weight, bias, token_size)
     _check_real("temperature", temperature, 0, strict=True)
+    _check_gate(gate)
+    return _energy_mask_2d_inference(x, weight, bias, token_size, temperature, forced_mask,
+                                     hard, check_finite, forced_soft, gate)
+
+
+def _energy_mask_2d_inference(x: Tensor, weight: Tensor, bias: Tensor, token_size: int,
+                              temperature: float, forced_mask: Tensor | None, hard: bool,
+                              check_finite: bool, forced_soft: bool, gate: str,
+                              ) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`energy_mask_2d_inference` with the settings already checked."""
+    _check_call(x, weight, bias, token_size)
     if x.numel() == 0:
         empty = _empty_maps(x, token_size)
         return x.clone(), empty, empty
     logits = token_logits(x, weight, bias, token_size)
     if check_finite:
         _check_finite(logits, weight, bias)
-    keep = _replace_keep(torch.sigmoid(-logits / temperature), forced_mask, hard, forced_soft)
+    keep = torch.sigmoid(-logits / temperature)
+    if gate == "hard":
+        keep = straight_through_gate(keep)
+    keep = _replace_keep(keep, forced_mask, hard and gate == "soft", forced_soft)
     return x * expand_tokens(keep, token_size).to(x.dtype), logits, keep
+
+
+_SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(ErsmSettings))
 
 
 class EnergyMask2d(nn.Module):
@@ -257,69 +410,39 @@ class EnergyMask2d(nn.Module):
 
     Args:
         channels: C of the feature map.
-        token_size: p. Default: 1.
-        lam, gamma: λ, γ. Default: 1e-3 (authors' code).
-        temperature: T. Default: 1.
-        bias_init: initial bias; 6.0 starts with almost closed masks. Default: 6.0.
-        grid_size: None for a scalar bias (any input size) or (h, w) for a
-            per-position bias over a fixed token grid. Default: None.
-        eta: mask-coherence weight η; 0 is the authors' regulariser. Default: 0.
-        hard_inference: in eval mode use 1[keep ≥ 0.5]. Default: False.
-        check_finite: raise on NaN/Inf features or parameters. Default: True.
+        settings: an :class:`ErsmSettings` (None: the authors' defaults).
+        **fields: settings to replace, by name (``token_size``, ``lam``,
+            ``gamma``, ``temperature``, ``bias_init``, ``grid_size``, ``eta``,
+            ``hard_inference``, ``check_finite``, ``gate``; see
+            :class:`ErsmSettings`), e.g. ``EnergyMask2d(64, bias_init=0.0)``.
 
-    After each forward the layer keeps, detached: ``last_keep`` and
-    ``last_logits`` (B, h, w), and, when the energies were computed,
-    ``last_unary``, ``last_pairwise``, ``last_energy`` (B, h, w; None otherwise).
-    In training the energies are always computed, and ``regularizer`` is kept
-    (with its graph when gradients are on) until :meth:`pop_regularizer` or
-    :func:`collect_regularizer` takes it. In eval mode the forward takes the
-    cheap inference path (the logits alone, two reads of x) unless the
-    attribute ``eval_energies`` is True (see :func:`computing_energies`); the
-    layer never holds on to its input.
+    The settings are validated once, here, and read-only afterwards
+    (``layer.settings``, and each as an attribute: ``layer.lam``, ...). With
+    ``gate="hard"`` (ours) the layer executes the binary mask 1[keep ≥ 0.5] in
+    training and in eval, and ``last_keep`` is that binary mask.
+
+    After each forward the layer keeps, detached: ``last_keep`` (the map the
+    output used) and ``last_logits`` (B, h, w), and, when the energies were
+    computed, ``last_unary``, ``last_pairwise``, ``last_energy`` (B, h, w; None
+    otherwise). In training the energies are always computed, and
+    ``regularizer`` is kept (with its graph when gradients are on) until
+    :meth:`pop_regularizer` or :func:`collect_regularizer` takes it. In eval
+    mode the forward takes the cheap inference path (the logits alone, two
+    reads of x) unless the attribute ``eval_energies`` is True (see
+    :func:`computing_energies`); the layer never holds on to its input.
     """
 
     def __init__(
-        self,
-        channels: int,
-        token_size: int = 1,
-        lam: float = 1e-3,
-        gamma: float = 1e-3,
-        temperature: float = 1.0,
-        bias_init: float = 6.0,
-        grid_size: tuple[int, int] | None = None,
-        eta: float = 0.0,
-        hard_inference: bool = False,
-        check_finite: bool = True,
+        self, channels: int, settings: ErsmSettings | None = None, **fields: Any
     ) -> None:
         super().__init__()
+        self.settings = ErsmSettings.of(settings, **fields)
         _check_int("channels", channels)
-        _check_int("token_size", token_size)
-        _check_settings(lam, gamma, temperature, eta)
-        _check_real("bias_init", bias_init, -math.inf)
-        if grid_size is not None and (
-            not isinstance(grid_size, (tuple, list))
-            or len(grid_size) != 2
-            or any(
-                isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1
-                for s in grid_size
-            )
-        ):
-            raise ValueError(
-                f"grid_size must be None or (h, w) positive ints, but got {grid_size!r}"
-            )
-        for name, value in (("hard_inference", hard_inference), ("check_finite", check_finite)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{name} must be a bool, but got {value!r}")
         self.channels = int(channels)
-        self.token_size = int(token_size)
-        self.lam, self.gamma, self.temperature, self.eta = lam, gamma, temperature, eta
-        self.hard_inference = hard_inference
-        self.check_finite = check_finite
-        self.grid_size = (int(grid_size[0]), int(grid_size[1])) if grid_size is not None else None
         dim = self.channels * self.token_size * self.token_size
         bound = 1.0 / math.sqrt(dim)  # nn.Linear(D, 1) initialisation
         self.weight = nn.Parameter(torch.empty(dim).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.full(self.grid_size or (), float(bias_init)))
+        self.bias = nn.Parameter(torch.full(self.grid_size or (), self.settings.bias_init))
         self.forced_mask: Tensor | None = None
         self.forced_soft = False
         self.eval_energies = False
@@ -330,23 +453,35 @@ class EnergyMask2d(nn.Module):
         self.last_pairwise: Tensor | None = None
         self.last_energy: Tensor | None = None
 
+    def __getattr__(self, name: str) -> Any:
+        # each setting reads as an attribute (read-only: the settings are frozen)
+        if name in _SETTING_NAMES and "settings" in self.__dict__:
+            return getattr(self.__dict__["settings"], name)
+        return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SETTING_NAMES:
+            raise AttributeError(
+                f"{name} is a setting of the ERSM layer, validated once and read-only; build "
+                f"a new layer, e.g. EnergyMask2d(channels, layer.settings, {name}=...)"
+            )
+        super().__setattr__(name, value)
+
     def forward(self, x: Tensor) -> Tensor:
-        settings = dict(
-            token_size=self.token_size,
-            temperature=self.temperature,
-            forced_mask=self.forced_mask,
-            forced_soft=self.forced_soft,
-            check_finite=self.check_finite,
-            hard=self.hard_inference and not self.training,
-        )
+        s = self.settings  # validated once, in __init__
+        hard = s.hard_inference and not self.training
         if not (self.training or self.eval_energies):
-            output, logits, keep = energy_mask_2d_inference(x, self.weight, self.bias, **settings)
+            output, logits, keep = _energy_mask_2d_inference(
+                x, self.weight, self.bias, s.token_size, s.temperature, self.forced_mask, hard,
+                s.check_finite, self.forced_soft, s.gate,
+            )
             self.last_keep, self.last_logits = keep.detach(), logits.detach()
             self.last_unary = self.last_pairwise = self.last_energy = None
             self.regularizer = None
             return output
-        res = energy_mask_2d(
-            x, self.weight, self.bias, lam=self.lam, gamma=self.gamma, eta=self.eta, **settings
+        res = _energy_mask_2d(
+            x, self.weight, self.bias, s.token_size, s.lam, s.gamma, s.temperature, s.eta,
+            self.forced_mask, hard, s.check_finite, self.forced_soft, s.gate, s.keep_target,
         )
         self.last_keep, self.last_logits = res.keep.detach(), res.logits.detach()
         self.last_unary, self.last_pairwise = res.unary.detach(), res.pairwise.detach()
@@ -365,7 +500,8 @@ class EnergyMask2d(nn.Module):
         return (
             f"{self.channels}, token_size={self.token_size}, lam={self.lam}, gamma={self.gamma}, "
             f"temperature={self.temperature}, eta={self.eta}, {bias}, "
-            f"hard_inference={self.hard_inference}"
+            f"hard_inference={self.hard_inference}, gate={self.gate!r}"
+            + (f", keep_target={self.keep_target}" if self.keep_target is not None else "")
         )
 
 

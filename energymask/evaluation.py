@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from energymask.ersm import energy_mask_layers
-from energymask.mask_quality import mask_scores
+from energymask.mask_quality import layer_mask_scores
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -149,6 +149,15 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def to_model_device(model: nn.Module, x: Tensor) -> Tensor:
+    """``x`` on the model's device (:func:`model_device`), as :func:`evaluate` moves its batches.
+
+    The robustness tools call it on every batch, so a CUDA model takes a loader of
+    CPU batches.
+    """
+    return x.to(model_device(model))
+
+
 @dataclass
 class Evaluation:
     """Result of :func:`evaluate`.
@@ -203,6 +212,17 @@ def accuracy(
     return _evaluate(model, loader, device, progress, {}).accuracy
 
 
+def batch_scores(
+    model: nn.Module, layers: dict[str, nn.Module], x: Tensor, y: Tensor, extra=None
+) -> tuple[Tensor, dict[str, dict[str, Tensor]]]:
+    """One batch of :func:`evaluate` (model in eval mode, no grad): whether each image is
+    classified right (B,) bool, and the per-image mask scores (B,) of every layer in
+    ``layers``. ``extra``: the batch's object masks (B, [1,] H, W), or anything else."""
+    hits = model(x).argmax(-1) == y
+    obj = extra.to(x.device) if isinstance(extra, Tensor) and extra.dim() >= 3 else None
+    return hits, {name: layer_mask_scores(layer, obj) for name, layer in layers.items()}
+
+
 def _evaluate(
     model: nn.Module, loader: Iterable, device, progress: bool | None, layers: dict
 ) -> Evaluation:
@@ -216,12 +236,11 @@ def _evaluate(
             bar.update()
             if y.shape[0] == 0:
                 continue
-            x, y = x.to(device), y.to(device)
-            correct += int((model(x).argmax(-1) == y).sum())
+            hits, scores = batch_scores(model, layers, x.to(device), y.to(device), extra)
+            correct += int(hits.sum())
             total += y.shape[0]
-            obj = extra.to(device) if isinstance(extra, Tensor) and extra.dim() >= 3 else None
-            for name, layer in layers.items():
-                _add_scores(sums[name], mask_scores(layer.last_keep, obj))
+            for name in layers:
+                _add_scores(sums[name], scores[name])
     if total == 0:
         raise ValueError("loader yielded no sample (no batch, or only empty batches)")
     masks = {

@@ -14,7 +14,7 @@ default f = −E):
   checkerboard Gibbs sweep of the child (``"gibbs"``).
 
 Every operator works on all planes at once (no Python loop over K, B or C),
-and in any site order (the rectangles come from the lattice's spans).
+and in any site order (the rectangles come from the sites' grid coordinates).
 """
 
 from __future__ import annotations
@@ -59,18 +59,22 @@ def rectangle_crossover(
 ) -> Tensor:
     """Children (m, P, n): a random rectangle of ``first``, the rest of ``second``.
 
-    Rectangle corners are uniform over the grid lines (one uniform pair of row
-    lines, one of column lines: rows of ``lat.row_spans`` / ``lat.col_spans``);
-    empty rectangles are allowed (the child is then a copy of ``second``).
-    uint8 masks in site layout.
+    Rectangle corners are uniform over the grid lines: one uniform pair (a, b)
+    of row lines in 0..h (drawn as one index a·(h+1) + b), one of column lines;
+    the rectangle holds the sites with min(a, b) <= row < max(a, b) (columns
+    alike), compared on ``lat.rows`` / ``lat.cols``: O(m·P·n). Empty rectangles
+    are allowed (the child is then a copy of ``second``). uint8 masks in site layout.
     """
     count = first.numel() // first.shape[-1]
     dev = first.device
-    row_pick = torch.randint(0, lat.row_spans.shape[0], (count,), generator=generator, device=dev)
-    col_pick = torch.randint(0, lat.col_spans.shape[0], (count,), generator=generator, device=dev)
-    rows = lat.row_spans.index_select(0, row_pick)
-    cols = lat.col_spans.index_select(0, col_pick)
-    return second ^ ((first ^ second) & (rows & cols).view_as(first))
+    inside = None
+    for coords, size in ((lat.rows, lat.height), (lat.cols, lat.width)):
+        pick = torch.randint(0, (size + 1) ** 2, (count,), generator=generator, device=dev)
+        a, b = pick // (size + 1), pick % (size + 1)
+        lo, hi = torch.minimum(a, b)[:, None], torch.maximum(a, b)[:, None]
+        span = (coords >= lo) & (coords < hi)
+        inside = span if inside is None else inside & span
+    return second ^ ((first ^ second) & inside.view_as(first).to(torch.uint8))
 
 
 def flip_mutation(masks: Tensor, rate: float, generator: torch.Generator) -> Tensor:

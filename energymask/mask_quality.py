@@ -16,6 +16,12 @@ Per image, over its N = h·w tokens with keep probabilities k_i and mean k̄:
   has q(1 − q)|a − b| / (q·a + (1 − q)·b).
 - ``entropy`` = (1/N) Σ_i H(k_i) / log 2 with H the binary entropy: 0 for a
   decided mask (every k_i in {0, 1}), 1 when every k_i = 0.5.
+- ``undecided`` = (1/N) Σ_i 1[0.1 < k_i < 0.9]: share of tokens neither
+  clearly kept nor clearly closed; 0 for a bimodal (decided) map, 1 for a
+  dimmed one (every k_i = 0.45). Issue 20's goal for a mask that selects:
+  at most 0.1 after the first epoch. On the binary map of ``gate="hard"``
+  it is 0 by construction; give it the soft keep probabilities
+  sigmoid(−z/T) to see how decided the gate's logits are.
 
 With a ground-truth object mask (pixels > 0.5 are object):
 
@@ -24,6 +30,8 @@ With a ground-truth object mask (pixels > 0.5 are object):
   both are empty.
 - ``pointing``: 1 when the highest-kept token overlaps the object (any object
   pixel inside the token's cell; ties: the first token in raster order).
+  ``rank`` replaces keep as the token ranking: a binary map ties every kept
+  token, so the hard gate's pointing ranks by its soft keep sigmoid(−z/T).
 - ``keep_contrast`` = Σ_i f_i k_i / Σ_i f_i − Σ_i (1 − f_i) k_i / Σ_i (1 − f_i),
   with f_i the share of token i's cell that is object: mean keep on the
   object minus mean keep on the background, in [−1, 1] (> 0: the object is
@@ -31,17 +39,23 @@ With a ground-truth object mask (pixels > 0.5 are object):
 
 :func:`mask_scores` gives the per-image tensors (no device sync), and
 :func:`mask_quality` their means over the batch as floats.
+:func:`layer_mask_scores` scores an ERSM layer's last forward: the map it
+executed (``last_keep``), pointing ranked by its soft keep sigmoid(−z/T), and
+``soft_undecided`` = ``undecided`` of the soft keep (for ``gate="hard"``, how
+decided the logits behind the binary map are; for the soft gate the same as
+``undecided``).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["mask_quality", "mask_scores"]
+__all__ = ["layer_mask_scores", "mask_quality", "mask_scores", "undecided_share"]
 
 
 def _object_mask(object_mask: Tensor, batch: int, grid: tuple[int, int]) -> Tensor:
@@ -99,8 +113,14 @@ def keep_contrast(keep: Tensor, object_share: Tensor) -> Tensor:
     return torch.where(valid, contrast, torch.full_like(contrast, math.nan))
 
 
+def undecided_share(keep: Tensor, low: float = 0.1, high: float = 0.9) -> Tensor:
+    """Share of each image's tokens with keep in (low, high), (B, h, w) -> (B,)."""
+    return ((keep > low) & (keep < high)).float().flatten(1).mean(1)
+
+
 def mask_scores(
-    keep: Tensor, object_mask: Tensor | None = None, threshold: float = 0.5
+    keep: Tensor, object_mask: Tensor | None = None, threshold: float = 0.5,
+    rank: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Per-image scores of a keep map (definitions in the module docstring).
 
@@ -109,12 +129,14 @@ def mask_scores(
         object_mask: optional ground truth (B, H, W) or (B, 1, H, W), H ≥ h,
             W ≥ w; > 0.5 is object. Default: None.
         threshold: hard-mask threshold of ``hard_sparsity`` and ``iou``. Default: 0.5.
+        rank: optional (B, h, w) token ranking of ``pointing`` (higher = more
+            kept). Default: None (keep itself).
 
     Returns:
         dict of (B,) float32 tensors: ``keep_ratio``, ``hard_sparsity``,
-        ``relative_sparsity``, ``keep_gini``, ``entropy``, and with an object
-        mask also ``iou``, ``pointing`` and ``keep_contrast``. B = 0 gives
-        empty tensors.
+        ``relative_sparsity``, ``keep_gini``, ``entropy``, ``undecided``, and
+        with an object mask also ``iou``, ``pointing`` and ``keep_contrast``.
+        B = 0 gives empty tensors.
     """
     if (
         isinstance(threshold, bool)
@@ -126,13 +148,18 @@ def mask_scores(
     b, h, w = keep.shape
     flat = keep.flatten(1)
     mean = flat.mean(1)
-    k = flat.clamp(1e-12, 1 - 1e-12)
+    if rank is not None and (not isinstance(rank, Tensor) or rank.shape != keep.shape):
+        got = tuple(rank.shape) if isinstance(rank, Tensor) else type(rank).__name__
+        raise ValueError(f"rank must be None or a tensor of keep's shape {tuple(keep.shape)}, "
+                         f"but got {got}")
+    xlogx = torch.special.xlogy(flat, flat) + torch.special.xlogy(1 - flat, 1 - flat)
     scores = {
         "keep_ratio": mean,
         "hard_sparsity": (flat < threshold).float().mean(1),
         "relative_sparsity": (flat < mean[:, None] / 2).float().mean(1),
         "keep_gini": keep_gini(keep),
-        "entropy": -(k * k.log() + (1 - k) * (1 - k).log()).mean(1) / math.log(2),
+        "entropy": -xlogx.mean(1) / math.log(2),
+        "undecided": undecided_share(keep),
     }
     if object_mask is None:
         return scores
@@ -143,14 +170,16 @@ def mask_scores(
     union = (hard | obj).flatten(1).sum(1).float()
     scores["iou"] = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
     on_grid = F.adaptive_max_pool2d(obj.float()[:, None], (h, w))[:, 0].flatten(1)
-    scores["pointing"] = on_grid.gather(1, flat.argmax(1)[:, None])[:, 0]
+    ranking = flat if rank is None else rank.flatten(1).to(keep.device)
+    scores["pointing"] = on_grid.gather(1, ranking.argmax(1)[:, None])[:, 0]
     share = F.adaptive_avg_pool2d(obj.float()[:, None], (h, w))[:, 0]
     scores["keep_contrast"] = keep_contrast(keep, share)
     return scores
 
 
 def mask_quality(
-    keep: Tensor, object_mask: Tensor | None = None, threshold: float = 0.5
+    keep: Tensor, object_mask: Tensor | None = None, threshold: float = 0.5,
+    rank: Tensor | None = None,
 ) -> dict[str, float]:
     """The batch means of :func:`mask_scores`, as floats.
 
@@ -158,7 +187,21 @@ def mask_quality(
     background (NaN when none has). Weight by B to average over batches. An
     empty batch (B = 0) gives ``{}``.
     """
-    scores = mask_scores(keep, object_mask, threshold)
+    scores = mask_scores(keep, object_mask, threshold, rank)
     if keep.shape[0] == 0:
         return {}
     return {k: float(v.nanmean() if k == "keep_contrast" else v.mean()) for k, v in scores.items()}
+
+
+def layer_mask_scores(layer: Any, object_mask: Tensor | None = None) -> dict[str, Tensor]:
+    """:func:`mask_scores` of an ERSM layer's last forward, plus ``soft_undecided``.
+
+    ``layer``: an :class:`~energymask.ersm.EnergyMask2d` after a forward
+    (``last_keep``, ``last_logits``, ``temperature``). The scores are those of
+    the executed map ``last_keep``; ``pointing`` ranks the tokens by the soft
+    keep sigmoid(−z/T) (a binary map ties every kept token). (B,) tensors.
+    """
+    soft = torch.sigmoid(-layer.last_logits.float() / layer.temperature)
+    scores = mask_scores(layer.last_keep, object_mask, rank=soft)
+    scores["soft_undecided"] = undecided_share(soft)
+    return scores

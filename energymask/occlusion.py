@@ -8,7 +8,7 @@ so a fraction f of the image is occluded (exactly f = 0 and f = 1; in between
 up to the clipped border cells). Placement:
 
 - ``random``: cells drawn uniformly (seeded; batch i uses ``seed + i``, the same
-  occlusions for every model compared).
+  occlusions for every model compared; :func:`occlusion_hits` also seeds per image).
 - ``object`` / ``background``: cells sorted by the fraction of object pixels
   (from the ground-truth mask, descending / ascending), ties broken at random;
   the first ones are occluded.
@@ -35,6 +35,7 @@ from energymask.evaluation import (
     loader_length,
     progress_bar,
     split_batch,
+    to_model_device,
 )
 
 __all__ = ["OcclusionResult", "occlude", "occlusion_robustness"]
@@ -116,6 +117,64 @@ def occlude(
     return torch.where(occ, base, x)
 
 
+def check_occlusion_args(models, fractions, patch_size, placement, fill):
+    """``(models as a dict, fractions as floats)`` after checking the arguments of
+    :func:`occlusion_robustness`."""
+    if isinstance(models, nn.Module):
+        models = {"model": models}
+    if not models:
+        raise ValueError("models must hold at least one model, but got none")
+    fractions = [float(f) for f in fractions]
+    if not fractions or any(not 0.0 <= f <= 1.0 for f in fractions):
+        raise ValueError(f"fractions must lie in [0, 1], but got {fractions}")
+    if not isinstance(patch_size, int) or patch_size < 1:
+        raise ValueError(f"patch_size must be a positive int, but got {patch_size!r}")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {list(PLACEMENTS)}, but got {placement!r}")
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {list(FILLS)}, but got {fill!r}")
+    return models, fractions
+
+
+def occlusion_hits(
+    models: dict[str, nn.Module],
+    x: Tensor,
+    y: Tensor,
+    mask: Tensor | None,
+    fractions: Sequence[float],
+    patch_size: int,
+    placement: str,
+    fill: str,
+    seed: int | Tensor,
+) -> dict[str, Tensor]:
+    """One batch (B ≥ 1) of :func:`occlusion_robustness`: per model, whether each image is
+    classified right at each fraction, (F, B) bool on the CPU.
+
+    ``seed``: an int seeds the batch's occlusions (the plain function: seed + batch index);
+    a tensor (B,) seeds each image (the Lightning callback: seed + dataset index, so an
+    image's occlusion does not depend on the batch it is in).
+    """
+    if patch_size > min(x.shape[-2:]):
+        raise ValueError(
+            f"patch_size must be <= the image size {tuple(x.shape[-2:])}, but got {patch_size}"
+        )
+    hits = {name: torch.zeros(len(fractions), y.shape[0], dtype=torch.bool) for name in models}
+    for j, f in enumerate(fractions):
+        if isinstance(seed, Tensor):
+            xo = torch.cat([
+                occlude(x[b : b + 1], f, patch_size, placement, fill,
+                        None if mask is None else mask[b : b + 1],
+                        torch.Generator().manual_seed(int(s)))
+                for b, s in enumerate(seed.tolist())
+            ])  # fmt: skip
+        else:
+            gen = torch.Generator().manual_seed(seed)
+            xo = occlude(x, f, patch_size, placement, fill, mask, gen)
+        for name, model in models.items():
+            hits[name][j] = model(to_model_device(model, xo)).argmax(-1).cpu() == y.cpu()
+    return hits
+
+
 def occlusion_robustness(
     models: dict[str, nn.Module] | nn.Module,
     dataloader: Iterable,
@@ -141,19 +200,7 @@ def occlusion_robustness(
 
     Empty batches are skipped; a dataloader without any sample is an error.
     """
-    if isinstance(models, nn.Module):
-        models = {"model": models}
-    if not models:
-        raise ValueError("models must hold at least one model, but got none")
-    fractions = [float(f) for f in fractions]
-    if not fractions or any(not 0.0 <= f <= 1.0 for f in fractions):
-        raise ValueError(f"fractions must lie in [0, 1], but got {fractions}")
-    if not isinstance(patch_size, int) or patch_size < 1:
-        raise ValueError(f"patch_size must be a positive int, but got {patch_size!r}")
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {list(PLACEMENTS)}, but got {placement!r}")
-    if fill not in FILLS:
-        raise ValueError(f"fill must be one of {list(FILLS)}, but got {fill!r}")
+    models, fractions = check_occlusion_args(models, fractions, patch_size, placement, fill)
     correct = {name: torch.zeros(len(fractions), dtype=torch.long) for name in models}
     total = n_batches = 0
     bar = progress_bar(loader_length(dataloader), "occlusion", progress)
@@ -166,17 +213,10 @@ def occlusion_robustness(
             x, y, mask = split_batch(batch)
             if y.shape[0] == 0:
                 continue
-            if patch_size > min(x.shape[-2:]):
-                raise ValueError(
-                    f"patch_size must be <= the image size {tuple(x.shape[-2:])}, "
-                    f"but got {patch_size}"
-                )
-            for j, f in enumerate(fractions):
-                gen = torch.Generator().manual_seed(seed + i)
-                xo = occlude(x, f, patch_size, placement, fill, mask, gen)
-                for name, model in models.items():
-                    pred = model(xo).argmax(-1).cpu()
-                    correct[name][j] += (pred == y.cpu()).sum()
+            hits = occlusion_hits(models, x, y, mask, fractions, patch_size, placement, fill,
+                                  seed + i)
+            for name, h in hits.items():
+                correct[name] += h.sum(1)
             total += y.shape[0]
     if n_batches == 0:
         raise ValueError("dataloader is empty: it yielded no batch")

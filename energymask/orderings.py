@@ -58,8 +58,16 @@ def magnitude_scores(features: Tensor, token_size: int) -> Tensor:
     return (sq * token_size * token_size).sqrt()[:, 0]
 
 
-def random_scores(shape: tuple[int, int, int], seed: int) -> Tensor:
-    """Seeded uniform scores of ``shape`` (B, h, w)."""
+def random_scores(shape: tuple[int, int, int], seed: int | Tensor) -> Tensor:
+    """Seeded uniform scores of ``shape`` (B, h, w).
+
+    ``seed``: an int seeds the batch; a tensor (B,) seeds each image (image b draws
+    ``rand(h, w)`` from ``seed[b]``: its scores do not depend on the batch it is in).
+    """
+    if isinstance(seed, Tensor):
+        images = [torch.rand(shape[1:], generator=torch.Generator().manual_seed(int(s)))
+                  for s in seed.tolist()]
+        return torch.stack(images) if images else torch.empty(shape)
     gen = torch.Generator().manual_seed(int(seed))
     return torch.rand(shape, generator=gen)
 
@@ -119,7 +127,7 @@ def compute_scores(
     features: Tensor,
     logits: Tensor,
     token_size: int,
-    seed: int,
+    seed: int | Tensor,
     layer: nn.Module,
     y: Tensor,
     forward: Callable[[Tensor], Tensor],

@@ -35,10 +35,14 @@ rate r of each training step (share of dropped patches)::
 
 Why this calibration: it shifts the whole Gibbs distribution and leaves the
 rest of the method untouched (the applied mask is still the fittest sampled
-mask, for any β, T, G or fitness), it costs one scalar and no extra sampling,
-and integral control makes the long-run mean of r equal p exactly (the mean
-error over N steps is p(1 − p) (δ_N − δ_0) / (η N)). The price is a warm-up
-of a few tens of steps and some lag when the features change. The division by
+mask, for any β, T, G or fitness), it costs one scalar and no extra sampling
+after the first step, and integral control makes the long-run mean of r equal
+p exactly (the mean error over N steps is p(1 − p) (δ_N − δ_0) / (η N)). δ
+starting at 0 cost a warm-up of ~40 steps (issue 24), so the first training
+step searches δ_0 on its batch (:func:`initial_offset`: bisection on r(δ)
+with common random numbers, at most 14 calls of :func:`pb_edropout_2d`, once
+per layer and run), and r is p from step 1; some lag remains when the
+features change. The division by
 p (1 − p) evens out the loop gain over p. η bounds the steepest response the
 loop can follow without oscillating, η · slope / (p (1 − p)) < 2, where slope
 = dr/dδ: 0.2–1.5 on 8×8 grids of ReLU noise (β ∈ {0.1, 0.5}), but ~4 on the
@@ -84,6 +88,8 @@ from energymask.kernels import draw_seed
 from energymask.potts import potts, sample
 
 EPS = 1e-6
+OFFSET_SEARCH_STEPS = 14  # calls of pb_edropout_2d on the first training batch, at most
+OFFSET_TOLERANCE = 0.002  # |r − p| that ends the search early
 
 
 def _check_real(name: str, value: Any, allowed: str, ok: Callable[[float], bool]) -> None:
@@ -331,6 +337,58 @@ def pb_edropout_2d(
     return PBEDropoutOutput(output, mask, energy)
 
 
+def initial_offset(
+    x: Tensor,
+    settings: PBEDropoutSettings,
+    fitness: Callable[[Tensor], Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    steps: int = OFFSET_SEARCH_STEPS,
+) -> tuple[float, PBEDropoutOutput]:
+    """δ at which one step on ``x`` drops a share p of the patches, and that step's output.
+
+    The drop rate r(δ) of :func:`pb_edropout_2d` is found with common random
+    numbers (``generator``'s state, the global one when None, is restored
+    before every try), so r is a fixed, nearly monotone function of δ: the
+    search brackets p by doubling from δ = 0 (δ in [−64, 64]) and bisects,
+    ``steps`` calls of :func:`pb_edropout_2d` at most, and returns the δ whose
+    r is nearest p with its output. ``generator`` ends as after one call, so
+    a seeded run is reproducible and resumes exactly.
+    """
+    generator = generator if generator is not None else torch.default_generator
+    state = generator.get_state()
+    p = settings.p
+    tries: list[tuple[float, float, PBEDropoutOutput]] = []
+
+    def rate(offset: float) -> float:
+        generator.set_state(state)
+        out = pb_edropout_2d(x, settings, offset=offset, fitness=fitness, generator=generator)
+        tries.append((offset, float(1.0 - out.mask.mean()), out))
+        return tries[-1][1]
+
+    lo = hi = 0.0
+    first = rate(0.0)
+    if abs(first - p) <= OFFSET_TOLERANCE:
+        pass
+    elif first < p:  # r grows with δ: find hi with r(hi) >= p
+        hi = 1.0
+        while rate(hi) < p and hi < 64 and len(tries) < steps:
+            lo, hi = hi, 2 * hi
+    else:
+        lo = -1.0
+        while rate(lo) > p and lo > -64 and len(tries) < steps:
+            lo, hi = 2 * lo, lo
+    while len(tries) < steps and min(abs(r - p) for _, r, _ in tries) > OFFSET_TOLERANCE:
+        middle = (lo + hi) / 2
+        if rate(middle) < p:
+            lo = middle
+        else:
+            hi = middle
+    offset, _, out = min(tries, key=lambda t: abs(t[1] - p))
+    generator.set_state(state)
+    draw_seed(generator)  # the one seed draw of the step returned
+    return offset, out
+
+
 class PBEDropout2d(nn.Module):
     """Patch-based energy dropout layer; see the module docstring for the maths.
 
@@ -351,7 +409,10 @@ class PBEDropout2d(nn.Module):
 
     Buffers: ``ema_mask`` (C, h, w) keep frequencies M_c and ``threshold_offset``
     (0-dim) δ, both float32 whatever the module's dtype (Lightning's "16-true"
-    casts the module; the statistics keep their precision).
+    casts the module; the statistics keep their precision). The first sampled
+    training step sets δ by :func:`initial_offset` on its batch (when
+    ``calibration_rate`` > 0); ``offset_initialised``, in the extra state, says
+    it has run, so a resumed or loaded layer does not search again.
 
     Attributes after each training forward (detached): ``last_drop_rate``
     (float, realised share of dropped patches, sampled or frozen),
@@ -387,6 +448,7 @@ class PBEDropout2d(nn.Module):
                    if grid_size is not None else torch.empty(0, dtype=torch.float32))
         self.register_buffer("ema_mask", initial)
         self.register_buffer("threshold_offset", torch.zeros((), dtype=torch.float32))
+        self.offset_initialised = False  # δ set from the first training batch (initial_offset)
         self.last_drop_rate: float | None = None
         self.last_energy: float | None = None
         self.last_mask: Tensor | None = None
@@ -442,8 +504,13 @@ class PBEDropout2d(nn.Module):
         if self.ema_mask.numel() == 0:
             self.ema_mask = torch.ones(self.channels, *grid, device=x.device, dtype=torch.float32)
         self._check_grid(grid)
-        out = pb_edropout_2d(x, s, offset=self.threshold_offset.to(x.device),
-                             fitness=self.fitness, generator=self.generator)
+        if s.calibration_rate > 0 and not self.offset_initialised:
+            offset, out = initial_offset(x, s, self.fitness, self.generator)
+            self.threshold_offset.fill_(offset)
+            self.offset_initialised = True
+        else:
+            out = pb_edropout_2d(x, s, offset=self.threshold_offset.to(x.device),
+                                 fitness=self.fitness, generator=self.generator)
         with torch.no_grad():
             kept = out.mask.mean()
             gain = s.calibration_rate / (s.p * (1.0 - s.p))
@@ -465,10 +532,13 @@ class PBEDropout2d(nn.Module):
 
     def get_extra_state(self) -> dict[str, Any]:
         state = self.generator.get_state() if self.generator is not None else None
-        return {"generator_state": state, "frozen": self.frozen}
+        return {"generator_state": state, "frozen": self.frozen,
+                "offset_initialised": self.offset_initialised}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.frozen = bool(state.get("frozen", False))
+        # saved before issue 24: δ came from the controller alone, keep it
+        self.offset_initialised = bool(state.get("offset_initialised", True))
         if state.get("generator_state") is not None:
             if self.generator is None:
                 self.generator = torch.Generator()
@@ -476,6 +546,8 @@ class PBEDropout2d(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
         key = prefix + "ema_mask"
+        if prefix + "threshold_offset" in state_dict:  # a loaded δ is not searched again,
+            self.offset_initialised = True  # unless the extra state says it never was
         if key in state_dict and prefix + "threshold_offset" not in state_dict:
             state_dict[prefix + "threshold_offset"] = torch.zeros(())  # saved before calibration
         if key in state_dict and state_dict[key].shape != self.ema_mask.shape:

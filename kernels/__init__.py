@@ -6,7 +6,9 @@ and ``gibbs_sweep`` have the signatures of the functions of the same name in
 :mod:`energymask.kernels.reference` and pick their backend once per call
 (:mod:`energymask.kernels.dispatch`): the Triton kernel on CUDA tensors (or
 when forced), the reference otherwise; ``token_logits`` (the cheap inference
-logits) and ``expand_tokens`` are PyTorch on every device. For PB-EDropout's populations the
+logits) and ``expand_tokens`` are PyTorch on every device. ERSM on CUDA takes the fastest
+of Triton, ``torch.compile`` of the reference and eager from the measured
+table (:func:`energymask.kernels.dispatch.ersm_backend`). For PB-EDropout's populations the
 backend is picked once per model, by the mask layout (:func:`potts_lattice`,
 :mod:`energymask.kernels.lattice`); :func:`lattice_energy` and
 :func:`lattice_sweep` follow the layout. A Triton kernel that fails to compile
@@ -17,6 +19,7 @@ first call that needs them, so this package imports where Triton is absent.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from types import ModuleType
 
@@ -28,6 +31,7 @@ from . import reference
 from .dispatch import (
     BACKENDS,
     STRICT_ENV,
+    ersm_backend,
     get_backend,
     guarded,
     set_backend,
@@ -63,16 +67,26 @@ def ersm_energy(
     x: Tensor,
     weight: Tensor,
     bias: Tensor,
-    token_size: int = 1,
-    lam: float = 1e-3,
-    gamma: float = 1e-3,
-    temperature: float = 1.0,
+    token_size: int,
+    lam: float,
+    gamma: float,
+    temperature: float,
 ) -> ErsmEnergy:
     """ERSM token energies and masked output; see :func:`reference.ersm_energy`."""
     args = (x, weight, bias, token_size, lam, gamma, temperature)
-    if use_triton(x):
+    backend = ersm_backend(x, token_size)
+    if backend == "triton":
         return _triton(_ersm_triton, "ersm_energy", reference.ersm_energy, *args)
+    if backend == "compile":
+        return guarded("ersm_energy compile", lambda: _compiled_ersm()(*args),
+                       lambda: reference.ersm_energy(*args))  # fmt: skip
     return reference.ersm_energy(*args)
+
+
+@functools.cache
+def _compiled_ersm() -> Callable:
+    """``torch.compile`` of the reference ERSM energy, built once (compiled per shape)."""
+    return torch.compile(reference.ersm_energy)
 
 
 def population_energy(masks: Tensor, unary: Tensor, beta: float) -> Tensor:
@@ -149,6 +163,7 @@ __all__ = [
     "Lattice",
     "checkerboard",
     "draw_seed",
+    "ersm_backend",
     "ersm_energy",
     "expand_tokens",
     "get_backend",

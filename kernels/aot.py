@@ -44,25 +44,27 @@ _POINTER = {
 
 
 class Case(NamedTuple):
-    """One realistic call: ``kind`` ("ersm" or "potts"), its shape and dtype name."""
+    """One realistic call: ``kind`` ("ersm" or "potts"), its shape, dtype name and, for
+    ERSM, the layouts recorded ("nchw", "channels_last" or "both")."""
 
     kind: str
     shape: tuple[int, ...]
     dtype: str
+    layout: str = "both"
 
 
 def cases(full: bool) -> Iterator[Case]:
     """ERSM: B = 64, C 64..2048, maps 7..56, p 1 and 2. Potts: grids 4..128, K up to 32.
 
     ``full=False`` is the representative subset run by the test suite: per
-    dtype, the two ERSM tiles (many channels at 7x7: BLOCK_S = 8; a wide map:
-    BLOCK_S = 64) and the two Potts tiles (small grids: many planes per
-    program; 128x128: chunks of 1024 sites).
+    dtype, ERSM many channels at 7x7 in channels-last (5 channel splits) and a
+    wide map in NCHW (128-token rows), and the two Potts tiles (small grids:
+    many planes per program; 128x128: chunks of 1024 sites).
     """
     if not full:
         for dtype in DTYPES:
-            yield Case("ersm", (64, 2048, 7, 7, 1), dtype)
-            yield Case("ersm", (64, 256, 56, 56, 2), dtype)
+            yield Case("ersm", (64, 2048, 7, 7, 1), dtype, "channels_last")
+            yield Case("ersm", (64, 256, 56, 56, 2), dtype, "nchw")
             yield Case("potts", (32, 8, 64, 8, 8), dtype)
             yield Case("potts", (32, 8, 64, 128, 128), dtype)
         return
@@ -78,7 +80,8 @@ def cases(full: bool) -> Iterator[Case]:
 
 
 def record(case: Case, full: bool = True) -> list[Launch]:
-    """The launches the wrappers make for ``case`` (forward and backward).
+    """The launches the wrappers make for ``case`` (forward and backward; ERSM in NCHW and
+    channels-last).
 
     ``full``: every flag (scalar and per-position bias, with and without
     g_out; uint8 and float32 masks); otherwise the heavier of each.
@@ -90,14 +93,19 @@ def record(case: Case, full: bool = True) -> list[Launch]:
     with recording() as launches:
         if case.kind == "ersm":
             bsz, c, h, w, p = case.shape
-            x = torch.empty(bsz, c * p * p, h // p, w // p, dtype=dtype, **meta)
+            nchw = torch.empty(bsz, c * p * p, h // p, w // p, dtype=dtype, **meta)
             weight = torch.empty(c * p * p, **meta)
             tokens = torch.empty(bsz, h // p, w // p, **meta)
-            for bias in (tokens[0], torch.empty((), **meta))[: 2 if full else 1]:
-                out, z, keep, _, _, r, sim = ersm_triton.forward(x, weight, bias, 1e-3, 1e-3, 1.0)
-                for g_out in (out, None)[: 2 if full else 1]:
-                    ersm_triton.backward(x, weight, r, z, keep, sim, g_out, z, z, z, z,
-                                         1e-3, 1e-3, 1.0, bias.dim() > 0)  # fmt: skip
+            layouts = {"nchw": nchw, "channels_last": nchw.to(memory_format=torch.channels_last)}
+            for name, x in layouts.items():
+                if case.layout not in ("both", name):
+                    continue
+                for bias in (tokens[0], torch.empty((), **meta))[: 2 if full else 1]:
+                    out, z, keep, _, _, r, sim = ersm_triton.forward(x, weight, bias, 1e-3, 1e-3,
+                                                                     1.0)  # fmt: skip
+                    for g_out in (out, None)[: 2 if full else 1]:
+                        ersm_triton.backward(x, weight, r, z, keep, sim, g_out, z, z, z, z,
+                                             1e-3, 1e-3, 1.0, bias.dim() > 0)  # fmt: skip
         else:
             k, b, c, h, w = case.shape
             unary = torch.empty(b, c, h, w, dtype=dtype, **meta)
@@ -121,8 +129,11 @@ def _arg_type(value) -> str:
 def signature(item: Launch) -> tuple[dict, dict, dict]:
     """(signature, constexprs, attrs) of a recorded launch, as the JIT would build them."""
     names = item.kernel.arg_names
-    sig, attrs = {}, {}
+    sig, attrs, constexprs = {}, {}, dict(item.constexprs)
     for i, (name, value) in enumerate(zip(names, item.args, strict=False)):
+        if type(value) is int and value == 1:  # the JIT specialises 1 (a unit stride) too
+            sig[name], constexprs[name] = "constexpr", 1
+            continue
         sig[name] = _arg_type(value)
         if isinstance(value, torch.Tensor) or (
             isinstance(value, int) and not isinstance(value, bool) and value % 16 == 0
@@ -130,7 +141,7 @@ def signature(item: Launch) -> tuple[dict, dict, dict]:
             attrs[(i,)] = [["tt.divisibility", 16]]
     for name in names[len(item.args) :]:
         sig[name] = "constexpr"
-    return sig, dict(item.constexprs), attrs
+    return sig, constexprs, attrs
 
 
 def key(item: Launch) -> str:

@@ -5,7 +5,7 @@ here (``tests/test_ersm_triton.py``, ``tests/test_potts_triton.py``). They are
 vectorised, not loops, and they are the CPU path of the public entry points
 and the fallback of a Triton kernel that fails. PB-EDropout's sampler on CPU
 runs the same Potts model in the site layout of :mod:`energymask.kernels.lattice`
-(one matmul per colour), checked against these.
+(a 4-neighbour gather per colour), checked against these.
 
 - ``ersm_energy``: the ERSM token energy of docs/design.md §3 (Devynck et al.,
   "Energy-Regularized Spatial Masking", IJCAI 2026, arXiv 2604.06893), and
@@ -73,10 +73,10 @@ def ersm_energy(
     x: Tensor,
     weight: Tensor,
     bias: Tensor,
-    token_size: int = 1,
-    lam: float = 1e-3,
-    gamma: float = 1e-3,
-    temperature: float = 1.0,
+    token_size: int,
+    lam: float,
+    gamma: float,
+    temperature: float,
 ) -> ErsmEnergy:
     """ERSM token energies and masked output.
 
@@ -101,7 +101,7 @@ def ersm_energy(
     return ErsmEnergy(output, logits, keep, unary, pairwise)
 
 
-def token_logits(x: Tensor, weight: Tensor, bias: Tensor, token_size: int = 1) -> Tensor:
+def token_logits(x: Tensor, weight: Tensor, bias: Tensor, token_size: int) -> Tensor:
     """ERSM energy logits alone: z_i = wᵀ x_i / (‖x_i‖ + 1e-6) + b, (B, C, H, W) -> (B, h, w).
 
     The cheap inference path of docs/design.md §3: the same z as :func:`ersm_energy`

@@ -17,6 +17,7 @@ from .datamodules import (
 from .ersm_callback import ERSMCallback
 from .mask_logger import MaskLoggerCallback
 from .pbedropout_callback import PBEDropoutCallback
+from .robustness_callback import RobustnessResults, RobustnessTests
 
 __all__ = [
     "CIFAR10DataModule",
@@ -27,6 +28,8 @@ __all__ = [
     "ImageClassifier",
     "MaskLoggerCallback",
     "PBEDropoutCallback",
+    "RobustnessResults",
+    "RobustnessTests",
     "TensorDataModule",
     "load_for_inference",
     "read_checkpoint",

@@ -10,15 +10,15 @@ adding to it is exact under gradient accumulation and mixed precision.
 
 from __future__ import annotations
 
-import inspect
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from typing_extensions import override
 
-from energymask.ersm import EnergyMask2d
-from energymask.mask_quality import mask_scores
+from energymask.ersm import EnergyMask2d, ErsmSettings
+from energymask.mask_quality import layer_mask_scores
 
 from ._inserting import InsertingCallback
 
@@ -27,17 +27,21 @@ if TYPE_CHECKING:
 
 
 def ersm_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """Every :class:`EnergyMask2d` setting but ``channels``, defaults filled in.
+    """Every :class:`~energymask.ersm.ErsmSettings` field, defaults filled in, validated.
 
-    Saved in the callback's state, so a resume compares all of them (a default
+    Saved in the callback's state as ``asdict(ErsmSettings)``, as the PB-EDropout
+    callback saves its settings, so a resume compares all of them (a default
     that changes between versions is caught too). Unknown names: TypeError.
     """
-    bound = inspect.signature(EnergyMask2d).bind(1, **settings)
-    bound.apply_defaults()
-    return {k: v for k, v in bound.arguments.items() if k != "channels"}
+    return asdict(ErsmSettings.of(None, **settings))
 
 
 def make_ersm(channels: int, settings: dict[str, Any]) -> EnergyMask2d:
+    """``EnergyMask2d(channels, **settings)`` from a callback's saved settings.
+
+    Checkpoints saved before the ``gate`` setting existed load with its
+    default, the authors' ``"soft"``.
+    """
     return EnergyMask2d(channels, **settings)
 
 
@@ -55,7 +59,7 @@ def batch_object_mask(batch: Any, batch_size: int) -> Tensor | None:
 
 
 def ersm_stats(layer: EnergyMask2d, object_mask: Tensor | None = None) -> dict[str, Tensor]:
-    """Batch means of :func:`~energymask.mask_quality.mask_scores` of the last forward.
+    """Batch means of :func:`~energymask.mask_quality.layer_mask_scores` of the last forward.
 
     Plus ``energy`` (mean E) when the forward computed the energies (training,
     or ``eval_energies``). ``keep_contrast`` is left out when no image of the
@@ -64,7 +68,7 @@ def ersm_stats(layer: EnergyMask2d, object_mask: Tensor | None = None) -> dict[s
     keep = layer.last_keep
     if keep is None or keep.shape[0] == 0:
         return {}
-    scores = mask_scores(keep, object_mask)
+    scores = layer_mask_scores(layer, object_mask)
     stats = {k: v.mean() for k, v in scores.items() if k != "keep_contrast"}
     contrast = scores.get("keep_contrast")
     if contrast is not None and not torch.isnan(contrast).all():
@@ -83,7 +87,9 @@ class ERSMCallback(InsertingCallback):
             output is 4D for ``pl_module.example_input_array`` (which must then be set).
         log_stats: log the masks' scores per layer, as epoch means. Default: True.
         **ersm_kwargs: passed to :class:`EnergyMask2d` (``lam``, ``gamma``,
-            ``token_size``, ``temperature``, ``bias_init``, ...). The state saved in
+            ``token_size``, ``temperature``, ``bias_init``, ``gate``, ...; see
+            :class:`~energymask.ersm.ErsmSettings`; ``gate="hard"`` is ours, not
+            the authors': the binary mask in training too). The state saved in
             checkpoints holds every setting, defaults included; a resume with
             other settings is refused.
 
@@ -91,7 +97,8 @@ class ERSMCallback(InsertingCallback):
     batches, every ``Trainer(log_every_n_steps)``-th batch (the scores cost a
     device sync), and ``val_ersm/<layer>/<score>`` from every validation batch.
     Scores: ``keep_ratio``, ``hard_sparsity``, ``relative_sparsity``,
-    ``keep_gini``, ``entropy`` (:mod:`energymask.mask_quality`), with
+    ``keep_gini``, ``entropy``, ``undecided``, ``soft_undecided``
+    (:mod:`energymask.mask_quality`), with
     ``(x, y, object_mask)`` batches also ``iou``, ``pointing``,
     ``keep_contrast``; in training also ``energy`` (mean E) and ``reg`` (R).
 

@@ -46,7 +46,8 @@ class PBEDropoutCallback(InsertingCallback):
         log_stats: log ``pbedropout/<layer>/drop_rate`` (realised share of dropped
             patches, of the deterministic masks once frozen) and ``energy`` (mean
             energy of the sampled masks; not logged while frozen), from the layer's
-            ``last_drop_rate`` / ``last_energy``, averaged over each epoch. Default: True.
+            ``last_drop_rate`` / ``last_energy``, averaged over each epoch, and
+            ``drop_rate_step``, the realised rate of every step. Default: True.
         **pbedropout_kwargs: ``seed``, ``grid_size`` and the fields of
             :class:`~energymask.pbedropout.PBEDropoutSettings`, passed to
             ``PBEDropout2d(channels, ...)`` and validated here.
@@ -121,6 +122,9 @@ class PBEDropoutCallback(InsertingCallback):
                 if value is not None:
                     pl_module.log(f"pbedropout/{name}/{key}", float(value),
                                   on_step=False, on_epoch=True)
+            if layer.last_drop_rate is not None:  # the realised rate of this step
+                pl_module.log(f"pbedropout/{name}/drop_rate_step", float(layer.last_drop_rate),
+                              on_step=True, on_epoch=False)
             layer.last_drop_rate = layer.last_energy = None  # log each forward once
 
     @override

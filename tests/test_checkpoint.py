@@ -37,15 +37,31 @@ def fit(tmp_path, callbacks):
     return module.eval(), t.checkpoint_callback.best_model_path, x
 
 
-def test_reproduces_trained_outputs(tmp_path):
+@pytest.mark.parametrize("gate", [{}, {"gate": "hard"}, {"gate": "hard", "keep_target": 0.4}])
+def test_reproduces_trained_outputs(tmp_path, gate):
     module, ckpt, x = fit(tmp_path, [ERSMCallback("model.backbone.layer2", lam=0.1,
-                                                  token_size=2, bias_init=0.0)])
+                                                  token_size=2, bias_init=0.0, **gate)])
     loaded = load_for_inference(ckpt, ImageClassifier, model=net())
     assert not loaded.training
-    assert isinstance(loaded.model.backbone.layer2.layer, EnergyMask2d)
-    assert loaded.model.backbone.layer2.layer.token_size == 2
+    layer = loaded.model.backbone.layer2.layer
+    assert isinstance(layer, EnergyMask2d)
+    assert layer.token_size == 2 and layer.gate == gate.get("gate", "soft")
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), module(x))
+    if gate:  # ours executes a binary mask
+        assert ((layer.last_keep == 0) | (layer.last_keep == 1)).all()
+
+
+def test_checkpoint_from_before_the_gate_setting_loads_with_the_authors_gate(tmp_path):
+    _, ckpt, _ = fit(tmp_path, [ERSMCallback("model.backbone.layer2", bias_init=0.0)])
+    state = torch.load(ckpt, weights_only=False)
+    for key, value in state["callbacks"].items():
+        if "ERSMCallback" in key:
+            for name in ("gate", "keep_target"):
+                del value["settings"][name]
+    torch.save(state, tmp_path / "old.ckpt")
+    loaded = load_for_inference(tmp_path / "old.ckpt", ImageClassifier, model=net())
+    assert loaded.model.backbone.layer2.layer.gate == "soft"
 
 
 def test_reinserts_pbedropout_with_ema_masks(tmp_path):

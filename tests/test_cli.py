@@ -68,6 +68,7 @@ def test_python_m_energymask_help():
     (["train", "--bogus"], "unrecognized arguments: --bogus"),
     ([], "required: COMMAND"),
     (["evaluate"], "one of the arguments --run --checkpoint is required"),
+    (["train", "--ersm-gate", "sharp"], "argument --ersm-gate: invalid choice: 'sharp'"),
 ])
 def test_usage_errors_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -393,3 +394,28 @@ def test_ctrl_c_then_resume_equals_a_straight_run(tmp_path, capsys):
     assert json.loads((cut / "run.json").read_text())["status"] == "complete"
     assert len(epochs) > 1
     capsys.readouterr()
+
+
+def test_evaluate_on_two_processes_equals_one(tmp_path, run_dir, capsys):
+    # --devices: RobustnessTests in trainer.test; 2 ddp processes on CPU (gloo), 7 images in
+    # batches of 2: the last batches differ, DistributedSampler pads one duplicate
+    common = ["evaluate", "--run", str(run_dir), "--num-samples", "7", "--batch-size", "2",
+              "--steps", "3", "--fractions", "0", "0.5", "--no-progress", "--accelerator", "cpu"]
+    assert main([*common, "--devices", "1", "--out", str(tmp_path / "one")]) == 0
+    assert "(1 processes)" in capsys.readouterr().out
+    done = subprocess.run([sys.executable, "-m", "energymask", *common, "--devices", "2",
+                           "--strategy", "ddp", "--out", str(tmp_path / "two")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("energymask evaluate: wrote") == 1  # rank 0 only
+    one, two = (json.loads((tmp_path / d / "evaluation.json").read_text()) for d in ("one", "two"))
+    assert one.pop("run") != two.pop("run")
+    # counts: exact. Mask scores: the small CNN's ERSM keep map of an image differs by 1 ulp
+    # between a batch of 1 and of 2 on CPU (the last image is alone in one process, paired
+    # in two), so they agree to float32 rounding, not bit for bit (docs/design.md §6)
+    masks_one, masks_two = one.pop("mask_quality"), two.pop("mask_quality")
+    assert two == one and one["num_samples"] == 7
+    for layer, scores in masks_one.items():
+        assert masks_two[layer] == pytest.approx(scores, rel=1e-6, abs=1e-7)
+    assert set(one["occlusion"]) == {"random", "object"}
+    _fails(capsys, [*common, "--devices", "0"], "evaluate", "--devices must be >= 1, but got 0")

@@ -1,5 +1,7 @@
+import dataclasses
 import gc
 import math
+import re
 import weakref
 
 import pytest
@@ -7,7 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from energymask import EnergyMask2d, collect_regularizer, energy_mask_2d, energy_mask_layers
-from energymask.ersm import EnergyMaskOutput, computing_energies, energy_mask_2d_inference, forcing
+from energymask.ersm import (
+    EnergyMaskOutput,
+    ErsmSettings,
+    computing_energies,
+    energy_mask_2d_inference,
+    forcing,
+    straight_through_gate,
+)
 from energymask.kernels import ErsmEnergy
 
 
@@ -350,11 +359,106 @@ def test_functional_setting_errors(kwargs, match):
             )
 
 
-def test_settings_changed_after_construction_are_checked():
-    layer = EnergyMask2d(3)
-    layer.temperature = NAN
-    with pytest.raises(ValueError, match="temperature must be finite"):
-        layer(torch.randn(1, 3, 2, 2))
+def test_settings_are_validated_once_and_read_only():
+    layer = EnergyMask2d(3, lam=0.5)
+    assert layer.settings == ErsmSettings(lam=0.5) and layer.lam == 0.5
+    with pytest.raises(AttributeError, match="temperature is a setting of the ERSM layer"):
+        layer.temperature = NAN
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        layer.settings.temperature = NAN  # type: ignore[misc]
+    assert EnergyMask2d(3, layer.settings, gate="hard").settings == ErsmSettings(
+        lam=0.5, gate="hard")
+
+
+def test_settings_dataclass():
+    s = ErsmSettings(token_size=2, lam=1, grid_size=[2, 3])
+    assert (s.lam, type(s.lam), s.grid_size) == (1.0, float, (2, 3))
+    assert ErsmSettings.of(s, gate="hard") == dataclasses.replace(s, gate="hard")
+    with pytest.raises(TypeError, match=r"unknown ERSM setting\(s\) \['lamda'\]"):
+        ErsmSettings.of(None, lamda=0.1)
+    with pytest.raises(TypeError, match="settings must be an ErsmSettings or None, but got dict"):
+        EnergyMask2d(3, {"lam": 0.1})
+
+
+@pytest.mark.parametrize("gate", ["HARD", "binary", None, 1])
+def test_bad_gate(gate):
+    match = r"gate must be one of \['soft', 'hard'\] .*but got " + re.escape(repr(gate))
+    with pytest.raises(ValueError, match=match):
+        EnergyMask2d(3, gate=gate)
+    with pytest.raises(ValueError, match=match):
+        energy_mask_2d(torch.randn(1, 1, 2, 2), torch.ones(1), torch.tensor(0.0), gate=gate)
+    with pytest.raises(ValueError, match=match):
+        energy_mask_2d_inference(torch.randn(1, 1, 2, 2), torch.ones(1), torch.tensor(0.0),
+                                 gate=gate)
+
+
+@pytest.mark.parametrize("token_size", [1, 2])
+@pytest.mark.parametrize("training", [True, False])
+def test_hard_gate_executes_exactly_binary_mask(token_size, training):
+    torch.manual_seed(0)
+    layer = EnergyMask2d(3, token_size=token_size, bias_init=0.0, gate="hard").train(training)
+    x = torch.randn(2, 3, 6, 4)
+    out = layer(x)
+    keep = layer.last_keep
+    assert ((keep == 0) | (keep == 1)).all() and 0 < keep.mean() < 1
+    assert torch.equal(keep, (layer.last_logits <= 0).to(keep.dtype))  # 1[sigmoid(-z) >= 0.5]
+    mask = keep.repeat_interleave(token_size, 1).repeat_interleave(token_size, 2)[:, None]
+    assert torch.equal(out, x * mask)  # each cell kept as is or zeroed
+    layer.eval()
+    assert torch.equal(layer(x), out)  # deterministic, and train == eval
+    assert torch.equal(layer.last_keep, keep)
+
+
+def test_straight_through_gate_gradient_matches_soft_keep():
+    torch.manual_seed(0)
+    keep = torch.rand(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    m = straight_through_gate(keep)
+    assert torch.equal(m, (keep >= 0.5).double())
+    g = torch.randn_like(keep)
+    (grad,) = torch.autograd.grad((m * g).sum(), keep)
+    assert torch.equal(grad, g)
+
+
+def test_hard_gate_gradient_is_the_soft_layers_with_binary_forward():
+    """Reference: the hard layer's gradients on w, b and x equal those of the soft
+    layer's graph with the binary mask's value swapped in (finite differences are
+    zero almost everywhere for a step function, so the straight-through estimator
+    is checked against its definition, and the soft path against finite differences)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    res = energy_mask_2d(x, w, b, 1, 0.3, 0.2, 1.5, gate="hard")
+    got = torch.autograd.grad((res.output * g).sum() + res.regularizer, (x, w, b))
+    soft = energy_mask_2d(x, w, b, 1, 0.3, 0.2, 1.5)
+    m = (soft.keep >= 0.5).double()
+    executed = m + soft.keep - soft.keep.detach()
+    out = x * executed[:, None]
+    reg = (executed * soft.energy).mean()
+    want = torch.autograd.grad((out * g).sum() + reg, (x, w, b))
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a, e)
+    assert torch.equal(res.output, x * m[:, None])
+    torch.testing.assert_close(res.regularizer, (m * soft.energy).mean())
+    # the soft keep map the estimator differentiates, against finite differences
+    assert torch.autograd.gradcheck(
+        lambda w_, b_: energy_mask_2d(x.detach(), w_, b_, 1, 0.3, 0.2, 1.5).keep, (w, b))
+
+
+def test_hard_gate_with_forced_masks():
+    torch.manual_seed(0)
+    layer = EnergyMask2d(3, bias_init=0.0, gate="hard").eval()
+    x = torch.randn(1, 3, 4, 4)
+    layer(x)
+    executed = layer.last_keep.clone()
+    forced = (torch.rand(1, 4, 4) > 0.5).float()
+    with forcing(layer, forced):
+        layer(x)
+    assert torch.equal(layer.last_keep, forced)
+    with forcing(layer, forced, soft=True):
+        layer(x)
+    assert torch.equal(layer.last_keep, executed * forced)
 
 
 @pytest.mark.parametrize("param", ["weight", "bias"])
@@ -423,3 +527,56 @@ def test_forcing_binary_soft_and_restored():
     with pytest.raises(RuntimeError, match="boom"), forcing(layer, mask):
         raise RuntimeError("boom")
     assert layer.forced_mask is None
+
+
+def test_keep_target_budget_on_the_executed_mask():
+    torch.manual_seed(0)
+    x, w, b = torch.randn(2, 3, 4, 4), torch.randn(3), torch.tensor(0.2)
+    plain = energy_mask_2d(x, w, b, gate="hard")
+    budget = energy_mask_2d(x, w, b, gate="hard", keep_target=0.25)
+    per_image = plain.keep.flatten(1).mean(1)
+    torch.testing.assert_close(budget.regularizer - plain.regularizer,
+                               (per_image - 0.25).pow(2).mean())
+    assert torch.equal(budget.output, plain.output)  # a budget changes the loss, not the mask
+    soft = energy_mask_2d(x, w, b, keep_target=0.25)  # the soft gate's executed map: soft keep
+    torch.testing.assert_close(soft.regularizer - energy_mask_2d(x, w, b).regularizer,
+                               (soft.keep.flatten(1).mean(1) - 0.25).pow(2).mean())
+
+
+@pytest.mark.parametrize(("value", "error", "match"), [
+    (1.5, ValueError, r"keep_target must be None or in \[0, 1\], but got 1.5"),
+    (-0.1, ValueError, "keep_target must be >= 0, but got -0.1"),
+    (NAN, ValueError, r"keep_target must be finite"),
+    ("0.5", TypeError, "keep_target must be a real number, but got '0.5'"),
+])
+def test_bad_keep_target(value, error, match):
+    with pytest.raises(error, match=match):
+        EnergyMask2d(3, keep_target=value)
+    with pytest.raises(error, match=match):
+        energy_mask_2d(torch.randn(1, 1, 2, 2), torch.ones(1), torch.tensor(0.0),
+                       keep_target=value)
+
+
+def test_hard_gate_on_the_triton_kernels_equals_the_reference():
+    """Ours applies on the kernel's keep map: same output, regulariser and gradients
+    with the Triton kernels (interpreter on CPU) as with the PyTorch reference."""
+    pytest.importorskip("triton")
+    from energymask.kernels import use_backend
+
+    torch.manual_seed(0)
+    layer = EnergyMask2d(3, bias_init=0.0, gate="hard", keep_target=0.3)
+    x = torch.randn(2, 3, 5, 4, requires_grad=True)
+
+    def run():
+        out = layer(x)
+        loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum()
+        loss = loss + layer.pop_regularizer()
+        return out, loss, torch.autograd.grad(loss, (x, layer.weight, layer.bias))
+
+    want = run()
+    with use_backend("triton"):
+        got = run()
+    assert torch.equal(got[0], want[0])  # the same binary mask
+    torch.testing.assert_close(got[1], want[1])
+    for g, w in zip(got[2], want[2], strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)

@@ -199,7 +199,8 @@ def test_state_dict_is_plain_and_checked():
     trainer(max_steps=1, callbacks=[cb]).fit(Net(), loader())
     state = cb.state_dict()
     settings = dict(token_size=1, lam=0.5, gamma=1e-3, temperature=1.0, bias_init=6.0,
-                    grid_size=None, eta=0.0, hard_inference=False, check_finite=True)
+                    grid_size=None, eta=0.0, hard_inference=False, check_finite=True,
+                    gate="soft", keep_target=None)
     assert state == {"kind": "ersm", "layers": ["features.2"], "settings": settings,
                      "channels": {"features.2": 8}}
     assert ersm_settings({"lam": 0.5}) == settings
@@ -219,8 +220,10 @@ def test_bad_settings_fail_at_init():
         ERSMCallback("features.2", token_size=True)
     with pytest.raises(TypeError, match="log_stats must be a bool, but got 'yes'"):
         ERSMCallback("features.2", log_stats="yes")
-    with pytest.raises(TypeError, match="unexpected keyword"):
+    with pytest.raises(TypeError, match=r"unknown ERSM setting\(s\) \['lamda'\]"):
         ERSMCallback("features.2", lamda=1.0)
+    with pytest.raises(ValueError, match=r"gate must be one of \['soft', 'hard'\]"):
+        ERSMCallback("features.2", gate="sharp")
     with pytest.raises(TypeError, match="layers must be None, a str or a list"):
         ERSMCallback(3)
     with pytest.raises(ValueError, match="layers must be distinct"):
@@ -328,3 +331,52 @@ def test_insertion_is_logged_once_over_two_fits(caplog):
     inserted = [r for r in caplog.records if "inserted" in r.getMessage()]
     assert [r.getMessage() for r in inserted] == [
         "ERSMCallback: inserted EnergyMask2d after features.2"]
+
+
+@pytest.mark.parametrize("package", ["lightning.pytorch", "pytorch_lightning"])
+def test_hard_gate_trains_resumes_and_is_checked_under_both_packages(package, tmp_path):
+    """Ours (gate="hard"): binary masks in training, an exact resume, and a resume with the
+    authors' soft gate refused, under either Lightning package."""
+    import importlib
+
+    lightning = importlib.import_module(package)
+
+    class UserNet(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = Net()
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return self.net.training_step(batch, batch_idx)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    seen = []
+
+    class Spy(lightning.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.append(pl_module.net.features[2].layer.last_keep)
+
+    def run(epochs, ckpt=None, gate="hard"):
+        lightning.seed_everything(0)
+        model = UserNet()
+        t = lightning.Trainer(
+            accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, deterministic=True, default_root_dir=tmp_path,
+            callbacks=[ERSMCallback("net.features.2", bias_init=0.0, gate=gate,
+                                    keep_target=0.3), Spy()])
+        t.fit(model, loader(), ckpt_path=ckpt)
+        return model, t
+
+    straight, _ = run(2)
+    assert seen and all(((k == 0) | (k == 1)).all() for k in seen)
+    _, first = run(1)
+    resumed, _ = run(2, first.checkpoint_callback.best_model_path)
+    for name, value in straight.state_dict().items():
+        torch.testing.assert_close(value, resumed.state_dict()[name], msg=name)
+    with pytest.raises(ValueError, match=r"checkpoint was made with ERSMCallback.*'gate': 'hard'"):
+        run(2, first.checkpoint_callback.best_model_path, gate="soft")

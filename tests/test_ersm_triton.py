@@ -104,8 +104,18 @@ def test_gradcheck_float64(per_position):
     )
 
 
-def compare(shape, per_position, seed, dtype=torch.float32):
+def compare(shape, per_position, seed, dtype=torch.float32, layout=None):
+    """Outputs and gradients of the Triton path against the reference.
+
+    ``layout``: None (NCHW), "channels_last", or "strided" (a non-contiguous view).
+    """
     x, weight, bias = inputs(shape, dtype, per_position, seed=seed)
+    if layout == "channels_last":
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    elif layout == "strided":
+        wide = torch.cat([x.detach(), x.detach()], dim=3)
+        x = wide[..., ::2].requires_grad_()  # every second column: a strided view
+        assert not x.is_contiguous()
     want = ref.ersm_energy(x, weight, bias, shape[-1], 0.5, 0.8, 1.3)
     gen = torch.Generator().manual_seed(seed + 1)
     upstream = [torch.randn(r.shape, generator=gen) for r in want]
@@ -113,44 +123,79 @@ def compare(shape, per_position, seed, dtype=torch.float32):
     got, got_grads = run(ersm_triton.ersm_energy, x, weight, bias, shape[-1], upstream)
     for g, e in zip(got + got_grads, want + want_grads, strict=True):
         torch.testing.assert_close(g.float(), e.float(), **TOL[dtype])
+    return got
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 5, 7, 1), (2, 2, 6, 10, 2), (3, 5, 3, 3, 1)])
-@pytest.mark.parametrize("per_position", [False, True])
-def test_gpu_tiling_matches_reference(monkeypatch, shape, per_position):
-    """The tiles a GPU launch picks: several programs per plane, a partial last tile."""
-    monkeypatch.setattr(ersm_triton, "GPU_TILING", True)
-    bsz, c, hh, ww, p = shape
-    tile = ersm_triton.gpu_tile(c * p * p, hh * ww // p**2, bsz)
-    assert tile.block_s == 8 and (hh * ww // p**2) % 8 != 0  # tail mask of the last program
-    compare(shape, per_position, seed=5)
+LAYOUTS = [None, "channels_last"]
 
 
-@pytest.mark.parametrize("tile", [(2, 8), (4, 2)])
-def test_channel_chunks_and_small_tiles_match_reference(monkeypatch, tile):
-    """More channels than BLOCK_D (several chunks, a partial last one), tiny BLOCK_S."""
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("tile", [(2, 8, 1), (4, 4, 2), (2, 4, 3)])
+def test_token_tiles_channel_chunks_and_splits_match_reference(monkeypatch, tile, layout):
+    """Several token tiles per map (halos across tile edges, a partial last tile),
+    more channels than BLOCK_D (a partial last chunk), and the chunks split over programs."""
     monkeypatch.setattr(ersm_triton, "BLOCKS", ersm_triton.Tile(*tile))
-    compare((2, 5, 5, 7, 1), True, seed=7)
-    compare((1, 3, 4, 6, 2), False, seed=8)
+    compare((2, 5, 5, 7, 1), True, seed=7, layout=layout)
+    compare((1, 3, 4, 6, 2), False, seed=8, layout=layout)
 
 
-def test_gradcheck_float64_with_gpu_tiling(monkeypatch):
-    monkeypatch.setattr(ersm_triton, "BLOCKS", ersm_triton.Tile(2, 4))
-    x, weight, bias = inputs((2, 3, 3, 4, 1), torch.float64, True, seed=9)
+@pytest.mark.parametrize("layout", [*LAYOUTS, "strided"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_are_cast_on_load_in_every_layout(monkeypatch, dtype, layout):
+    monkeypatch.setattr(ersm_triton, "BLOCKS", ersm_triton.Tile(2, 4, 2))
+    got = compare((2, 3, 3, 5, 1), True, seed=11, dtype=dtype, layout=layout)
+    assert got.output.dtype == dtype
+
+
+def test_channels_last_stays_channels_last_and_strided_input_is_copied():
+    x = torch.randn(2, 4, 3, 5).to(memory_format=torch.channels_last)
+    got = ersm_triton.ersm_energy(x, torch.randn(4), torch.tensor(0.1), 1, 1e-3, 1e-3, 1.0)
+    assert got.output.is_contiguous(memory_format=torch.channels_last)
+    assert ersm_triton.memory_format(x) == torch.channels_last
+    assert ersm_triton.memory_format(x[..., ::2]) == torch.contiguous_format
+    assert ersm_triton.memory_format(torch.randn(2, 1, 3, 3)) == torch.contiguous_format
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gradcheck_float64_with_gpu_tiling(monkeypatch, layout):
+    # 12 tokens in tiles of 8 (a partial one), 2 channels in chunks of 1 split over 2 programs
+    monkeypatch.setattr(ersm_triton, "BLOCKS", ersm_triton.Tile(1, 8, 2))
+    x, weight, bias = inputs((1, 2, 3, 4, 1), torch.float64, True, seed=9)
+    x = x.detach().double()
+    if layout:
+        x = x.to(memory_format=torch.channels_last)
     args = tuple(t.detach().double().requires_grad_() for t in (x, weight, bias))
     assert torch.autograd.gradcheck(
         lambda *a: tuple(ersm_triton.ersm_energy(*a, 1, 0.5, 0.5, 1.0)), args, fast_mode=True
     )
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("channels", [64, 256, 2048])
 @pytest.mark.parametrize("size", [7, 14, 56])
-def test_gpu_tile_fills_an_h100_and_fits_the_register_budget(channels, size):
-    tile = ersm_triton.gpu_tile(channels, size * size, 64)
-    programs = 64 * -(-size * size // tile.block_s)
-    assert programs >= ersm_triton.TARGET_PROGRAMS
+def test_gpu_tile_fills_an_h100_and_loads_along_the_contiguous_axis(channels, size, channels_last):
+    hw = size * size
+    tile = ersm_triton.gpu_tile(channels, hw, 64, channels_last)
+    chunks = -(-channels // tile.block_d)
+    programs = 64 * -(-hw // tile.block_s) * tile.n_split
+    assert programs >= ersm_triton.TARGET_PROGRAMS or tile.n_split == chunks
+    assert 1 <= tile.n_split <= chunks
     assert tile.block_d * tile.block_s <= ersm_triton.TILE_ELEMENTS
-    assert tile.block_s >= 8  # one 32-byte sector of float32 per channel row
+    contiguous = tile.block_d if channels_last else tile.block_s
+    assert contiguous >= 32  # at least one 128-byte line of float32 per row when D, hw allow
+
+
+def test_launch_covers_a_2100x2100_token_grid(monkeypatch):
+    """More than 65,535 programs: all on grid axis 0 (2**31 - 1), none on axes 1, 2."""
+    from energymask.kernels.launch import recording
+
+    monkeypatch.setattr(ersm_triton, "GPU_TILING", True)
+    x = torch.empty(1, 64, 2100, 2100, device="meta").to(memory_format=torch.channels_last)
+    with recording() as launches:
+        ersm_triton.forward(x, torch.empty(64, device="meta"), torch.empty((), device="meta"),
+                            1e-3, 1e-3, 1.0)  # fmt: skip
+    assert [len(item.grid) for item in launches] == [1, 1]
+    assert max(item.grid[0] for item in launches) > 65_535
 
 
 def test_softplus_is_exact_for_large_negative_arguments():

@@ -15,6 +15,7 @@ from energymask.evaluation import (
     evaluate,
     progress_bar,
     split_batch,
+    to_model_device,
 )
 from energymask.mask_quality import mask_quality
 
@@ -73,6 +74,7 @@ def test_accuracy_and_evaluate_match_a_manual_count():
     scores = ev.masks["backbone.layer2.layer"]
     # the per-sample mean over three batches (4, 4, 2) equals the whole-set scores
     want_scores = mask_quality(keep, m)
+    want_scores["soft_undecided"] = want_scores["undecided"]  # the soft gate executes its keep
     assert set(scores) == set(want_scores) and "iou" in scores
     for k, v in want_scores.items():
         assert scores[k] == pytest.approx(v, abs=1e-6), k
@@ -127,3 +129,26 @@ def test_progress_bar(capsys):
     with progress_bar(3, "shown", progress=True) as bar:
         bar.update(3)
     assert "shown" in capsys.readouterr().err
+
+
+def test_batch_scores_per_image():
+    from energymask.evaluation import batch_scores
+    from energymask.mask_quality import layer_mask_scores
+
+    torch.manual_seed(0)
+    model = Classifier(small_cnn(1, (4, 8)), 8, 3)
+    insert_after(model, ["backbone.layer1"], lambda n, c: EnergyMask2d(c, bias_init=0.0))
+    x, y = torch.randn(3, 1, 16, 16), torch.tensor([0, 1, 2])
+    obj = (torch.rand(3, 1, 16, 16) > 0.5).float()
+    with torch.no_grad():
+        hits, scores = batch_scores(model.eval(), {"l": model.backbone.layer1.layer}, x, y, obj)
+        expected = layer_mask_scores(model.backbone.layer1.layer, obj)
+        assert torch.equal(hits, model(x).argmax(-1) == y)
+    assert set(scores["l"]) == set(expected) and "iou" in expected
+    assert all(torch.equal(scores["l"][k], v) for k, v in expected.items() if k != "keep_contrast")
+
+
+def test_to_model_device_follows_the_first_parameter_or_buffer():
+    x = torch.ones(2, 3)
+    assert to_model_device(nn.Linear(3, 2, device="meta"), x).device.type == "meta"
+    assert to_model_device(nn.ReLU(), x) is x  # no parameters: cpu, already there

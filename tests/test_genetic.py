@@ -11,7 +11,7 @@ from energymask.genetic import (
     tournament_select,
 )
 from energymask.kernels import population_energy
-from energymask.kernels.lattice import lattice
+from energymask.kernels.lattice import lattice, to_grid, to_sites
 from energymask.potts import potts, random_masks
 
 
@@ -105,3 +105,26 @@ def test_evolve_custom_fitness_and_bad_mutation():
     torch.testing.assert_close(fit, kept(out))
     with pytest.raises(ValueError, match="mutation must be one of"):
         refine(masks, unary, 0.0, 1.0, 1, *gens(), mutation="swap")
+
+
+def test_rectangle_crossover_same_rectangles_in_both_site_orders():
+    # the rectangles come from grid coordinates: same seed, same children in either layout
+    g = torch.Generator().manual_seed(2)
+    first = random_masks((8, 3, 5, 7), g).view(8, 1, 3, 5, 7)
+    second = random_masks((8, 3, 5, 7), g).view(8, 1, 3, 5, 7)
+    children = []
+    for grid_order in (False, True):
+        lat = lattice(5, 7, grid_order=grid_order)
+        child = rectangle_crossover(to_sites(first, lat), to_sites(second, lat), lat,
+                                    torch.Generator().manual_seed(3))
+        children.append(to_grid(child, lat, (1, 3)))
+    assert torch.equal(children[0], children[1])
+    # a row lies in a span [min(a, b), max(a, b)) of lines a, b uniform in 0..h w.p.
+    # 2 (r + 1)(h − r) / (h + 1)²: rows 0..4 of h = 5 -> 10, 16, 18, 16, 10 over 36;
+    # it shows in the child when the column span is not empty too: w.p. 1 − 1/8 (w = 7)
+    big = rectangle_crossover(torch.ones(4000, 1, 35, dtype=torch.uint8),
+                              torch.zeros(4000, 1, 35, dtype=torch.uint8),
+                              lattice(5, 7, grid_order=True), torch.Generator().manual_seed(4))
+    rows = big.view(4000, 5, 7).amax(-1).float().mean(0)
+    want = torch.tensor([10, 16, 18, 16, 10]) / 36 * 7 / 8
+    assert torch.allclose(rows, want, atol=0.03)

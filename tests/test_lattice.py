@@ -8,9 +8,9 @@ from energymask.kernels import reference as ref
 from energymask.kernels.lattice import (
     draw_seed,
     lattice,
+    neighbour_sum,
     site_energy,
     site_sweep,
-    spans,
     to_grid,
     to_sites,
 )
@@ -41,7 +41,7 @@ def test_layouts_round_trip(grid_order):
 def test_degree_counts_in_grid_neighbours():
     lat = lattice(3, 4, grid_order=True)
     assert lat.degree.view(3, 4).tolist() == [[2, 3, 3, 2], [3, 4, 4, 3], [2, 3, 3, 2]]
-    assert lat.adjacency.numel() == 0 and lat.split == 0
+    assert lat.neighbours.shape == (0, 4) and lat.split == 0
 
 
 def test_site_energy_matches_reference():
@@ -61,8 +61,7 @@ def test_site_sweep_at_zero_temperature_matches_reference():
     assert torch.equal(to_grid(swept, lat, (2, 3)), want)
 
 
-def test_spans_and_seeds():
-    assert spans(torch.arange(3), 3)[1 * 4 + 3].tolist() == [0, 1, 1]
+def test_seeds():
     a, b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     assert draw_seed(a) == draw_seed(b) and 0 <= draw_seed(a) < 2**62
 
@@ -74,13 +73,30 @@ def test_lattice_orders_colours_and_links_neighbours():
     assert torch.equal(lat.order[lat.inverse], torch.arange(12))
     assert torch.equal(lat.rows * 4 + lat.cols, lat.order)
     corner = int(lat.inverse[0])  # grid (0, 0): colour 0, neighbours (0, 1) and (1, 0)
-    linked = lat.order[lat.split + lat.adjacency[:, corner].nonzero().flatten()]
-    assert sorted(linked.tolist()) == [1, 4]
-    assert lat.degree[corner] == 2 and lat.degree.sum() == 2 * lat.adjacency.sum()
-    assert lat.row_spans.shape == (16, 12) and lat.col_spans.shape == (25, 12)
-    span = lat.row_spans[3 * 4 + 1]  # grid lines 3 and 1: rows 1 and 2
-    assert torch.equal(span.bool(), (lat.rows >= 1) & (lat.rows < 3))
-    assert torch.equal(lat.col_spans[2 * 5 + 2], torch.zeros(12, dtype=torch.uint8))
+    table = lat.neighbours[corner]  # up, down, left, right in colour 1's block; 6 = off grid
+    assert table.tolist()[0] == 6 and table.tolist()[2] == 6
+    assert sorted(lat.order[lat.split + table[[1, 3]]].tolist()) == [1, 4]
+    assert torch.equal((lat.neighbours < 6).sum(1).float(), lat.degree)  # both blocks hold 6
+
+
+def test_neighbour_table_matches_dense_adjacency():
+    """Every N4 edge and no other, on an odd grid: the table vs |Δrow| + |Δcol| == 1."""
+    lat = lattice(5, 7)
+    n0 = lat.split
+    r0, c0, r1, c1 = lat.rows[:n0], lat.cols[:n0], lat.rows[n0:], lat.cols[n0:]
+    dense = ((r1[:, None] - r0).abs() + (c1[:, None] - c0).abs() == 1).float()  # (n1, n0)
+    ones1 = torch.eye(35 - n0)  # colour 1 one-hot: neighbour sums = columns of dense
+    assert torch.equal(neighbour_sum(ones1, lat.neighbours[:n0]), dense)
+    assert torch.equal(neighbour_sum(torch.eye(n0), lat.neighbours[n0:]), dense.T)
+
+
+def test_lattice_memory_is_linear_in_the_sites():
+    """Every tensor of a 256×256 lattice is O(n): at most 4 int64 per site."""
+    for grid_order in (False, True):
+        lat = lattice(256, 256, grid_order=grid_order)
+        for value in lat:
+            if isinstance(value, torch.Tensor):
+                assert value.numel() <= 4 * 256 * 256
 
 
 def test_grid_order_lattice_is_the_identity_layout():

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from energymask.mask_quality import mask_quality, mask_scores
+from energymask.ersm import EnergyMask2d
+from energymask.mask_quality import layer_mask_scores, mask_quality, mask_scores, undecided_share
 
 
 def test_hand_computed():
@@ -106,9 +107,9 @@ def test_batch_means_and_keys():
     keep, obj = torch.rand(4, 3, 3, generator=g), torch.rand(4, 6, 6, generator=g)
     per_image, means = mask_scores(keep, obj), mask_quality(keep, obj)
     assert set(means) == {"keep_ratio", "hard_sparsity", "relative_sparsity", "keep_gini",
-                          "entropy", "iou", "pointing", "keep_contrast"}
+                          "entropy", "undecided", "iou", "pointing", "keep_contrast"}
     assert set(mask_quality(keep)) == {"keep_ratio", "hard_sparsity", "relative_sparsity",
-                                       "keep_gini", "entropy"}
+                                       "keep_gini", "entropy", "undecided"}
     for k, v in per_image.items():
         assert v.shape == (4,) and v.dtype == torch.float32
         assert means[k] == pytest.approx(float(v.mean()))
@@ -129,8 +130,42 @@ def test_empty_batch():
         ([[0.5]], {}, r"keep must have shape \(B, h, w\), but got list"),
         (torch.zeros(1, 2, 2), {"threshold": 0.0}, r"threshold must be a number in \(0, 1\]"),
         (torch.zeros(1, 2, 2), {"threshold": float("nan")}, "threshold must be .* but got nan"),
+        (torch.zeros(1, 2, 2), {"rank": torch.zeros(1, 2, 3)},
+         r"rank must be None or a tensor of keep's shape \(1, 2, 2\), but got \(1, 2, 3\)"),
     ],
 )
 def test_bad_keep_and_threshold(keep, kwargs, match):
     with pytest.raises(ValueError, match=match):
         mask_scores(keep, **kwargs)
+
+
+def test_undecided_share_on_constructed_maps():
+    bimodal = torch.tensor([[[0.0, 1.0], [0.05, 0.95]]])  # every token decided
+    dimmed = torch.full((1, 2, 2), 0.45)  # every token undecided
+    edges = torch.tensor([[[0.1, 0.9], [0.5, 0.2]]])  # (0.1, 0.9) is open: 2 of 4 inside
+    keep = torch.cat([bimodal, dimmed, edges])
+    assert undecided_share(keep).tolist() == [0.0, 1.0, 0.5]
+    assert mask_scores(keep)["undecided"].tolist() == [0.0, 1.0, 0.5]
+
+
+def test_binary_map_scores_and_ranked_pointing():
+    keep = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])  # a binary map keeping the top half
+    obj = torch.zeros(1, 4, 4)
+    obj[0, 2:, 2:] = 1  # the object under the bottom-right token
+    scores = mask_scores(keep, obj)
+    assert scores["keep_ratio"].item() == 0.5 and scores["hard_sparsity"].item() == 0.5
+    assert scores["entropy"].item() == 0.0 and scores["undecided"].item() == 0.0
+    assert scores["pointing"].item() == 0.0  # tie -> first kept token, off the object
+    rank = torch.tensor([[[0.6, 0.7], [0.1, 0.9]]])
+    assert mask_scores(keep, obj, rank=rank)["pointing"].item() == 1.0
+
+
+def test_layer_mask_scores_of_the_hard_gate():
+    torch.manual_seed(0)
+    layer = EnergyMask2d(2, bias_init=0.0, gate="hard", temperature=2.0).eval()
+    layer(torch.randn(3, 2, 4, 4))
+    scores = layer_mask_scores(layer)
+    soft = torch.sigmoid(-layer.last_logits / 2.0)
+    assert torch.equal(scores["keep_ratio"], layer.last_keep.flatten(1).mean(1))
+    assert scores["undecided"].eq(0).all()  # the executed map is binary
+    torch.testing.assert_close(scores["soft_undecided"], undecided_share(soft))

@@ -98,3 +98,46 @@ def test_empty_batches():
     assert got.accuracy == ref.accuracy and got.num_samples == ref.num_samples == 10
     with pytest.raises(ValueError, match="yielded 2 batches, all empty"):
         occlusion_robustness(model, [empty, empty])
+
+
+def test_occlusion_hits_seeded_per_image_equal_batches_of_one():
+    from energymask.occlusion import occlusion_hits
+
+    model = _model()
+    _, x, y = _data()
+    x, y = x[:5], y[:5]
+    seeds = torch.arange(5) + 3
+    with torch.no_grad():
+        hits = occlusion_hits({"m": model}, x, y, None, [0.0, 0.5], 8, "random", "noise", seeds)
+        assert hits["m"].shape == (2, 5) and hits["m"].dtype == torch.bool
+        for b in range(5):  # the plain function's per-batch seed on a batch of one image
+            alone = occlusion_hits({"m": model}, x[b : b + 1], y[b : b + 1], None, [0.0, 0.5], 8,
+                                   "random", "noise", 3 + b)
+            assert torch.equal(alone["m"][:, 0], hits["m"][:, b])
+        with pytest.raises(ValueError, match="patch_size must be <= the image size"):
+            occlusion_hits({"m": model}, x, y, None, [0.5], 999, "random", "zero", 0)
+
+
+class DeviceStem(torch.nn.Module):
+    """Stands in for a CUDA model: its parameter, the model's first, sits on ``device``
+    (``meta``); it records where its input arrives and hands the CPU rest zeros."""
+
+    def __init__(self, device):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.empty(0, device=device))
+        self.seen = set()
+
+    def forward(self, x):
+        self.seen.add(x.device.type)
+        return torch.zeros(x.shape)
+
+
+def test_batches_go_to_the_models_device():
+    dl, _, _ = _data()
+    results = {}
+    for device in ("meta", "cpu"):
+        stem = DeviceStem(device)
+        model = torch.nn.Sequential(stem, _model()).eval()
+        results[device] = occlusion_robustness(model, dl, fractions=(0, 0.5), patch_size=6)
+        assert stem.seen == {device}  # CPU batches moved to the model's device
+    assert results["meta"].accuracy == results["cpu"].accuracy

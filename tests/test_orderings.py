@@ -85,3 +85,12 @@ def test_compute_scores_checks_shape():
             torch.zeros(1, 3, 3), features=torch.zeros(1, 1, 2, 2), logits=torch.zeros(1, 2, 2),
             token_size=1, seed=0, layer=None, y=None, forward=None, inputs=None, suffix=None,
         )
+
+
+def test_random_scores_seeded_per_image_do_not_depend_on_the_batch():
+    seeds = torch.tensor([5, 7, 9])
+    batch = random_scores((3, 2, 4), seeds)
+    for b, s in enumerate(seeds.tolist()):  # image b alone, from its own seed
+        assert torch.equal(batch[b : b + 1], random_scores((1, 2, 4), s))
+    assert torch.equal(random_scores((2, 2, 4), seeds[1:]), batch[1:])
+    assert random_scores((0, 2, 4), torch.tensor([], dtype=torch.long)).shape == (0, 2, 4)

@@ -4,12 +4,13 @@ import pytest
 import torch
 from scipy import stats
 
-from energymask.kernels import population_energy
+from energymask.kernels import draw_seed, population_energy
 from energymask.pbedropout import (
     PBEDropout2d,
     PBEDropoutSettings,
     apply_patch_mask,
     grid_shape,
+    initial_offset,
     lowest_keep_mask,
     patch_unary,
     pb_edropout_2d,
@@ -59,19 +60,60 @@ def test_uncalibrated_threshold_drops_less_than_p(p):
     assert 1.0 - out.mask.mean().item() < p - 0.02
 
 
-# Measured (this test's inputs, mean over steps 40..79): β = 0.1: 0.0502, 0.1000, 0.2996,
-# 0.5004 (p = 0.05, 0.1, 0.3, 0.5); β = 0.5: 0.0485, 0.0987, 0.3033, 0.5025.
+# The offset starts at the δ found on the first batch (initial_offset), so the rate is p from
+# step 1: per-step and block numbers in docs/design.md §4 (results_pbedropout_calibration.py).
 @pytest.mark.parametrize("beta", [0.1, 0.5])
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.2, 0.3, 0.5])
-def test_realised_drop_rate_is_p_after_warm_up(p, beta):
+def test_realised_drop_rate_is_p_from_the_first_step(p, beta):
     layer = PBEDropout2d(8, p=p, beta=beta, seed=0).train()
     rates = []
     for x in relu_inputs(80, b=2):
         layer(x)
         rates.append(layer.last_drop_rate)
-    assert abs(sum(rates[40:]) / 40 - p) <= 0.01
+    assert abs(rates[0] - p) <= 0.01  # step 1
+    assert abs(sum(rates) / 80 - p) <= 0.01  # steps 1..80
+    assert abs(sum(rates[40:]) / 40 - p) <= 0.01  # steps 41..80
     if p < 0.5:
         assert layer.threshold_offset.item() > 0  # the coupling needed a higher threshold
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_initial_offset_finds_p_on_the_batch_and_draws_one_seed(p):
+    x = relu_inputs(1, b=2)[0]
+    settings = PBEDropoutSettings(p=p, beta=0.5)
+    gen = torch.Generator().manual_seed(3)
+    offset, out = initial_offset(x, settings, generator=gen)
+    assert abs(float(1 - out.mask.mean()) - p) <= 0.01
+    again = pb_edropout_2d(x, settings, offset=offset, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(again.mask, out.mask)  # the returned step is a real step at that δ
+    one_draw = torch.Generator().manual_seed(3)
+    draw_seed(one_draw)
+    assert torch.equal(gen.get_state(), one_draw.get_state())  # as after one ordinary step
+
+
+def test_initial_offset_runs_once_and_is_checkpointed():
+    layer = PBEDropout2d(8, p=0.2, beta=0.5, seed=0).train()
+    assert not layer.offset_initialised
+    layer(relu_inputs(1, b=2)[0])
+    assert layer.offset_initialised and layer.threshold_offset.item() > 0
+    fresh = PBEDropout2d(8, p=0.2, beta=0.5, seed=0)
+    fresh.load_state_dict(layer.state_dict())
+    assert fresh.offset_initialised  # a resumed run does not search again
+    state = layer.state_dict()
+    state["_extra_state"].pop("offset_initialised")  # saved before issue 24
+    fresh = PBEDropout2d(8, p=0.2, beta=0.5, seed=0)
+    fresh.load_state_dict(state)
+    assert fresh.offset_initialised  # its δ came from the controller: keep it
+    del state["_extra_state"]
+    fresh = PBEDropout2d(8, p=0.2, beta=0.5, seed=0)
+    fresh.load_state_dict(state, strict=False)
+    assert fresh.offset_initialised  # a loaded δ is kept
+    untrained = PBEDropout2d(8, p=0.2, beta=0.5, seed=0)
+    fresh.load_state_dict(untrained.state_dict())
+    assert not fresh.offset_initialised  # saved before any training step: search then
+    off = PBEDropout2d(8, p=0.2, beta=0.5, seed=0, calibration_rate=0.0).train()
+    off(relu_inputs(1, b=2)[0])
+    assert not off.offset_initialised and off.threshold_offset.item() == 0.0
 
 
 def test_calibration_offset_is_checkpointed():

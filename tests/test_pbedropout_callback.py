@@ -59,7 +59,8 @@ def test_inserts_freezes_and_logs(tmp_path):
     model = Net()
     cb = PBEDropoutCallback("features.3", freeze_at_epoch=2, p=0.5, patch_size=2)
     rec = FrozenRecorder()
-    t = trainer(max_epochs=3, callbacks=[cb, rec], logger=pl.loggers.CSVLogger(tmp_path))
+    t = trainer(max_epochs=3, callbacks=[cb, rec], logger=pl.loggers.CSVLogger(tmp_path),
+                log_every_n_steps=1)
     t.fit(model, loader())
     layer = model.features[3].layer
     assert isinstance(layer, PBEDropout2d) and cb.layers == {"features.3": layer}
@@ -73,6 +74,12 @@ def test_inserts_freezes_and_logs(tmp_path):
     assert rates[2] == 0.5  # frozen: the deterministic masks drop 2 of 4 patches
     assert rows[2]["pbedropout/features.3/energy"] == ""  # no sampling while frozen
     assert "pbedropout/features.3/energy" in t.logged_metrics
+    steps = [float(r["pbedropout/features.3/drop_rate_step"])
+             for r in csv.DictReader(open(t.logger.log_dir + "/metrics.csv"))
+             if r.get("pbedropout/features.3/drop_rate_step")]
+    assert len(steps) == 6  # 3 epochs of 2 steps: one realised rate per step
+    assert sum(steps[:2]) / 2 == pytest.approx(rates[0])  # the epoch value is their mean
+    assert steps[4:] == [0.5, 0.5]  # frozen
 
 
 def test_resume_keeps_ema_masks(tmp_path):

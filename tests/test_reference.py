@@ -53,9 +53,9 @@ def test_ersm_energy_matches_naive_loops(shape, p, per_position):
 
 def test_ersm_energy_half_input_gives_half_output_float_energies():
     x = torch.randn(1, 4, 3, 3).to(torch.bfloat16)
-    res = ref.ersm_energy(x, torch.randn(4), torch.tensor(0.0))
+    res = ref.ersm_energy(x, torch.randn(4), torch.tensor(0.0), 1, 1e-3, 1e-3, 1.0)
     assert res.output.dtype == torch.bfloat16 and res.logits.dtype == torch.float32
-    assert ref.token_logits(x, torch.randn(4), torch.tensor(0.0)).dtype == torch.float32
+    assert ref.token_logits(x, torch.randn(4), torch.tensor(0.0), 1).dtype == torch.float32
 
 
 def test_ersm_energy_gradcheck_float64():

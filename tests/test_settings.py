@@ -29,3 +29,13 @@ def test_recipes_start_from_the_same_bias(monkeypatch):
     assert torch.all(model.ersm.bias == ERSM_BIAS_INIT)
     model, _ = recipes.train_frozen_ersm(baseline, dm, recipes.QUICK, seed=0, bias_init=6.0)
     assert torch.all(model.ersm.bias == 6.0)
+
+
+def test_ersm_gate_flag_reaches_the_run_spec():
+    from energymask.lightning_modules.app import commands
+
+    parser = build_parser()
+    ours = commands._spec(parser.parse_args(["train", "--ersm", "layer2", "--ersm-gate", "hard"]))
+    assert ours["ersm"]["gate"] == "hard"
+    authors = commands._spec(parser.parse_args(["train", "--ersm", "layer2"]))
+    assert authors["ersm"]["gate"] == "soft"

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from energymask.deletion import PROTOCOLS
-from energymask.ersm import EnergyMask2d
+from energymask.ersm import GATES, ErsmSettings
 from energymask.evaluation import DEFAULT_FRACTIONS
 from energymask.pbedropout import PBEDropoutSettings
 
@@ -119,12 +119,17 @@ def _train_parser(sub) -> None:
                             ("--ersm-temperature", "temperature", float),
                             ("--ersm-token-size", "token_size", int)):
         e.add_argument(flag, dest=f"ersm_{name}", type=typ, metavar="X" if typ is float else "N",
-                       default=default_of(EnergyMask2d, name),
+                       default=default_of(ErsmSettings, name),
                        help=f"{name} (default: %(default)s)")
     e.add_argument("--ersm-bias-init", dest="ersm_bias_init", type=float, metavar="X",
                    default=ERSM_BIAS_INIT,
                    help=f"initial mask bias (default: %(default)s: {ERSM_BIAS_REASON}; "
                    "--ersm-bias-init 6.0 for the authors' setting)")
+    e.add_argument("--ersm-gate", dest="ersm_gate", choices=GATES,
+                   default=default_of(ErsmSettings, "gate"),
+                   help="mask executed: soft (the authors', X * keep) or hard (ours, not the "
+                   "authors': the binary mask 1[keep >= 0.5] in training too, straight-through "
+                   "gradient; docs/design.md section 3) (default: %(default)s)")
 
     b = p.add_argument_group("PB-EDropout (patch-based energy dropout)")
     b.add_argument("--pbedropout", nargs="+", metavar="LAYER",
@@ -188,6 +193,16 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--patch-size", type=int, metavar="N", default=8,
                    help="occluding patch side in pixels (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t = p.add_argument_group("on Lightning's Trainer (RobustnessTests in trainer.test)")
+    t.add_argument("--devices", type=int, metavar="N",
+                   help="evaluate on N devices (processes) with trainer.test; the results are "
+                   "those of one process over the whole set (default: without --devices, "
+                   "--strategy and --accelerator, one process and no Trainer)")
+    t.add_argument("--strategy", default="auto", metavar="NAME",
+                   help="with --devices: Lightning strategy, e.g. ddp, ddp_spawn "
+                   "(default: %(default)s)")
+    t.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="with --devices: Lightning accelerator (default: %(default)s)")
     p.set_defaults(func=commands.evaluate)
 
 

@@ -9,6 +9,7 @@ expected errors are raised as ``ValueError`` / ``FileNotFoundError`` /
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader, Subset
 from energymask.ersm import energy_mask_layers
 from energymask.pbedropout import PBEDropout2d
 
+from .._compat import Callback
 from . import runs as _runs
 
 #: ``train`` options that may change when a run is resumed (they do not change the result).
@@ -76,7 +78,7 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
                      "seed": args.seed},
     }
     ersm = {k: getattr(args, f"ersm_{k}")
-            for k in ("lam", "gamma", "temperature", "token_size", "bias_init")}
+            for k in ("lam", "gamma", "temperature", "token_size", "bias_init", "gate")}
     if args.ersm or args.frozen_backbone:
         spec["ersm"] = {"layers": args.ersm or [], **ersm}
     if args.pbedropout:
@@ -260,6 +262,8 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.steps < 2:
         raise ValueError(f"--steps must be >= 2, but got {args.steps}")
     folder, module, loader, with_masks = _load(args)
+    if args.devices is not None or (args.strategy, args.accelerator) != ("auto", "auto"):
+        return _evaluate_on_trainer(args, folder, module, loader, with_masks)
     with _runs.claim(folder, resume=True):
         net = module.model
         progress = not args.no_progress
@@ -288,6 +292,65 @@ def evaluate(args: argparse.Namespace) -> int:
         _runs.write_atomic(folder / _runs.EVALUATION, json.dumps(result, indent=2) + "\n")
     print(_table(result))
     print(f"energymask evaluate: wrote {folder / _runs.EVALUATION}")
+    return 0
+
+
+class _WriteEvaluation(Callback):
+    """Writes evaluation.json and prints the table on global rank 0, at the end of
+    ``trainer.test`` (under ddp_spawn the results exist only in the spawned processes)."""
+
+    def __init__(self, tests, folder: Path) -> None:
+        self.tests, self.folder = tests, folder
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        if trainer.global_rank != 0:
+            return
+        net = pl_module.model
+        result = {"run": str(self.folder), **self.tests.results.to_dict()}
+        result["pbedropout"] = {
+            name: {"deterministic_drop_rate": _deterministic_drop_rate(layer)}
+            for name, layer in net.named_modules()
+            if isinstance(layer, PBEDropout2d) and layer.ema_mask.numel()
+        }  # fmt: skip
+        _runs.write_atomic(self.folder / _runs.EVALUATION, json.dumps(result, indent=2) + "\n")
+        print(_table(result))
+        print(f"energymask evaluate: wrote {self.folder / _runs.EVALUATION} "
+              f"({trainer.world_size} processes)")
+
+
+def _evaluate_on_trainer(args: argparse.Namespace, folder: Path, module, loader,
+                         with_masks: bool) -> int:
+    """``evaluate --devices N``: the same tests through RobustnessTests in ``trainer.test``
+    on any strategy; the launching process holds the folder, rank 0 writes the file once."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    from energymask.evaluation import ORDERINGS
+
+    from ..robustness_callback import RobustnessTests
+    from .cli import ORDERINGS_EXTRA
+    from .trainer import quiet_lightning
+
+    devices = 1 if args.devices is None else args.devices
+    if devices < 1:
+        raise ValueError(f"--devices must be >= 1, but got {devices}")
+    extra = {ORDERINGS_EXTRA[o] for o in args.orderings}
+    orderings = [o for o in ORDERINGS if o not in ORDERINGS_EXTRA.values() or o in extra]
+    tests = RobustnessTests(
+        deletion={"orderings": orderings, "steps": args.steps,
+                  "protocol": args.deletion_protocol},
+        occlusion={"fractions": args.fractions, "patch_size": args.patch_size,
+                   "placement": ["random", "object"] if with_masks else ["random"]},
+        model="model", seed=args.seed, stages=("test",))
+    writer = _WriteEvaluation(tests, folder)
+    quiet_lightning()
+    trainer = pl.Trainer(accelerator=args.accelerator, devices=devices,
+                         strategy=args.strategy, logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, enable_progress_bar=not args.no_progress,
+                         callbacks=[tests, writer])
+    launcher = rank_zero_only.rank == 0  # ddp runs this command again in each other rank
+    with _runs.claim(folder, resume=True) if launcher else contextlib.nullcontext():
+        trainer.test(module, dataloaders=loader, verbose=False)
     return 0
 
 
