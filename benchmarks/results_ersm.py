@@ -423,7 +423,8 @@ def gate_main(args: argparse.Namespace) -> int:
     results["goals"] = gate_goals(results)
     text = "\n".join([gate_tables(results), "", "Goals (issue 20, ours = gate=\"hard\"):",
                       *results["goals"], "",
-                      f"({results['seconds'] / 60:.1f} min of runs; "
+                      f"({results['seconds'] / 60:.1f} min of runs, summed over the seeds' "
+                      "processes; "
                       "`python benchmarks/results_ersm.py --gate`)"])
     print(text)
     for path, content in ((args.json, json.dumps(results, indent=2)), (args.md, text)):

@@ -404,7 +404,8 @@ _SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(ErsmSettings))
 
 
 class EnergyMask2d(nn.Module):
-    """Energy-Mask layer of ERSM: scales each spatial token by its keep probability.
+    """Energy-Mask layer of ERSM: scales each spatial token by its keep probability
+    (the authors'), or with ``gate="hard"`` (ours) keeps or zeroes it.
 
     Input and output: (B, C, H, W), H and W divisible by ``token_size``.
 

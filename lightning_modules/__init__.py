@@ -17,6 +17,7 @@ from .datamodules import (
 from .ersm_callback import ERSMCallback
 from .mask_logger import MaskLoggerCallback
 from .pbedropout_callback import PBEDropoutCallback
+from .random_state import RandomState
 from .robustness_callback import RobustnessResults, RobustnessTests
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "ImageClassifier",
     "MaskLoggerCallback",
     "PBEDropoutCallback",
+    "RandomState",
     "RobustnessResults",
     "RobustnessTests",
     "TensorDataModule",

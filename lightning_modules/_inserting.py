@@ -14,12 +14,20 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from energymask.surgery import insert_after, insertable_names, inserted_layers, last_spatial_block
+from energymask.surgery import (
+    insert_after,
+    insertable_names,
+    inserted_layers,
+    last_spatial_block,
+    trace_calls,
+)
 
 from ._compat import Callback, package_of
+from .random_state import warn_if_not_resumable
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -36,6 +44,31 @@ def rank_zero_info(trainer: pl.Trainer, message: str) -> None:
     """Log ``message`` on rank 0 through the Lightning package of ``trainer``."""
     package = package_of(trainer) or "lightning.pytorch"
     importlib.import_module(f"{package}.utilities").rank_zero_info(message)
+
+
+#: The callback that inserts each kind of layer, and the layer's name in messages.
+CALLBACKS = {"ersm": ("ERSMCallback", "ERSM"), "pbedropout": ("PBEDropoutCallback", "PB-EDropout")}
+
+
+def missing_layers_error(checkpoint: dict[str, Any], module: nn.Module) -> ValueError | None:
+    """The error to raise when ``checkpoint`` holds inserted layers that ``module`` lacks.
+
+    Lightning would fail on the weights with its raw list of unexpected keys; this
+    names the layers and the callback (with its saved settings) that puts them back.
+    """
+    present = inserted_layers(module)
+    lines = []
+    for state in (checkpoint.get("callbacks") or {}).values():
+        if not (isinstance(state, dict) and state.get("kind") in CALLBACKS
+                and isinstance(state.get("layers"), list)):
+            continue
+        absent = [n for n in state["layers"] if n not in present]
+        if absent:
+            callback, layer = CALLBACKS[state["kind"]]
+            settings = "".join(f", {k}={v!r}" for k, v in (state.get("settings") or {}).items())
+            lines.append(f"this checkpoint holds {layer} layers at {', '.join(absent)}: attach "
+                         f"{callback}({absent!r}{settings}) to the Trainer")
+    return ValueError("; ".join(lines)) if lines else None
 
 
 class InsertingCallback(Callback):
@@ -62,11 +95,13 @@ class InsertingCallback(Callback):
             list(layers) if layers is not None else None
         )
         self._settings: dict[str, Any] = dict(settings)
-        self.make_layer(4)  # fail early on bad settings
+        with torch.device("meta"):  # fail early on bad settings, allocating nothing
+            self.make_layer(4)
         self._layer_names: list[str] = []
         self._layers: dict[str, nn.Module] = {}
         self._wrapped_hooks: list[tuple[nn.Module, str]] = []
         self._channels: dict[str, int] = {}
+        self._module: nn.Module | None = None
 
     # -- to implement ------------------------------------------------------------------
     def make_layer(self, channels: int) -> nn.Module:
@@ -144,6 +179,7 @@ class InsertingCallback(Callback):
         )  # a second fit / validate on the same module
         if not already:
             names, picked = self._resolve(pl_module)
+            self.check_grids(pl_module, names)
             try:
                 self._layers = insert_after(pl_module, names, lambda _n, c: self.make_layer(c),
                                             example_input=example_input(pl_module))
@@ -162,6 +198,7 @@ class InsertingCallback(Callback):
                    if picked else "")
             rank_zero_info(trainer, f"{type(self).__name__}: inserted {kind} after "
                                     f"{', '.join(names)}{how}")
+        self._module = pl_module
         original = pl_module.on_load_checkpoint
 
         def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
@@ -171,6 +208,10 @@ class InsertingCallback(Callback):
 
         self._wrap(pl_module, "on_load_checkpoint", on_load_checkpoint)
         self.after_insert(trainer, pl_module)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        warn_if_not_resumable(trainer)  # once per Trainer, whichever callback comes first
 
     def _wrap(self, pl_module: pl.LightningModule, hook: str, fn: Callable) -> None:
         """Replace ``pl_module.<hook>`` by ``fn`` on the instance, until ``teardown``."""
@@ -202,9 +243,31 @@ class InsertingCallback(Callback):
                      if isinstance(s, dict) and s.get("kind") == self.kind]
         if not any(not self._differences(st) for st in same_kind):
             self._check_saved(same_kind[0] if same_kind else {"kind": None}, path)
+        missing = None if self._module is None else missing_layers_error(checkpoint, self._module)
+        if missing is not None:
+            raise missing  # layers of a callback that is not attached
 
     def after_insert(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Subclass hook, called at the end of ``setup``."""
+
+    def check_grid(self, name: str, grid: tuple[int, int]) -> None:
+        """Subclass hook: raise ``ValueError`` when the settings do not fit the
+        ``(H, W)`` feature map after block ``name``; called before any layer is built."""
+
+    def check_grids(self, pl_module: pl.LightningModule, names: list[str] | None = None) -> None:
+        """:meth:`check_grid` for each block (default: the named ones), from a forward of
+        ``pl_module.example_input_array`` (nothing to check without one)."""
+        names = names if names is not None else self._requested or []
+        x = example_input(pl_module)
+        if x is None or type(self).check_grid is InsertingCallback.check_grid:
+            return
+        shapes: dict[str, Any] = {}
+        for name, shape in trace_calls(pl_module, x):
+            shapes.setdefault(name, shape)
+        for name in names:
+            shape = shapes.get(name)
+            if shape is not None and len(shape) == 4:
+                self.check_grid(name, (int(shape[2]), int(shape[3])))
 
     def _resolve(self, pl_module: pl.LightningModule) -> tuple[list[str], bool]:
         """The block names to insert after, and whether ``layers=None`` picked them."""

@@ -87,6 +87,27 @@ def _callback_states(path: Path, ckpt: dict[str, Any]) -> list[dict[str, Any]]:
     return states
 
 
+def _check_saved_shapes(path: Path, state: dict[str, Any], weights: dict[str, Any]) -> None:
+    """Refuse saved settings that do not give the saved weights' shapes (checked on the
+    ``meta`` device, so settings edited to huge sizes allocate nothing)."""
+    for name in state["layers"]:
+        channels = state["channels"].get(name)
+        if not isinstance(channels, int) or channels < 1:
+            continue
+        with torch.device("meta"):
+            layer = FACTORIES[state["kind"]](channels, state["settings"])
+        for key, tensor in layer.state_dict().items():
+            saved = weights.get(f"{name}.layer.{key}")
+            fresh = isinstance(tensor, torch.Tensor) and tensor.numel()  # not lazily allocated
+            if fresh and isinstance(saved, torch.Tensor) and saved.shape != tensor.shape:
+                raise ValueError(
+                    f"the {state['kind']} settings saved in {path} ({state['settings']}) make "
+                    f"{name}.layer.{key} of shape {tuple(tensor.shape)}, but the checkpoint's "
+                    f"weights have {tuple(saved.shape)}: the saved settings were changed after "
+                    "training"
+                )
+
+
 def load_for_inference(
     checkpoint_path: str | os.PathLike,
     module_class: type[M],
@@ -124,6 +145,7 @@ def load_for_inference(
             f"({sorted(hparams)}): {err}; pass the missing or right arguments as **init_kwargs"
         ) from err
     for state in states:
+        _check_saved_shapes(path, state, ckpt["state_dict"])
         try:
             insert_from_state(module, state, FACTORIES)
         except (TypeError, ValueError) as err:

@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from energymask.models import FrozenBackboneClassifier
 
 from ._compat import LightningModule
+from ._inserting import missing_layers_error
 
 
 class ImageClassifier(LightningModule):
@@ -84,6 +85,11 @@ class ImageClassifier(LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "test")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose inserted layers this module lacks, naming the callbacks."""
+        if (missing := missing_layers_error(checkpoint, self)) is not None:
+            raise missing
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]

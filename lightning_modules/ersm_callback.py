@@ -36,6 +36,16 @@ def ersm_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return asdict(ErsmSettings.of(None, **settings))
 
 
+def check_token_fits(token_size: int, where: str, grid: tuple[int, int]) -> None:
+    """``ValueError`` unless ``token_size`` divides the ``(H, W)`` feature map ``where``."""
+    if grid[0] % token_size or grid[1] % token_size:
+        raise ValueError(
+            f"token_size={token_size} does not fit the {grid[0]}x{grid[1]} feature map {where}: "
+            f"a token must divide its height and width (at most {min(grid)}); pick a divisor "
+            "or another layer"
+        )
+
+
 def make_ersm(channels: int, settings: dict[str, Any]) -> EnergyMask2d:
     """``EnergyMask2d(channels, **settings)`` from a callback's saved settings.
 
@@ -120,6 +130,10 @@ class ERSMCallback(InsertingCallback):
     @override
     def make_layer(self, channels: int) -> EnergyMask2d:
         return make_ersm(channels, self._settings)
+
+    @override
+    def check_grid(self, name: str, grid: tuple[int, int]) -> None:
+        check_token_fits(self._settings.get("token_size", 1), f"after {name!r}", grid)
 
     @override
     def after_insert(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -6,8 +6,10 @@ masks (train with the deterministic masks, docs/design.md §4) from
 ``freeze_at_epoch`` on, logs the realised drop rate and the mask energy, and
 under DDP averages the EMA masks and the calibration offsets over the processes
 at the end of every training epoch, so that every rank ends with the same
-masks. On one process its state also carries the CPU random state, so a run
-resumed from a checkpoint draws the same masks as a straight one.
+masks. Layers without a ``seed`` draw from the global generator: on one process
+the callback then attaches a :class:`~.random_state.RandomState` (the one owner
+of the global generators) unless the Trainer has one, so a run resumed from a
+checkpoint draws the same masks as a straight one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing_extensions import override
 
 from energymask.pbedropout import PBEDropout2d, PBEDropoutSettings
 
-from ._inserting import InsertingCallback
+from ._inserting import InsertingCallback, rank_zero_info
+from .random_state import RandomState
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -89,18 +92,17 @@ class PBEDropoutCallback(InsertingCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._world_size = trainer.world_size
         super().setup(trainer, pl_module, stage)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        if self._world_size == 1:  # masks are random: resume exactly on one process
-            state["rng_state"] = torch.get_rng_state().tolist()
-        return state
+        global_draws = self._settings.get("seed") is None  # masks from the global generator
+        owned = any(isinstance(c, RandomState) for c in trainer.callbacks)
+        if stage == "fit" and global_draws and not owned and trainer.world_size == 1:
+            trainer.callbacks.append(RandomState())  # restored with the other callback states
+            rank_zero_info(trainer, "PBEDropoutCallback: attached RandomState, which saves the "
+                                    "global generators the masks are drawn from in checkpoints")
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        if "rng_state" in state_dict and self._world_size == 1:
+        if "rng_state" in state_dict and self._world_size == 1:  # checkpoints before RandomState
             torch.set_rng_state(torch.tensor(state_dict["rng_state"], dtype=torch.uint8))
 
     @override

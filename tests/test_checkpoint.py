@@ -178,3 +178,36 @@ def test_malicious_pickle_runs_nothing(tmp_path):
                 (torch.zeros(4, 1, 16, 16), torch.zeros(4, dtype=torch.long))),
                 ckpt_path=tmp_path / "evil.ckpt")
     assert not marker.exists()
+
+
+def test_saved_settings_edited_after_training_are_refused_before_allocating(tmp_path):
+    _, ckpt, _ = fit(tmp_path, [ERSMCallback("model.backbone.layer2", token_size=2)])
+    state = torch.load(ckpt, weights_only=True)
+    for value in state["callbacks"].values():
+        if isinstance(value, dict) and value.get("kind") == "ersm":
+            value["settings"]["token_size"] = 100_000  # 8 * 1e10 weights: 320 GB if built
+    torch.save(state, tmp_path / "edited.ckpt")
+    with pytest.raises(ValueError, match=r"edited.ckpt .*make model.backbone.layer2.layer.weight "
+                                         r"of shape \(80000000000,\), but the checkpoint's weights "
+                                         r"have \(32,\): the saved settings were changed"):
+        load_for_inference(tmp_path / "edited.ckpt", ImageClassifier, model=net())
+
+
+def test_a_checkpoint_with_layers_needs_their_callbacks(tmp_path):
+    _, ckpt, _ = fit(tmp_path, [ERSMCallback("model.backbone.layer2", token_size=2),
+                                PBEDropoutCallback("model.backbone.layer1", patch_size=2)])
+    ersm = (r"this checkpoint holds ERSM layers at model.backbone.layer2: attach "
+            r"ERSMCallback\(\['model.backbone.layer2'\], .*token_size=2")
+    with pytest.raises(ValueError, match=ersm):  # no callback: the module says it
+        ImageClassifier.load_from_checkpoint(ckpt, model=net())
+    with pytest.raises(ValueError, match=ersm + r".*PB-EDropout layers at model.backbone.layer1"):
+        t = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
+                       enable_model_summary=False, default_root_dir=tmp_path / "r")
+        t.fit(ImageClassifier(net(), 3, lr=1e-2), datamodule=TensorDataModule(
+            (torch.randn(8, 1, 16, 16), torch.randint(0, 3, (8,))), batch_size=8), ckpt_path=ckpt)
+    t = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, default_root_dir=tmp_path / "r2",
+                   callbacks=[PBEDropoutCallback("model.backbone.layer1", patch_size=2)])
+    with pytest.raises(ValueError, match=ersm):  # one of the two callbacks attached
+        t.fit(ImageClassifier(net(), 3, lr=1e-2), datamodule=TensorDataModule(
+            (torch.randn(8, 1, 16, 16), torch.randint(0, 3, (8,))), batch_size=8), ckpt_path=ckpt)

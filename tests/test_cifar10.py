@@ -149,3 +149,17 @@ def test_bad_data_and_meta_refused(tmp_path):
     (root / "test_batch").write_bytes(b"\x80\x04")  # truncated pickle
     with pytest.raises(ValueError, match=r"cannot read CIFAR-10 batch .*test_batch"):
         load_cifar10(root, train=False)
+
+
+@pytest.mark.parametrize(("names", "match"), [
+    (5, r"b'label_names' must be a list of class names, but got int"),
+    ("airplane", r"b'label_names' must be a list of class names, but got str"),
+    ([b"\xff\xfe"] * 10, r"b'label_names'\[0\] is not UTF-8 text \(b'\\xff\\xfe'"),
+    ([b"a"] * 9 + [3], r"b'label_names'\[9\] must be bytes or str, but got int"),
+])
+def test_label_names_that_are_not_a_list_of_text_are_refused(tmp_path, names, match):
+    root = _fake(tmp_path / "c")
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": names}, f)
+    with pytest.raises(ValueError, match=match):
+        load_cifar10(root, train=False)

@@ -147,7 +147,8 @@ def test_evaluate_then_plot(run_dir, capsys):
         result["accuracy"])
     quality = result["mask_quality"]["backbone.layer2.layer"]
     assert set(quality) == {"iou", "pointing", "keep_ratio", "entropy", "hard_sparsity",
-                            "relative_sparsity", "keep_gini", "keep_contrast"}
+                            "relative_sparsity", "keep_gini", "keep_contrast", "undecided",
+                            "soft_undecided"}
     layer = result["pbedropout"]["backbone.layer3.layer"]
     assert layer["deterministic_drop_rate"] == 0.0  # p = 0.1 of a 2x2 patch grid: round(0.4) = 0
 
@@ -243,6 +244,18 @@ def test_train_input_errors(tmp_path, capsys):
            "--weights loads torchvision / timm weights, but --backbone is 'small_cnn'")
     _fails(capsys, ["train", *TINY, "--frozen-backbone", "--ersm", "layer2"], "train",
            "does not combine with --ersm")
+    _fails(capsys, ["train", *TINY, "--ersm", "layer2", "--ersm-token-size", "100000", "--out",
+                    tmp_path / "r"], "train",  # 1.6e11 weights if built: refused before
+           "token_size=100000 does not fit the 16x16 feature map after 'model.backbone.layer2'")
+    _fails(capsys, ["train", *TINY, "--frozen-backbone", "--ersm-token-size", "100000", "--out",
+                    tmp_path / "r"], "train",
+           "token_size=100000 does not fit the 8x8 feature map of the backbone")
+    tree = write_image_tree(tmp_path / "tree", per_class=4, side=8)
+    _fails(capsys, ["train", "--data", "image-folder", "--data-dir", tree, "--image-size", "4",
+                    "--out", tmp_path / "r"], "train",
+           "--image-size 4: the backbone's feature map vanishes for images of 4x4 (Given input "
+           "size: (64x1x1). Calculated output size: (64x0x0). Output size is too small); it "
+           "needs images of at least 8x8")
     assert not (tmp_path / "r").exists()
 
 
@@ -267,6 +280,27 @@ def test_not_a_run(tmp_path, run_dir, capsys):
            "--steps must be >= 2")
     _fails(capsys, ["evaluate", "--run", run_dir, "--num-samples", "0"], "evaluate",
            "--num-samples must be >= 1")
+
+
+def test_edited_run_and_evaluation_files(tmp_path, run_dir, capsys):
+    spec = json.loads((run_dir / "run.json").read_text())
+    del spec["model"]
+    (tmp_path / "run.json").write_text(json.dumps(spec))
+    _fails(capsys, ["evaluate", "--run", tmp_path], "evaluate",
+           "run.json' lacks the entries ['model'] that `energymask train` writes")
+    run = tmp_path / "copy"
+    run.mkdir()
+    for name in ("run.json", "model.ckpt"):
+        shutil.copy(run_dir / name, run / name)
+    for evaluation, problem in (
+            ("[1, 2]", "a list, not an object"),
+            ('{"accuracy": "high"}', "no number under 'accuracy'"),
+            ('{"accuracy": 0.5, "deletion": {"layer2": {"auc": 1}}}', "'deletion' is not a"),
+            ('{"accuracy": 0.5, "occlusion": {"random": [0.1]}}', "'occlusion' is not a"),
+            ("{", "not valid JSON")):
+        (run / "evaluation.json").write_text(evaluation)
+        _fails(capsys, ["plot", "--run", run], "plot",
+               f"evaluation.json' is not an evaluation.json of `energymask evaluate`: {problem}")
 
 
 def test_real_bugs_are_not_hidden(monkeypatch):

@@ -85,8 +85,8 @@ def test_automatic_layer_choice_and_logged_stats(tmp_path):
     t.fit(model, loader())
     assert list(cb.layers) == ["features.2"]  # last submodule with a 4D output
     logged = {k for k in t.logged_metrics if k.startswith("ersm/features.2/")}
-    keys = ("keep_ratio", "hard_sparsity", "relative_sparsity", "keep_gini", "entropy", "energy",
-            "reg")
+    keys = ("keep_ratio", "hard_sparsity", "relative_sparsity", "keep_gini", "entropy",
+            "undecided", "soft_undecided", "energy", "reg")
     assert logged == {f"ersm/features.2/{key}" for key in keys}
     assert 0 <= t.logged_metrics["ersm/features.2/keep_ratio"] <= 1
 
@@ -111,8 +111,8 @@ def test_object_scores_logged_in_training_and_validation():
     pl.seed_everything(0)
     t = trainer(callbacks=[ERSMCallback("features.2", bias_init=0.0)], num_sanity_val_steps=0)
     t.fit(MaskedNet(), masked_loader(), masked_loader())
-    scores = ("keep_ratio", "hard_sparsity", "relative_sparsity", "keep_gini", "entropy", "iou",
-              "pointing", "keep_contrast")
+    scores = ("keep_ratio", "hard_sparsity", "relative_sparsity", "keep_gini", "entropy",
+              "undecided", "soft_undecided", "iou", "pointing", "keep_contrast")
     for key in (*scores, "energy", "reg"):
         assert f"ersm/features.2/{key}" in t.logged_metrics
     val = {k for k in t.logged_metrics if k.startswith("val_ersm/")}
@@ -331,6 +331,15 @@ def test_insertion_is_logged_once_over_two_fits(caplog):
     inserted = [r for r in caplog.records if "inserted" in r.getMessage()]
     assert [r.getMessage() for r in inserted] == [
         "ERSMCallback: inserted EnergyMask2d after features.2"]
+
+
+def test_token_larger_than_the_feature_map_is_refused_before_building_the_layer():
+    cb = ERSMCallback("features.2", token_size=100_000)  # no 1.6e11-weight probe layer either
+    with pytest.raises(ValueError, match=r"token_size=100000 does not fit the 4x4 feature map "
+                                         r"after 'features.2': .*\(at most 4\)"):
+        trainer(callbacks=[cb]).fit(Net(), loader())
+    with pytest.raises(ValueError, match=r"token_size=3 does not fit the 4x4 feature map"):
+        trainer(callbacks=[ERSMCallback("features.2", token_size=3)]).fit(Net(), loader())
 
 
 @pytest.mark.parametrize("package", ["lightning.pytorch", "pytorch_lightning"])

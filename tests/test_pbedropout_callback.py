@@ -100,6 +100,20 @@ def test_resume_keeps_ema_masks(tmp_path):
     assert "features.3.layer.ema_mask" in straight.state_dict()
 
 
+def test_global_draws_get_one_random_state_owner():
+    from energymask.lightning_modules import RandomState
+
+    def owners(*callbacks):
+        t = trainer(callbacks=list(callbacks), limit_train_batches=1)
+        with pytest.warns(UserWarning, match="cannot be resumed exactly"):  # a plain loader
+            t.fit(Net(), loader())
+        return sum(isinstance(c, RandomState) for c in t.callbacks)
+
+    assert owners(PBEDropoutCallback("features.3", patch_size=2)) == 1  # attached
+    assert owners(PBEDropoutCallback("features.3", patch_size=2), RandomState()) == 1  # kept
+    assert owners(PBEDropoutCallback("features.3", patch_size=2, seed=0)) == 0  # its own
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

@@ -100,7 +100,8 @@ def test_ersm_scores_and_deletion(baseline, dm):
     result = ex.evaluate_ersm(frozen, dm, TINY, seed=0, progress=False)
     masks = result["masks"]
     assert set(masks) == {"iou", "pointing", "keep_ratio", "entropy", "hard_sparsity",
-                          "relative_sparsity", "keep_gini", "keep_contrast"}
+                          "relative_sparsity", "keep_gini", "keep_contrast", "undecided",
+                          "soft_undecided"}
     assert all(0.0 <= v <= 1.0 for k, v in masks.items() if k != "keep_contrast")
     assert -1.0 <= masks["keep_contrast"] <= 1.0
     deletion = result["deletion"]

@@ -2,7 +2,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from energymask.data.resumable import EpochSampler, ResumableLoader, epoch_seed
+from energymask.data.resumable import (
+    EpochSampler,
+    ResumableLoader,
+    SeededItems,
+    epoch_seed,
+    item_seed,
+    seeded_generators,
+)
 
 
 def test_order_is_a_function_of_seed_and_epoch():
@@ -65,3 +72,58 @@ def test_bad_input():
     with pytest.raises(ValueError, match="num_samples must be an int >= 0"):
         EpochSampler(2.5)
     assert isinstance(_loader(), DataLoader)
+
+
+class _Noisy(torch.utils.data.Dataset):
+    """Draws from all three global generators, as augmentations do."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        import random
+
+        import numpy as np
+        return torch.tensor([float(i), torch.rand(()).item(), random.random(), np.random.rand()])
+
+
+def _noisy_epoch(num_workers, batch_size, state=None):
+    loader = ResumableLoader(_Noisy(), batch_size=batch_size, sampler=EpochSampler(8, seed=4),
+                             num_workers=num_workers)
+    if state is not None:
+        loader.load_state_dict(state)
+    loader.sampler.set_epoch(1)
+    return torch.cat(list(loader))
+
+
+def test_items_draw_from_generators_seeded_by_seed_epoch_and_index():
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    straight = _noisy_epoch(0, 3)
+    assert torch.equal(torch.get_rng_state(), before)  # the training's own stream untouched
+    assert straight[:, 1:].unique().numel() == 24  # every item and generator draws anew
+    assert torch.equal(_noisy_epoch(2, 3), straight)  # in workers too
+    assert torch.equal(_noisy_epoch(0, 2), straight)  # any batch size
+    assert torch.equal(_noisy_epoch(2, 3, {"epoch": 1, "samples": 3}), straight[3:])  # resumed
+    loader = ResumableLoader(_Noisy(), batch_size=3, sampler=EpochSampler(8, seed=4))
+    assert torch.equal(torch.cat(list(loader)), _noisy_epoch(0, 3)) is False  # another epoch
+    assert isinstance(loader.generator, torch.Generator)  # the workers' base seed: not global
+    assert item_seed(4, 1, 2) != item_seed(4, 2, 1) and item_seed(4, 1, 2) == item_seed(4, 1, 2)
+
+
+def test_seeded_generators_and_items():
+    import random
+
+    import numpy as np
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    with seeded_generators(7):
+        first = (random.random(), np.random.rand(), torch.rand(()))
+    after = (random.random(), np.random.rand(), torch.rand(()))
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    assert (random.random(), np.random.rand(), torch.rand(())) == after  # restored
+    with seeded_generators(7):
+        assert (random.random(), np.random.rand(), torch.rand(())) == first
+    items = SeededItems(_Noisy(), seed=4)
+    assert len(items) == 8 and torch.equal(items[(1, 2)], items[(1, 2)])
+    assert not torch.equal(items[(1, 2)], items[(2, 2)])
+    assert items[2][0] == 2  # a plain index: the item as the dataset gives it

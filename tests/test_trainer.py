@@ -1,24 +1,11 @@
 """The application's one Trainer builder: epoch checkpoints, atomic writes, generator states."""
 
-import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from energymask.lightning_modules.app import trainer as tr
-
-
-def test_random_state_round_trip_is_weights_only(tmp_path):
-    callback = tr.RandomState()
-    random.seed(1), np.random.seed(1), torch.manual_seed(1)
-    torch.save(callback.state_dict(), tmp_path / "state.pt")
-    expected = (random.random(), np.random.rand(), torch.rand(3))
-    random.seed(2), np.random.seed(2), torch.manual_seed(2)  # another state
-    callback.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
-    assert (random.random(), np.random.rand()) == expected[:2]
-    assert torch.equal(torch.rand(3), expected[2])
 
 
 def test_atomic_checkpoint_io_keeps_the_old_file_on_failure(tmp_path):

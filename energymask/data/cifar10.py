@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,12 +112,30 @@ def load_cifar10(root: str | Path, train: bool = True) -> tuple[Tensor, Tensor, 
     names = [f"class_{i}" for i in range(10)]
     if (root / "batches.meta").is_file():
         meta = _read(root / "batches.meta")
-        names = [n.decode() if isinstance(n, bytes) else str(n)
-                 for n in meta.get(b"label_names", names)]
+        names = _label_names(root / "batches.meta", meta, names)
         if len(names) != 10:
             raise ValueError(f"{root / 'batches.meta'}: b'label_names' must name 10 classes, "
                              f"but names {len(names)}")
     return images, torch.from_numpy(np.concatenate(labels)), names
+
+
+def _label_names(path: Path, meta: Any, default: list[str]) -> list[str]:
+    """``meta[b"label_names"]`` as str: a list of UTF-8 bytes or str, else ``ValueError``."""
+    names = meta.get(b"label_names", default) if isinstance(meta, dict) else None
+    if not isinstance(names, (list, tuple)):
+        raise ValueError(f"{path}: b'label_names' must be a list of class names, but got "
+                         f"{type(names).__name__ if isinstance(meta, dict) else 'no dict'}")
+    decoded = []
+    for i, n in enumerate(names):
+        if not isinstance(n, (bytes, str)):
+            raise ValueError(f"{path}: b'label_names'[{i}] must be bytes or str, but got "
+                             f"{type(n).__name__}")
+        try:
+            decoded.append(n.decode("utf-8") if isinstance(n, bytes) else n)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: b'label_names'[{i}] is not UTF-8 text ({n[:20]!r}: "
+                             f"{err.reason})") from None
+    return decoded
 
 
 class CIFAR10Pickles(Dataset):

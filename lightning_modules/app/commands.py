@@ -96,7 +96,7 @@ def _build(spec: dict[str, Any], weights: bool = True):
     import pytorch_lightning as pl
 
     from ..classifier import FrozenBackboneERSM, ImageClassifier
-    from ..ersm_callback import ERSMCallback
+    from ..ersm_callback import ERSMCallback, check_token_fits
     from ..pbedropout_callback import PBEDropoutCallback
     from .backbones import build_backbone
 
@@ -106,8 +106,14 @@ def _build(spec: dict[str, Any], weights: bool = True):
     m.update(in_channels=dm.in_channels, num_classes=dm.num_classes)
     path = m["weights"] if weights else None
     ersm = {k: v for k, v in spec.get("ersm", {}).items() if k != "layers"}
+    dm.setup("fit")  # the image shape; checks before anything large is built
+    shape = tuple(dm.train_set[0][0].shape)
+    option = f"--image-size {spec['data']['image_size']}" if "image_size" in spec["data"] else (
+        f"--data {spec['data'].get('name')}")
     if m["frozen_backbone"]:
         net, channels = build_backbone(m["backbone"], dm.in_channels, path)
+        grid = _runs.output_grid(net, _runs.example_images(net, shape, option))
+        check_token_fits(ersm.get("token_size", 1), "of the backbone", grid)
         module = FrozenBackboneERSM(net, channels, dm.num_classes, lr=t["lr"],
                                     max_epochs=t["epochs"], **ersm)
         return module, [], dm
@@ -123,6 +129,9 @@ def _build(spec: dict[str, Any], weights: bool = True):
         callbacks.append(PBEDropoutCallback(layers, **pb))
         spec["pbedropout"]["layers"] = layers
     module = ImageClassifier(model, dm.num_classes, lr=t["lr"], max_epochs=t["epochs"])
+    module.example_input_array = _runs.example_images(model, shape, option)
+    for callback in callbacks:  # e.g. an ERSM token larger than the feature map
+        callback.check_grids(module)
     return module, callbacks, dm
 
 
@@ -137,6 +146,7 @@ def _resume_spec(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
         raise ValueError(f"--resume continues a run with the settings in its run.json; "
                          f"remove {flags}")
     folder, spec = _runs.read_run(args.resume)
+    _runs.require_entries(folder, spec)
     if spec.get("status") == "complete":
         raise ValueError(f"run {str(folder)!r} is complete; nothing to resume")
     return folder, spec
@@ -233,6 +243,7 @@ def _load(args: argparse.Namespace):
         folder = args.out or checkpoint.parent
     else:
         folder, spec = _runs.read_run(path)
+        _runs.require_entries(folder, spec)
         if args.checkpoint is None and spec.get("status", "complete") != "complete":
             raise ValueError(f"run {str(folder)!r} is not complete (status "
                              f"{spec['status']!r}); continue it with `energymask train "
@@ -385,6 +396,44 @@ def _save(fig, path: Path, written: list[Path]) -> None:
     written.append(path)
 
 
+def _evaluation_problem(result: Any) -> str | None:
+    """What makes ``result`` differ from what ``energymask evaluate`` writes, or None."""
+    from dataclasses import fields
+
+    from energymask.deletion import DeletionResult
+
+    names = {f.name for f in fields(DeletionResult)}
+    required = names - {"settings", "protocol"}
+    if not isinstance(result, dict):
+        return f"a {type(result).__name__}, not an object"
+    if not isinstance(result.get("accuracy"), (int, float)):
+        return "no number under 'accuracy'"
+    deletion, occlusion = result.get("deletion", {}), result.get("occlusion", {})
+    if not (isinstance(deletion, dict) and all(
+            isinstance(d, dict) and required <= d.keys() <= names for d in deletion.values())):
+        return f"'deletion' is not a {{layer: {{{', '.join(sorted(required))}}}}} map"
+    if not (isinstance(occlusion, dict) and all(
+            isinstance(d, dict) and isinstance(d.get("fractions"), list)
+            and isinstance(d.get("accuracy"), dict) and isinstance(d["accuracy"].get("model"), list)
+            for d in occlusion.values())):
+        return "'occlusion' is not a {placement: {fractions, accuracy: {model}}} map"
+    return None
+
+
+def _read_evaluation(path: Path) -> dict[str, Any]:
+    """``evaluation.json`` as ``energymask evaluate`` writes it, else ``ValueError`` saying what
+    differs (checked before any figure is drawn)."""
+    try:
+        result = json.loads(path.read_text())
+        problem = _evaluation_problem(result)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        problem = f"not valid JSON ({err})"
+    if problem is not None:
+        raise ValueError(f"{str(path)!r} is not an evaluation.json of `energymask evaluate`: "
+                         f"{problem}; run `energymask evaluate --run {path.parent}` again")
+    return result
+
+
 #: ``plot``'s training panels, as the demo's (those the log has).
 TRAINING_PANELS = ("loss", "acc", "keep_ratio", "hard_sparsity", "drop_rate")
 
@@ -413,7 +462,7 @@ def plot(args: argparse.Namespace) -> int:
         chance, predicted = 1 / logits.shape[-1], logits.argmax(-1)
         evaluation = folder / _runs.EVALUATION
         if evaluation.is_file():
-            result = json.loads(evaluation.read_text())
+            result = _read_evaluation(evaluation)
             deletion = result.get("deletion", {})
             if deletion:
                 fig = Figure(figsize=(6.5 * len(deletion), 3.8), layout="constrained")
@@ -425,10 +474,9 @@ def plot(args: argparse.Namespace) -> int:
                 _save(fig, figures / "deletion.png", written)
             occlusion = result.get("occlusion", {})
             if occlusion:
-                first = next(iter(occlusion.values()))
+                fractions = {p: d["fractions"] for p, d in occlusion.items()}
                 curves = {p: {"model": d["accuracy"]["model"]} for p, d in occlusion.items()}
-                fig = viz.plot_occlusion_placements(first["fractions"], curves,
-                                                    chance=chance)[0]
+                fig = viz.plot_occlusion_placements(fractions, curves, chance=chance)[0]
                 fig.suptitle(f"{folder.name}: accuracy under structured occlusion")
                 _save(fig, figures / "occlusion.png", written)
         else:

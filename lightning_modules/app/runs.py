@@ -124,6 +124,52 @@ def qualify_layers(model: nn.Module, in_channels: int, names: list[str], option:
     return out
 
 
+def example_images(model: nn.Module, shape: tuple[int, ...], option: str) -> torch.Tensor:
+    """``zeros(1, *shape)``, checked by one forward of ``model``.
+
+    ``ValueError`` naming ``option`` and the smallest square size (found by
+    bisection over forwards of 1 image) the backbone works on, when its feature
+    map vanishes for images of ``shape`` (C, H, W).
+    """
+    def works(h: int, w: int) -> str | None:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, shape[0], h, w))
+        except RuntimeError as err:
+            return str(err).splitlines()[0]
+        return None
+
+    was_training = model.training
+    model.eval()
+    try:
+        error = works(*shape[1:])
+        if error is not None:
+            high = next((2 ** k for k in range(1, 13) if works(2 ** k, 2 ** k) is None), None)
+            need = "no size up to 4096 works"
+            if high is not None:
+                low = high // 2  # fails (or is 1)
+                while high - low > 1:
+                    mid = (low + high) // 2
+                    low, high = (low, mid) if works(mid, mid) is None else (mid, high)
+                need = f"it needs images of at least {high}x{high}"
+            raise ValueError(f"{option}: the backbone's feature map vanishes for images of "
+                             f"{shape[1]}x{shape[2]} ({error}); {need}")
+    finally:
+        model.train(was_training)
+    return torch.zeros(1, *shape)
+
+
+def output_grid(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """``(H, W)`` of ``model(x)`` (a backbone's feature map), in eval mode without gradients."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    finally:
+        model.train(was_training)
+    return int(out.shape[-2]), int(out.shape[-1])
+
+
 def prepare_out(path: str | Path) -> Path:
     """Create the folder ``path`` and check that a file can be written in it."""
     path = Path(path)
@@ -229,6 +275,16 @@ def read_run(path: str | Path) -> tuple[Path, dict[str, Any]]:
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         raise ValueError(f"{what} with \"format\": \"{FORMAT}\", but {str(run_file)!r} has none")
     return folder, spec
+
+
+def require_entries(folder: Path, spec: dict[str, Any]) -> None:
+    """Refuse a ``run.json`` without the ``data``, ``model`` and ``training`` entries."""
+    missing = [k for k in ("data", "model", "training") if not isinstance(spec.get(k), dict)]
+    if not missing and not isinstance(spec["model"].get("backbone"), str):
+        missing = ["model.backbone"]
+    if missing:
+        raise ValueError(f"{str(folder / RUN_FILE)!r} lacks the entries {missing} that "
+                         "`energymask train` writes (edited or written by another program?)")
 
 
 def sha256(path: Path) -> str:

@@ -11,17 +11,17 @@ checkpoint so a resumed run continues bit for bit.
 from __future__ import annotations
 
 import os
-import random
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from energymask.lightning_modules.random_state import RandomState  # the global generators' owner
 
 #: The resumable checkpoint of a run folder, rewritten at the end of every epoch.
 LAST_CHECKPOINT = "last.ckpt"
@@ -61,32 +61,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             atomic_replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-
-
-class RandomState(pl.Callback):
-    """Saves the Python, NumPy and torch generators in each checkpoint and restores them.
-
-    Lightning checkpoints hold the weights, the optimiser and the loops but not the
-    global generators that dropout, PB-EDropout's sampler and unseeded loaders draw
-    from; without them a resumed run is not the straight run. The states are plain
-    values and tensors, so the checkpoint still loads with ``weights_only=True``.
-    """
-
-    def state_dict(self) -> dict[str, Any]:
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-                 "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
-        random.setstate(state_dict["python"])
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-        torch.set_rng_state(state_dict["torch"])
-        if "cuda" in state_dict and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
 class EpochCheckpoint(pl.Callback):
