@@ -45,6 +45,7 @@ from energymask.evaluation import (
     to_model_device,
 )
 from energymask.orderings import check_orderings, compute_scores
+from energymask.sparse import sparse_copy
 from energymask.split import CannotSplit, Split, split_at
 
 __all__ = ["DeletionResult", "deletion_curve", "insertion_curve", "find_ersm_layer"]
@@ -198,6 +199,23 @@ class _Fast(_Naive):
         return torch.cat(out)
 
 
+class _Sparse(_Naive):
+    """Scores from the model; each deletion step through its sparse copy (docs/design.md §11)."""
+
+    method = "sparse"
+
+    def __init__(self, model: nn.Module, layer: EnergyMask2d, name: str) -> None:
+        super().__init__(model, layer)
+        self.sparse_model, self.sparse_layer = sparse_copy(model, name)
+
+    def logits(self, masks: Tensor, soft: bool, _per_forward: int) -> Tensor:
+        out = []
+        for m in masks:
+            with forcing(self.sparse_layer, m, soft=soft):
+                out.append(self.sparse_model(self.x))
+        return torch.cat(out)
+
+
 def _runner(model: nn.Module, name: str, layer: EnergyMask2d, x: Tensor, method: str) -> _Naive:
     if method == "naive":
         return _Naive(model, layer)
@@ -234,8 +252,13 @@ class DeletionTest:
     def __init__(self, model: nn.Module, layer: str | None = None, orderings=ORDERINGS,
                  steps: int | Sequence[int] | None = None, method: str = "fast",
                  steps_per_forward: int = 16, mode: str = "deletion",
-                 perturbations_per_eval: int = 1, protocol: str = "binary") -> None:
+                 perturbations_per_eval: int = 1, protocol: str = "binary",
+                 sparse: bool = False) -> None:
         _check_args(method, mode, protocol, steps_per_forward, perturbations_per_eval)
+        if sparse and protocol != "binary":
+            raise ValueError(f"sparse=True needs protocol='binary' (a hard mask), "
+                             f"but got {protocol!r}")
+        self.sparse = sparse
         self.named = check_orderings(orderings)
         self.name, self.ersm = find_ersm_layer(model, layer)
         self.model, self.steps, self.method, self.mode = model, steps, method, mode
@@ -257,7 +280,10 @@ class DeletionTest:
         bool on the CPU. ``seed``: the random ordering's, an int (the batch) or (B,) per image."""
         x = to_model_device(self.model, x)
         if self.runner is None:
-            self.runner = _runner(self.model, self.name, self.ersm, x, self.method)
+            if self.sparse:
+                self.runner = _Sparse(self.model, self.ersm, self.name)
+            else:
+                self.runner = _runner(self.model, self.name, self.ersm, x, self.method)
         runner, p = self.runner, self.ersm.token_size
         features, logits = runner.start(x)
         if not self.grid:
@@ -318,6 +344,7 @@ def deletion_curve(
     mode: str = "deletion",
     perturbations_per_eval: int = 1,
     protocol: str = "binary",
+    sparse: bool = False,
 ) -> DeletionResult:
     """Accuracy after deleting (or inserting) k tokens at an ERSM layer, per ordering.
 
@@ -339,6 +366,12 @@ def deletion_curve(
         perturbations_per_eval: Captum FeatureAblation batching knob (1 on the naive path).
         protocol: ``"binary"`` (forced binary mask, the authors') or ``"soft"`` (the
             model's soft keep map, deleted tokens set to 0). Default: ``"binary"``.
+        sparse: run each step through the model's sparse masked-residual copy
+            (:func:`energymask.sparse.sparse_copy`, docs/design.md §11): the residual
+            blocks after the layer compute only at kept tokens, so a step with fewer
+            tokens costs less; a different model from the dense one (the blocks pass
+            deleted tokens on unchanged). Orderings are scored on ``model``. Binary
+            protocol only. Default: False.
 
     Returns:
         :class:`DeletionResult`.
@@ -347,7 +380,7 @@ def deletion_curve(
         ValueError: bad arguments, or a dataloader that yields no sample.
     """
     test = DeletionTest(model, layer, orderings, steps, method, steps_per_forward, mode,
-                        perturbations_per_eval, protocol)
+                        perturbations_per_eval, protocol, sparse=sparse)
     correct: dict[str, Tensor] = {}
     total = n_batches = 0
     length = loader_length(dataloader)

@@ -44,8 +44,8 @@ _POINTER = {
 
 
 class Case(NamedTuple):
-    """One realistic call: ``kind`` ("ersm" or "potts"), its shape, dtype name and, for
-    ERSM, the layouts recorded ("nchw", "channels_last" or "both")."""
+    """One realistic call: ``kind`` ("ersm", "potts" or "sparse"), its shape, dtype name
+    and, for ERSM, the layouts recorded ("nchw", "channels_last" or "both")."""
 
     kind: str
     shape: tuple[int, ...]
@@ -59,8 +59,11 @@ def cases(full: bool) -> Iterator[Case]:
     ``full=False`` is the representative subset run by the test suite: per
     dtype, ERSM many channels at 7x7 in channels-last (5 channel splits) and a
     wide map in NCHW (128-token rows), and the two Potts tiles (small grids:
-    many planes per program; 128x128: chunks of 1024 sites).
+    many planes per program; 128x128: chunks of 1024 sites). Sparse rows (gather / scatter,
+    fixed tiles): (N, C) = 9·1568 taps of 256 channels.
     """
+    for dtype in DTYPES:
+        yield Case("sparse", (9 * 1568, 256), dtype)
     if not full:
         for dtype in DTYPES:
             yield Case("ersm", (64, 2048, 7, 7, 1), dtype, "channels_last")
@@ -86,7 +89,7 @@ def record(case: Case, full: bool = True) -> list[Launch]:
     ``full``: every flag (scalar and per-position bias, with and without
     g_out; uint8 and float32 masks); otherwise the heavier of each.
     """
-    from . import ersm_triton, potts_triton
+    from . import ersm_triton, potts_triton, sparse_triton
 
     dtype = DTYPES[case.dtype]
     meta = {"device": "meta"}
@@ -106,6 +109,11 @@ def record(case: Case, full: bool = True) -> list[Launch]:
                     for g_out in (out, None)[: 2 if full else 1]:
                         ersm_triton.backward(x, weight, r, z, keep, sim, g_out, z, z, z, z,
                                              1e-3, 1e-3, 1.0, bias.dim() > 0)  # fmt: skip
+        elif case.kind == "sparse":
+            n, c = case.shape
+            rows = torch.empty(2 * n, c, dtype=dtype, **meta)
+            idx = torch.empty(n, dtype=torch.int64, **meta)
+            sparse_triton.scatter_rows(rows, idx, sparse_triton.gather_rows(rows, idx))
         else:
             k, b, c, h, w = case.shape
             unary = torch.empty(b, c, h, w, dtype=dtype, **meta)

@@ -453,3 +453,11 @@ def test_evaluate_on_two_processes_equals_one(tmp_path, run_dir, capsys):
         assert masks_two[layer] == pytest.approx(scores, rel=1e-6, abs=1e-7)
     assert set(one["occlusion"]) == {"random", "object"}
     _fails(capsys, [*common, "--devices", "0"], "evaluate", "--devices must be >= 1, but got 0")
+
+
+def test_evaluate_sparse_names_what_it_cannot_run(run_dir, capsys):
+    # the run's small CNN has no residual block after its ERSM layer: nothing to run sparsely
+    argv = ["evaluate", "--run", str(run_dir), "--num-samples", "4", "--steps", "2",
+            "--fractions", "0", "--no-progress", "--sparse"]
+    assert main(argv) != 0
+    assert "no residual block" in capsys.readouterr().err

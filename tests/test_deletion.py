@@ -378,3 +378,27 @@ def test_batches_go_to_the_models_device():
                                          steps=3, method=method)
         assert stem.seen == {device}  # CPU batches moved to the model's device
     assert results["meta"].curves == results["cpu"].curves
+
+
+def test_sparse_steps_equal_the_dense_masked_residual_model():
+    # ERSM inside layer3: layer3.1 and layer4 compute only at kept tokens (docs/design.md §11)
+    import copy
+
+    from energymask.masked_residual import masked_residual
+
+    model = _resnet18()
+    old = model.layer3[0].layer  # binary in eval: the masked model's clean pass
+    model.layer3[0].layer = EnergyMask2d(old.channels, old.settings, hard_inference=True).eval()
+    model.layer3[0].layer.load_state_dict(old.state_dict())
+    dl = _data(4, 64, channels=3, batch_size=4, labels=_clean_labels(model))
+    orderings = ("energy", "magnitude", "random")  # Captum's are scored on `model` itself
+    sparse = deletion_curve(model, dl, orderings=orderings, steps=5, sparse=True)
+    dense = masked_residual(copy.deepcopy(model), "layer3.0.layer")
+    reference = deletion_curve(dense, dl, orderings=orderings, steps=5, method="naive")
+    assert sparse.settings["method"] == "sparse"
+    assert sparse.curves == reference.curves
+    assert any(len(set(c)) >= 2 for c in sparse.curves.values())
+    with pytest.raises(ValueError, match="sparse=True needs protocol='binary'"):
+        deletion_curve(model, dl, sparse=True, protocol="soft")
+    with pytest.raises(ValueError, match="no residual block"):
+        deletion_curve(_resnet18("layer4"), dl, sparse=True)

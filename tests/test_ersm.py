@@ -580,3 +580,23 @@ def test_hard_gate_on_the_triton_kernels_equals_the_reference():
     torch.testing.assert_close(got[1], want[1])
     for g, w in zip(got[2], want[2], strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_hard_gate_compiles_without_graph_breaks():
+    pytest.importorskip("triton")
+    from energymask.kernels import use_backend
+
+    torch.manual_seed(0)
+    layer = EnergyMask2d(3, bias_init=0.0, check_finite=False, gate="hard", keep_target=0.3)
+    x = torch.randn(2, 3, 5, 4, requires_grad=True)
+
+    def loss(x):
+        return layer(x).sum() + layer.pop_regularizer()
+
+    with use_backend("triton"):
+        got = torch.compile(loss, fullgraph=True, backend="aot_eager")(x)
+        (got_dx,) = torch.autograd.grad(got, x)
+    want = loss(x)
+    (want_dx,) = torch.autograd.grad(want, x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got_dx, want_dx, rtol=1e-4, atol=1e-5)

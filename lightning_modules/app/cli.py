@@ -187,6 +187,10 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--deletion-protocol", choices=PROTOCOLS, default="binary",
                    help="binary: the authors' forced binary mask; soft: the model's own soft "
                    "keep map with the deleted tokens set to 0 (default: %(default)s)")
+    p.add_argument("--sparse", action="store_true",
+                   help="deletion steps through the sparse masked-residual model: the residual "
+                   "blocks after each ERSM layer compute only at kept tokens and pass deleted "
+                   "ones on unchanged (docs/design.md §11; binary protocol only)")
     p.add_argument("--fractions", nargs="+", type=float, metavar="X",
                    default=list(DEFAULT_FRACTIONS),
                    help="occluded fractions of the image (default: %(default)s)")

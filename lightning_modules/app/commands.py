@@ -274,6 +274,9 @@ def evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps must be >= 2, but got {args.steps}")
     folder, module, loader, with_masks = _load(args)
     if args.devices is not None or (args.strategy, args.accelerator) != ("auto", "auto"):
+        if getattr(args, "sparse", False):
+            raise ValueError("--sparse runs in one process: drop --devices, --strategy and "
+                             "--accelerator")
         return _evaluate_on_trainer(args, folder, module, loader, with_masks)
     with _runs.claim(folder, resume=True):
         net = module.model
@@ -286,7 +289,8 @@ def evaluate(args: argparse.Namespace) -> int:
         result["deletion"] = {
             name: deletion_curve(net, loader, layer=name, orderings=orderings, steps=args.steps,
                                  seed=args.seed, progress=progress,
-                                 protocol=args.deletion_protocol).to_dict()
+                                 protocol=args.deletion_protocol,
+                                 sparse=getattr(args, "sparse", False)).to_dict()
             for name in energy_mask_layers(net)
         }  # fmt: skip
         placements = ["random", "object"] if with_masks else ["random"]

@@ -1,0 +1,271 @@
+"""Masked-residual semantics: blocks after a hard mask run their branch only where it is one.
+
+DynConv (Verelst & Tuytelaars, "Dynamic Convolutions: Exploiting Spatial
+Sparsity for Faster Inference", CVPR 2020, https://arxiv.org/abs/1912.03203)
+executes a residual block's branch only at a mask's positions. This file is
+the dense model of that semantics (docs/design.md §11), the one that trains,
+resumes and reloads; :mod:`energymask.sparse` executes it sparsely.
+
+After the mask point (a named module, or an ERSM layer with a binary mask) the
+feature map becomes ``x ⊙ M``; then every following residual block computes
+
+    out = s(x) + M_b ⊙ (block(x) − s(x))      (as ``where(M_b, block(x), s(x))``)
+
+with ``s`` the block's shortcut (the identity, or its ``downsample`` where it
+strides) and ``M_b`` the mask at the block's output grid: max-pooled with
+kernel = stride = the block's stride (ceil mode) where it strides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from energymask.ersm import EnergyMask2d
+from energymask.surgery import InsertedAfter
+
+
+def residual_block_types() -> tuple[type, ...]:
+    """The residual block classes handled: torchvision and timm BasicBlock / Bottleneck."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    types: list[type] = [BasicBlock, Bottleneck]
+    try:
+        from timm.models.resnet import BasicBlock as TimmBasic
+        from timm.models.resnet import Bottleneck as TimmBottleneck
+    except ImportError:  # timm is optional
+        return tuple(types)
+    return (*types, TimmBasic, TimmBottleneck)
+
+
+class MaskState:
+    """The mask shared by a mask point and its blocks during one forward.
+
+    ``given``: a binary (B, h, w) mask set by :func:`masking` (None: read the
+    ERSM layer). ``mask``: the mask at the grid of the last block run (B, H, W),
+    bool. ``fill``: in eval mode, the (C,) vector every masked position holds
+    (zero at the mask point, the shortcut of it after a striding block).
+    """
+
+    def __init__(self) -> None:
+        self.given: Tensor | None = None
+        self.mask: Tensor | None = None
+        self.fill: Tensor | None = None
+
+
+def block_stride(block: nn.Module) -> int:
+    """The stride of a residual block: that of its downsample, else 1."""
+    down = getattr(block, "downsample", None)
+    if down is None:
+        return 1
+    convs = [m for m in down.modules() if isinstance(m, nn.Conv2d)]
+    pools = [m for m in down.modules() if isinstance(m, (nn.AvgPool2d, nn.MaxPool2d))]
+    stride = 1
+    for m in convs + pools:
+        s = m.stride if isinstance(m.stride, tuple) else (m.stride, m.stride)
+        stride *= int(s[0])
+    return stride
+
+
+def pool_mask(mask: Tensor, stride: int, size: tuple[int, int]) -> Tensor:
+    """Mask (B, H, W) bool at a block's output grid ``size``: max-pooled, kernel = stride, ceil."""
+    if stride > 1:
+        mask = F.max_pool2d(mask[:, None].float(), stride, stride, ceil_mode=True)[:, 0] > 0
+    if tuple(mask.shape[-2:]) != tuple(size):
+        raise ValueError(
+            f"the mask pooled by stride {stride} has grid {tuple(mask.shape[-2:])}, but the "
+            f"block outputs {tuple(size)}; the masked-residual semantics needs them equal"
+        )
+    return mask
+
+
+class MaskPoint(nn.Module):
+    """Runs ``module`` and applies the mask: output ``x ⊙ M``, and M handed to the blocks.
+
+    The mask is the one :func:`masking` gives, else the keep map of an ERSM
+    layer at the end of ``module`` (``module`` is the layer or an
+    ``InsertedAfter`` ending with one), which must then be binary (forced,
+    or ``hard_inference`` in eval mode).
+    """
+
+    def __init__(self, module: nn.Module, state: MaskState) -> None:
+        super().__init__()
+        self.module = module
+        self.state = state
+
+    def _ersm(self) -> EnergyMask2d | None:
+        if isinstance(self.module, EnergyMask2d):
+            return self.module
+        if isinstance(self.module, InsertedAfter) and isinstance(self.module.layer, EnergyMask2d):
+            return self.module.layer
+        return None
+
+    def forward(self, *args, **kwargs) -> Tensor:
+        x = self.module(*args, **kwargs)
+        mask, ersm = self.state.given, self._ersm()
+        if mask is None:
+            if ersm is None or ersm.last_keep is None:
+                raise ValueError(
+                    "a masked-residual model needs a mask: give one with "
+                    "energymask.masked_residual.masking(model, mask), or put the mask point "
+                    "after an EnergyMask2d layer"
+                )
+            mask = ersm.last_keep
+            if not ((mask == 0) | (mask == 1)).all():
+                raise ValueError(
+                    "the ERSM layer's keep map is not binary; force a binary mask "
+                    "(energymask.ersm.forcing) or use hard_inference=True in eval mode"
+                )
+            p = ersm.token_size
+            mask = mask.repeat_interleave(p, 1).repeat_interleave(p, 2)
+        if mask.dim() != 3 or mask.shape[0] != x.shape[0] or mask.shape[1:] != x.shape[2:]:
+            raise ValueError(
+                f"mask must have shape (B, H, W) = {(x.shape[0], *x.shape[2:])}, "
+                f"but got {tuple(mask.shape)}"
+            )
+        mask = mask.to(device=x.device) != 0
+        self.state.mask = mask
+        self.state.fill = None if self.training else x.new_zeros(x.shape[1])
+        return x * mask[:, None].to(x.dtype)
+
+
+class MaskedBlock(nn.Module):
+    """``where(M_b, block(x), s(x))``: the block's branch counts only where the mask is one."""
+
+    def __init__(self, block: nn.Module, state: MaskState) -> None:
+        super().__init__()
+        self.block = block
+        self.state = state
+        self.stride = block_stride(block)
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        down = getattr(self.block, "downsample", None)
+        return x if down is None else down(x)
+
+    def next_mask(self, out_size: tuple[int, int]) -> Tensor:
+        if self.state.mask is None:
+            raise ValueError("a MaskedBlock ran before its MaskPoint: no mask is set")
+        mask = pool_mask(self.state.mask, self.stride, out_size)
+        self.state.mask = mask
+        return mask
+
+    def next_fill(self) -> Tensor | None:
+        """The vector masked positions hold after this block (eval mode; docs/design.md §11)."""
+        fill = self.state.fill
+        if fill is not None and getattr(self.block, "downsample", None) is not None:
+            s = self.stride
+            image = fill.view(1, -1, 1, 1).expand(1, -1, s, s).contiguous()
+            fill = self.block.downsample(image)[0, :, 0, 0]
+        self.state.fill = fill
+        return fill
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.block(x)
+        mask = self.next_mask(tuple(out.shape[-2:]))
+        self.next_fill()
+        if bool(mask.all()):
+            return out
+        return torch.where(mask[:, None], out, self.shortcut(x))
+
+
+def masked_residual(model: nn.Module, after: str, until: str | None = None) -> nn.Module:
+    """Make ``model`` a masked-residual model, in place; returns it.
+
+    Args:
+        model: a network with residual blocks (torchvision or timm ResNet).
+        after: name of the module whose output is masked (e.g. ``"layer2"``, or
+            an ``InsertedAfter`` holding an ERSM layer).
+        until: name of the last module whose blocks are masked (e.g. ``"layer3"``);
+            None: every residual block after ``after`` (up to the head).
+
+    The module ``after`` becomes a :class:`MaskPoint`, every residual block after
+    it (up to ``until``) a :class:`MaskedBlock`; weights move under
+    ``<block>.block.*`` and ``<after>.module.*``. Raises ValueError when a name
+    is missing, no block follows, or a module with parameters that is not in a
+    block lies between the mask and the last block (its output would not be
+    exact at masked positions).
+    """
+    names = [n for n, _ in model.named_modules()]
+    for arg, name in (("after", after), ("until", until)):
+        if name is not None and name not in names:
+            raise ValueError(f"{arg} must name a submodule of the model, but got {name!r}")
+    if any(isinstance(m, (MaskPoint, MaskedBlock)) for m in model.modules()):
+        raise ValueError("model is already a masked-residual model")
+    types = residual_block_types()
+    start = names.index(after) + len([n for n in names if n.startswith(after + ".")]) + 1
+    stop = len(names)
+    if until is not None:
+        stop = names.index(until) + 1 + len([n for n in names if n.startswith(until + ".")])
+    modules = dict(model.named_modules())
+    blocks: list[str] = []
+    strays: list[str] = []
+    for name in names[start:stop]:
+        if any(name.startswith(b + ".") for b in blocks):
+            continue
+        module = modules[name]
+        if isinstance(module, types):
+            blocks.append(name)
+        elif any(True for _ in module.parameters(recurse=False)) and not isinstance(
+            module, nn.Linear
+        ):
+            strays.append(name)
+    if not blocks:
+        raise ValueError(
+            f"no residual block ({', '.join(t.__name__ for t in types)}) after {after!r}"
+        )
+    last = names.index(blocks[-1])
+    strays = [s for s in strays if names.index(s) < last]
+    if strays:
+        raise ValueError(
+            f"modules with parameters outside residual blocks lie between {after!r} and the last "
+            f"masked block: {strays}; give until= before them"
+        )
+    state = MaskState()
+    for name in blocks:
+        _set_submodule(model, name, MaskedBlock(modules[name], state).train(modules[name].training))
+    point = MaskPoint(modules[after], state).train(modules[after].training)
+    _set_submodule(model, after, point)
+    return model
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def mask_point(model: nn.Module) -> MaskPoint:
+    """The model's :class:`MaskPoint` (ValueError if it has none)."""
+    points = [m for m in model.modules() if isinstance(m, MaskPoint)]
+    if len(points) != 1:
+        raise ValueError(
+            f"model must have exactly one MaskPoint (see masked_residual), but has {len(points)}"
+        )
+    return points[0]
+
+
+@contextmanager
+def masking(model: nn.Module, mask: Tensor | None) -> Iterator[nn.Module]:
+    """Give a masked-residual model a binary mask (B, H, W) inside a ``with`` block.
+
+    ``mask`` is at the grid of the mask point's output (1 keep, 0 masked);
+    None: the ERSM layer's keep map. The previous mask comes back after the block.
+    """
+    if mask is not None:
+        if not isinstance(mask, Tensor):
+            raise TypeError(
+                f"mask must be a tensor (B, H, W) or None, but got {type(mask).__name__}"
+            )
+        if not ((mask == 0) | (mask == 1)).all():
+            raise ValueError("mask values must be in {0, 1}, but got other values")
+    state = mask_point(model).state
+    saved = state.given
+    state.given = mask
+    try:
+        yield model
+    finally:
+        state.given = saved

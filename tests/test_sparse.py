@@ -1,0 +1,113 @@
+"""Sparse execution equals the dense masked-residual model (float32, 1e-5), names dense blocks."""
+
+import copy
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from energymask.masked_residual import masked_residual, masking
+from energymask.sparse import SparseBlock, sparsify
+from energymask.sparse_masks import blob_mask, random_mask
+
+KEEPS = [0.0, 0.1, 0.3, 0.5, 0.9, 1.0]
+
+
+def _calibrated(model: nn.Module, size: int) -> nn.Module:
+    """Running BatchNorm statistics from a few random batches, so activations stay O(1)."""
+    torch.manual_seed(0)
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(4, 3, size, size))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    found = {}
+    for arch, size in (("resnet18", 64), ("resnet50", 64)):
+        for after, grid in (("layer1", 16), ("layer2", 8)):
+            torch.manual_seed(1)
+            dense = masked_residual(
+                _calibrated(getattr(torchvision.models, arch)(num_classes=7), size), after
+            )
+            found[arch, after] = (dense, sparsify(dense), size, grid)
+    return found
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("after", ["layer1", "layer2"])
+@pytest.mark.parametrize("make", [random_mask, blob_mask])
+def test_sparse_equals_dense_masked(pairs, arch, after, make):
+    dense, sparse, size, grid = pairs[arch, after]
+    assert set(sparse.sparse_report.values()) == {"sparse"}
+    for batch in (1, 3):  # per-sample masks differ
+        x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+        for i, keep in enumerate(KEEPS):
+            mask = make(batch, (grid, grid), keep, seed=i)
+            with torch.no_grad(), masking(dense, mask), masking(sparse, mask):
+                want, got = dense(x), sparse(x)
+            assert torch.allclose(got, want, atol=1e-5, rtol=0), (keep, (got - want).abs().max())
+
+
+def test_odd_grids_and_timm_blocks():
+    model = _calibrated(
+        timm.create_model("resnet26", num_classes=3), 72
+    )  # layer2 9x9 -> 5x5 -> 3x3
+    dense = masked_residual(model, "layer2")
+    sparse = sparsify(dense)
+    assert set(sparse.sparse_report.values()) == {"sparse"}
+    x = torch.randn(2, 3, 72, 72)
+    for keep in (0.2, 0.6):
+        mask = blob_mask(2, (9, 9), keep)
+        with torch.no_grad(), masking(dense, mask), masking(sparse, mask):
+            assert torch.allclose(sparse(x), dense(x), atol=1e-5, rtol=0)
+
+
+def test_blocks_it_cannot_run_sparsely_run_dense_and_are_named():
+    model = _calibrated(timm.create_model("resnet18d", num_classes=3), 64)  # avg-pool downsample
+    model.layer4[1].act1 = nn.GELU()
+    dense = masked_residual(model, "layer2")
+    with pytest.warns(UserWarning, match="these blocks run dense"):
+        sparse = sparsify(dense)
+    assert sparse.sparse_report["layer3.0"] == "dense: downsample is not a 1x1 conv + BatchNorm"
+    assert sparse.sparse_report["layer4.1"] == "dense: activation other than ReLU"
+    assert sparse.sparse_report["layer3.1"] == "sparse"
+    assert not isinstance(sparse.layer3[0], SparseBlock) and isinstance(
+        sparse.layer3[1], SparseBlock
+    )
+    x = torch.randn(2, 3, 64, 64)
+    mask = random_mask(2, (8, 8), 0.4)
+    with torch.no_grad(), masking(dense, mask), masking(sparse, mask):
+        assert torch.allclose(sparse(x), dense(x), atol=1e-5, rtol=0)
+
+
+def test_training_mode_is_the_dense_computation_and_weights_refold():
+    dense = masked_residual(_calibrated(torchvision.models.resnet18(num_classes=3), 32), "layer2")
+    sparse = sparsify(dense)
+    x = torch.randn(2, 3, 32, 32)
+    mask = blob_mask(2, (4, 4), 0.5)
+    sparse.train()
+    dense.train()
+    with masking(dense, mask), masking(sparse, mask):
+        assert torch.equal(sparse(x), dense(x))
+    sparse.eval()
+    with torch.no_grad():
+        sparse.layer3[1].masked.block.conv2.weight.mul_(2)  # the folded weights must follow
+        ref = copy.deepcopy(sparse)
+        for name, m in list(ref.named_modules()):
+            if isinstance(m, SparseBlock):
+                parent, _, child = name.rpartition(".")
+                setattr(ref.get_submodule(parent), child, m.masked)
+        with masking(sparse, mask), masking(ref, mask):
+            assert torch.allclose(sparse(x), ref(x), atol=1e-5, rtol=0)
+
+
+def test_refusals():
+    with pytest.raises(ValueError, match="model has no MaskedBlock"):
+        sparsify(torchvision.models.resnet18())
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        sparsify("resnet18")
