@@ -145,7 +145,8 @@ def test_evaluate_then_plot(run_dir, capsys):
         result["accuracy"])
     quality = result["mask_quality"]["backbone.layer2.layer"]
     assert set(quality) == {"iou", "pointing", "keep_ratio", "entropy", "hard_sparsity",
-                            "relative_sparsity", "keep_gini", "keep_contrast"}
+                            "relative_sparsity", "keep_gini", "keep_contrast", "undecided",
+                            "soft_undecided"}
     layer = result["pbedropout"]["backbone.layer3.layer"]
     assert layer["deterministic_drop_rate"] == 0.0  # p = 0.1 of a 2x2 patch grid: round(0.4) = 0
 
