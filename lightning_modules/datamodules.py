@@ -288,8 +288,10 @@ class ImageFolderDataModule(_SplitsDataModule):
     of train). For the ERSM authors' protocol use ``size=224`` (or 448) with the
     backbone's ImageNet ``normalize``. The classes are read at construction, which
     raises ``ValueError`` with the expected layout when ``root`` is missing, has
-    no class sub-folder or an empty one; every image is decoded in ``setup``
-    (see :class:`energymask.data.ImageFolder`, ``bad_images``).
+    no class sub-folder or an empty one; ``setup`` reads every file's header (a
+    progress bar on a terminal) and the pixels are decoded as batches are read,
+    in ``num_workers`` worker processes (see :class:`energymask.data.ImageFolder`:
+    ``bad_images``, ``scan``).
 
     Args:
         root: the tree's root folder.
@@ -301,12 +303,17 @@ class ImageFolderDataModule(_SplitsDataModule):
             used with ``root/test``; 0 means no such split). Default: 0.1, 0.1.
         seed, batch_size, num_workers: as in :class:`ClutteredDigitsDataModule`.
         bad_images: ``"raise"`` or ``"skip"`` files that cannot be decoded. Default: "raise".
+        scan: ``"header"`` (decode when read) or ``"decode"`` (every image at
+            ``setup``). Default: "header".
+        progress: the scan's progress bar: True, False or None (on a terminal,
+            after 2 s). Default: None.
     """
 
     def __init__(self, root: str | Path, size: int | Sequence[int] = (64, 64),
                  channels: int = 3, normalize: tuple | None = None, transform=None,
                  val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
-                 batch_size: int = 64, num_workers: int = 0, bad_images: str = "raise") -> None:
+                 batch_size: int = 64, num_workers: int = 0, bad_images: str = "raise",
+                 scan: str = "header", progress: bool | None = None) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, but got {channels!r}")
         self.in_channels = channels
@@ -317,18 +324,21 @@ class ImageFolderDataModule(_SplitsDataModule):
         if bad_images not in image_folder.BAD_IMAGES:
             raise ValueError(f"bad_images must be one of {image_folder.BAD_IMAGES}, "
                              f"but got {bad_images!r}")
+        if scan not in image_folder.SCANS:
+            raise ValueError(f"scan must be one of {image_folder.SCANS}, but got {scan!r}")
         self.root = Path(root)
         folders = image_folder.split_folders(self.root)
         self.classes = [f.name for f in image_folder.class_folders(next(iter(folders.values())))]
         self.size, self.mode = decoded.size, "RGB" if channels == 3 else "L"
         self.fractions = (val_fraction, test_fraction)
-        self.bad_images = bad_images
+        self.bad_images, self.scan, self.progress = bad_images, scan, progress
         self.num_classes = len(self.classes)
 
     def make_splits(self) -> dict[str, Dataset | None]:
         return image_folder.image_folder_splits(self.root, *self.fractions, seed=self.seed,
                                                 size=self.size, mode=self.mode,
-                                                bad_images=self.bad_images)
+                                                bad_images=self.bad_images, scan=self.scan,
+                                                progress=self.progress)
 
 
 __all__ = [

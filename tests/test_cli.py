@@ -12,8 +12,10 @@ import time
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_datamodules import write_cifar, write_image_tree
 
 from energymask.lightning_modules.app import commands
@@ -270,6 +272,27 @@ def test_train_on_an_image_folder(tmp_path, capsys):
     assert main(["plot", "--run", str(out)]) == 0  # no evaluation.json, no ERSM: log only
     assert "run `energymask evaluate" in capsys.readouterr().out
     assert (out / "figures" / "training.png").is_file()
+
+
+def test_image_folder_flags_and_a_truncated_image(tmp_path, capsys):
+    tree = write_image_tree(tmp_path / "tree", per_class=4, side=12)
+    jpeg = tree / "a" / "broken.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), np.uint8)).save(jpeg)
+    jpeg.write_bytes(jpeg.read_bytes()[:1000])  # the header reads, the pixels do not
+    argv = ["train", "--data", "image-folder", "--data-dir", tree, "--image-size", "16",
+            "--backbone", "shallow_cnn", "--epochs", "1", "--batch-size", "4", "--no-progress",
+            "--accelerator", "cpu", "--val-fraction", "0.25"]
+    err = _fails(capsys, [*argv, "--out", tmp_path / "r1"], "train",
+                 "a/broken.jpg cannot be decoded")
+    assert "--bad-images skip" in err
+    out = tmp_path / "r2"
+    assert main([str(a) for a in [*argv, "--bad-images", "skip", "--num-workers", "1",
+                                  "--out", out]]) == 0
+    data = json.loads((out / "run.json").read_text())["data"]
+    assert (data["val_fraction"], data["bad_images"], data["num_workers"]) == (0.25, "skip", 1)
+    dm = _runs.build_datamodule(data, 4, 0)
+    dm.setup()
+    assert (len(dm.train_set), len(dm.val_set), dm.num_workers) == (9, 3, 1)  # 13 x 0.25 -> 3
 
 
 def test_train_is_deterministic_by_seed(tmp_path):

@@ -1,8 +1,11 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from energymask.data import image_folder
 from energymask.data._split import split_dataset
 from energymask.data.image_folder import ImageFolder, image_folder_splits
 
@@ -46,22 +49,79 @@ def test_corrupt_image_refused_or_skipped(tmp_path):
         ImageFolder(root, bad_images="ignore")
 
 
-def test_truncated_jpeg_caught_at_scan(tmp_path):
-    root = _tree(tmp_path / "t")
+def _truncated_jpeg(path):
     rng = np.random.default_rng(1)
-    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
-        root / "dog" / "big.jpg", quality=95)
-    data = (root / "dog" / "big.jpg").read_bytes()
-    (root / "dog" / "big.jpg").write_bytes(data[: len(data) // 2])
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_jpeg_caught_at_scan_when_decoding_there(tmp_path):
+    root = _tree(tmp_path / "t")
+    _truncated_jpeg(root / "dog" / "big.jpg")
     with pytest.raises(ValueError, match=r"decoded: .*dog/big.jpg \(OSError: .*truncated"):
-        ImageFolder(root)
+        ImageFolder(root, scan="decode")
+    with pytest.raises(ValueError, match=r"scan must be one of \('header', 'decode'\), "
+                                         r"but got 'full'"):
+        ImageFolder(root, scan="full")
 
 
-def test_file_broken_after_scan_names_it(tmp_path):
-    ds = ImageFolder(_tree(tmp_path / "t"))
-    ds.samples[0][0].write_bytes(b"gone")
-    with pytest.raises(ValueError, match=r"image .*cat/0.png can no longer be decoded"):
-        ds[0]
+def test_truncated_jpeg_found_lazily_names_the_file(tmp_path):
+    root = _tree(tmp_path / "t")
+    _truncated_jpeg(root / "dog" / "big.jpg")
+    ds = ImageFolder(root)  # the header is fine: the scan passes it
+    assert len(ds) == 6 and ds.skipped == []
+    bad = [p.name for p, _ in ds.samples].index("big.jpg")
+    with pytest.raises(ValueError, match=r"image .*dog/big.jpg cannot be decoded \(OSError: "
+                                         r".*truncated.*scan reads headers only.*"
+                                         r"--bad-images skip"):
+        ds[bad]
+    assert torch.equal(ds[0][0], ImageFolder(root, bad_images="skip")[0][0])  # others fine
+
+
+def test_truncated_file_skipped_lazily_with_a_warning(tmp_path):
+    root = _tree(tmp_path / "t")
+    _truncated_jpeg(root / "dog" / "big.jpg")
+    ds = ImageFolder(root, bad_images="skip")
+    bad = [p.name for p, _ in ds.samples].index("big.jpg")
+    with pytest.warns(UserWarning, match=r"skipping image .*dog/big.jpg .*next readable"):
+        x, y = ds[bad]
+    following = ds[(bad + 1) % len(ds)]  # the next image in the folder's order, as given
+    assert torch.equal(x, following[0]) and y == following[1]
+    assert [p.name for p, _ in ds.skipped] == ["big.jpg"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per file
+        assert torch.equal(ds[bad][0], x)
+
+
+def test_scan_reads_headers_only(tmp_path, monkeypatch):
+    root = _tree(tmp_path / "t")
+    calls = []
+    monkeypatch.setattr(image_folder, "decode",
+                        lambda *a, **k: calls.append(a) or np.zeros((2, 2, 3), np.float32))
+    ds = ImageFolder(root)
+    assert calls == []  # nothing decoded at scan
+    ds[3]
+    assert len(calls) == 1 and calls[0][0] == ds.samples[3][0]
+    ImageFolder(root, scan="decode")
+    assert len(calls) == 1 + len(ds)
+
+
+def test_scan_progress_bar(tmp_path, capsys):
+    pytest.importorskip("tqdm")
+    ImageFolder(_tree(tmp_path / "t"), progress=True)
+    assert "scanning t" in capsys.readouterr().err
+    ImageFolder(tmp_path / "t", progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_lazy_errors_raise_in_dataloader_workers(tmp_path):
+    root = _tree(tmp_path / "t")
+    _truncated_jpeg(root / "dog" / "big.jpg")
+    loader = torch.utils.data.DataLoader(ImageFolder(root, size=(8, 8)), batch_size=6,
+                                         num_workers=1)
+    with pytest.raises(ValueError, match=r"dog/big.jpg cannot be decoded"):
+        next(iter(loader))
 
 
 def test_16_bit_png_scaled_not_saturated(tmp_path):

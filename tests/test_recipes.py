@@ -113,8 +113,10 @@ def test_ersm_scores_and_deletion(baseline, dm):
 def test_occlusion_side_by_side(baseline, dm):
     out = ex.occlusion({"a": baseline[0], "b": baseline[0]}, dm, seed=0, progress=False)
     assert set(out) == {"random", "object"}
-    for table in out.values():
-        assert table["a"] == table["b"] and len(table["a"]) == len(ex.OCCLUSION_FRACTIONS)
+    for placement, table in out.items():
+        assert table["a"] == table["b"]
+        assert len(table["a"]) == len(ex.OCCLUSION_PLACEMENTS[placement])
+    assert ex.OCCLUSION_PLACEMENTS["object"] == ex.OBJECT_OCCLUSION_FRACTIONS
     assert out["random"]["a"][0] == pytest.approx(accuracy(baseline[0], ex.eval_loader(dm)))
 
 

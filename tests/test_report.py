@@ -134,7 +134,8 @@ def test_verdicts_change_with_the_numbers():
     assert _verdict(m, "Frozen PB-EDropout", "pbedropout_frozen vs none").verdict == \
         "did not hold"
     text = report.render(m, [])
-    assert "| PB-EDropout regularises (beats no dropout) | pbedropout vs none | **held** |" in text
+    assert ("| PB-EDropout regularises (beats no dropout) | pbedropout vs none | "
+            "**seed 0 only: held** |") in text
 
 
 def test_protocols_named_in_deletion_section_and_claims():
@@ -210,3 +211,48 @@ def test_model_settings_and_machine(tmp_path):
     assert info["torch"] == torch.__version__ and info["torch_threads"] >= 1
     path = report.write_report(tmp_path, copy.deepcopy(metrics()), [])
     assert path.read_text() == report.render(metrics(), [])
+
+
+def test_one_seed_verdicts_read_as_such():
+    text = report.render(metrics(), [])
+    assert "One seed stands behind every verdict here" in text
+    assert "| ERSM preserves accuracy | ersm_inside | **seed 0 only: held** |" in text
+    assert "| pbedropout_frozen | **not measured** |" in text
+    no_seed = {k: v for k, v in metrics().items() if k != "seed"}
+    assert "**one seed only: held**" in report.render(no_seed, [])
+
+
+def test_several_seeds_counted_in_each_verdict():
+    m = metrics()
+    m["seeds"] = [0, 1, 2]
+    for key, acc in m["test_accuracy"].items():
+        m["test_accuracy"][key] = [acc] * 3
+    text = report.render(m, [])
+    assert "Differences are means over 3 seeds" in text
+    assert "| ERSM preserves accuracy | ersm_inside | **held (3 seeds)** |" in text
+    # The mask claims rest on the masks' own numbers: still one seed here.
+    assert "| ERSM masks become sparse | ersm_inside | **one seed only: held** |" in text
+    assert _verdict(m, "ERSM preserves accuracy", "ersm_inside").num_seeds == 3
+
+
+def test_occlusion_at_chance_for_every_model_cannot_separate():
+    m = metrics()
+    m["occlusion"]["object"] = {"baseline": [0.99, 0.09], "frozen_ersm": [0.95, 0.14],
+                                "ersm_inside": [0.985, 0.12]}
+    v = _verdict(m, "ERSM is robust to occlusion (object", "ersm_inside")
+    assert v.verdict == "cannot separate the models"
+    assert "within 0.05 of chance (0.10) at every f > 0" in v.evidence
+    m["occlusion"]["object"]["frozen_ersm"] = [0.95, 0.16]  # one model above chance
+    assert _verdict(m, "ERSM is robust to occlusion (object", "ersm_inside").verdict == "held"
+
+
+def test_occlusion_placements_at_their_own_fractions():
+    m = metrics()
+    m["occlusion_placements"] = {"random": [0.0, 0.5], "object": [0.0, 0.02, 0.05]}
+    m["occlusion"]["object"] = {"baseline": [0.99, 0.8, 0.5], "frozen_ersm": [0.95, 0.7, 0.4],
+                                "ersm_inside": [0.985, 0.85, 0.6]}
+    text = report.render(m, [])
+    assert "| model | f = 0.0 | f = 0.02 | f = 0.05 |" in text
+    assert "| ersm_inside | 0.985 | 0.850 | 0.600 |" in text
+    v = _verdict(m, "ERSM is robust to occlusion (object", "ersm_inside")
+    assert v.verdict == "held" and "+0.075" in v.evidence  # mean of +0.05 and +0.10

@@ -101,3 +101,11 @@ def test_plot_occlusion_placements(tmp_path):
     fig.savefig(tmp_path / "p.png")
     with pytest.raises(ValueError, match="at least one placement"):
         plot_occlusion_placements(f, {})
+
+
+def test_plot_occlusion_placements_at_their_own_fractions():
+    fractions = {"random": [0.0, 0.25, 0.5], "object": [0.0, 0.02, 0.05]}
+    acc = {"random": {"a": [0.9, 0.8, 0.7]}, "object": {"a": [0.9, 0.5, 0.2]}}
+    _, axes = plot_occlusion_placements(fractions, acc)
+    for a, placement in zip(axes[0], ("random", "object"), strict=True):
+        np.testing.assert_allclose(a.get_lines()[0].get_xdata(), fractions[placement])

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -24,14 +26,15 @@ def test_mask_grid_gray_with_objects_labels_and_data_scale(tmp_path):
     obj = torch.zeros(3, 1, 16, 16)
     obj[:, :, 4:10, 4:10] = 1
     fig, axes = plot_mask_grid(images, keep, obj, labels=torch.tensor([1, 2, 3]),
-                               predictions=torch.tensor([1, 5, 3]))
+                               predictions=torch.tensor([1, 5, 3]), data_range=True)
     assert isinstance(fig, Figure) and axes.shape == (3, 4)
-    assert axes[0, 1].get_title() == f"keep map\nmean {keep[0].mean().item():.2f}"
+    lo, hi = keep.min().item(), keep.max().item()
+    flag = f"[data range {lo:.3f}-{hi:.3f}, not 0-1]"
+    assert axes[0, 1].get_title() == f"keep map {flag}\nmean {keep[0].mean().item():.2f}"
     assert axes[1, 1].get_title() == f"mean {keep[1].mean().item():.2f}"
     assert axes[0, 0].get_title() == "image\ntrue 1 · pred 1"
     assert axes[1, 0].get_title() == "true 2 · pred 5" and axes[1, 0].title.get_color() == "red"
     # One colour bar, on the data's min..max, shared by keep map, overlay and masked image.
-    lo, hi = keep.min().item(), keep.max().item()
     assert _colorbar_range(fig) == [pytest.approx((lo, hi))]
     keep_img = axes[0, 1].get_images()[0]
     assert keep_img.norm.vmin == pytest.approx(lo) and keep_img.norm.vmax == pytest.approx(hi)
@@ -44,19 +47,46 @@ def test_mask_grid_gray_with_objects_labels_and_data_scale(tmp_path):
     _saved(fig, tmp_path, "grid.png")
 
 
+def test_mask_grid_keeps_zero_to_one_by_default(tmp_path):
+    keep = 0.48 + 0.011 * torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(0))
+    images = torch.rand(2, 1, 16, 16)
+    fig, axes = plot_mask_grid(images, keep)
+    assert _colorbar_range(fig) == [(0.0, 1.0)]  # a 0.480-0.491 map looks half kept
+    assert axes[0, 1].get_images()[0].norm.vmax == 1.0
+    assert axes[0, 1].get_title().startswith("keep map\n")  # no scale flag
+    assert axes[0, 3].get_title() == "image x keep"
+    masked = axes[0, 3].get_images()[0].get_array()
+    assert abs(float(masked[0, 0]) - (images[0, 0, 0, 0] * keep[0, 0, 0]).item()) < 1e-5
+    label = [a for a in fig.axes if a.get_label() == "<colorbar>"][0].get_ylabel()
+    assert label == "keep probability (0 to 1)"
+    with pytest.raises(ValueError, match="vmin and vmax must then be None, but got 0.2 and None"):
+        plot_mask_grid(images, keep, vmin=0.2, data_range=True)
+
+
+def test_mask_grid_warns_on_a_small_token_grid():
+    with pytest.warns(UserWarning, match=r"token grid 2x2 is below 4x4.*--image-size 224"):
+        fig, _ = plot_mask_grid(torch.rand(1, 3, 64, 64), torch.rand(1, 2, 2))
+    assert fig.get_supxlabel().startswith("Warning: token grid 2x2 is below 4x4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig, _ = plot_mask_grid(torch.rand(1, 3, 64, 64), torch.rand(1, 4, 4))
+    assert fig.get_supxlabel() == ""
+
+
 def test_mask_grid_fixed_scale_rgb_into_given_axes(tmp_path):
     fig = Figure()
     axes = fig.subplots(2, 4)
-    out_fig, out_axes = plot_mask_grid(torch.rand(2, 3, 8, 8), torch.ones(2, 2, 2), axes=axes,
-                                       vmin=0.0, vmax=1.0, labels=[0, 1], class_names="ab")
+    out_fig, out_axes = plot_mask_grid(torch.rand(2, 3, 8, 8), torch.ones(2, 4, 4), axes=axes,
+                                       vmin=0.5, vmax=1.0, labels=[0, 1], class_names="ab")
     assert out_fig is fig and out_axes.shape == (2, 4)
-    assert _colorbar_range(fig) == [(0.0, 1.0)]
+    assert _colorbar_range(fig) == [(0.5, 1.0)]
+    assert "[fixed scale 0.5-1]" in out_axes[0, 1].get_title()
     assert out_axes[1, 0].get_title() == "true b"
     _saved(fig, tmp_path, "rgb.png")
 
 
 def test_mask_grid_constant_map_still_has_a_scale():
-    fig, _ = plot_mask_grid(torch.rand(1, 1, 8, 8), torch.full((1, 2, 2), 0.4))
+    fig, _ = plot_mask_grid(torch.rand(1, 1, 8, 8), torch.full((1, 4, 4), 0.4), data_range=True)
     (lo, hi), = _colorbar_range(fig)
     assert lo < 0.4 < hi
 
@@ -74,15 +104,21 @@ def test_mask_grid_errors():
 
 def test_keep_masks_per_layer_scale_and_epoch(tmp_path):
     masks = {"a": 0.4 + 0.1 * torch.rand(2, 4, 4), "b": torch.rand(2, 2, 2)}
-    fig, axes = plot_keep_masks(torch.rand(2, 3, 8, 8), masks, epoch=3)
+    with pytest.warns(UserWarning, match="keep map of b: token grid 2x2"):
+        fig, axes = plot_keep_masks(torch.rand(2, 3, 8, 8), masks, epoch=3)
     assert axes.shape == (2, 3)
     assert fig.get_suptitle() == "ERSM keep maps, epoch 3"
     assert axes[0, 1].get_title() == f"a\nmean {masks['a'][0].mean().item():.2f}"
+    assert axes[0, 2].get_title().startswith("b\n[grid below 4x4]")
+    assert _colorbar_range(fig) == [(0.0, 1.0), (0.0, 1.0)]
+    _saved(fig, tmp_path, "keep.png")
+    with pytest.warns(UserWarning, match="token grid 2x2"):
+        fig, axes = plot_keep_masks(torch.rand(2, 3, 8, 8), masks, data_range=True)
     ranges = _colorbar_range(fig)
     assert ranges[0] == pytest.approx((masks["a"].min().item(), masks["a"].max().item()))
     assert ranges[1] == pytest.approx((masks["b"].min().item(), masks["b"].max().item()))
-    _saved(fig, tmp_path, "keep.png")
-    fig, _ = plot_keep_masks(torch.rand(1, 1, 8, 8), {"a": torch.rand(1, 2, 2)})
+    assert "data range" in axes[0, 1].get_title()
+    fig, _ = plot_keep_masks(torch.rand(1, 1, 8, 8), {"a": torch.rand(1, 4, 4)})
     assert fig.get_suptitle() == "ERSM keep maps"
 
 
@@ -101,7 +137,11 @@ def test_ema_masks(tmp_path):
     assert axes.shape == (3, 4)
     assert sum(a.get_visible() for a in axes.flat) == 10
     assert "at backbone.layer2, p = 0.1" in fig.get_suptitle()
+    assert _colorbar_range(fig) == [(0.0, 1.0)] and "range" not in fig.get_suptitle()
+    fig, _ = plot_ema_masks(ema, data_range=True)
     assert _colorbar_range(fig) == [pytest.approx((ema.min().item(), ema.max().item()))]
+    assert "[data range" in fig.get_suptitle()
+    fig, axes = plot_ema_masks(ema, layer="backbone.layer2", p=0.1, dropped=dropped, ncols=4)
     offsets = axes[0, 0].collections[0].get_offsets()
     np.testing.assert_allclose(np.asarray(offsets), [[2, 1]])
     _saved(fig, tmp_path, "ema.png")

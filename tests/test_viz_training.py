@@ -1,6 +1,6 @@
 import pytest
 
-from energymask.viz import plot_training_log, read_metrics_csv
+from energymask.viz import matching_metrics, plot_training_log, read_metrics_csv
 
 # Two epochs of 10 steps: training rows every 5 steps, validation at each epoch's end.
 CSV = """\
@@ -59,3 +59,14 @@ def test_plot_training_log_errors(tmp_path):
         plot_training_log(_write(tmp_path), metrics=("f1",))
     with pytest.raises(ValueError, match="'test' matches none"):
         plot_training_log(_write(tmp_path), metrics=("test",))  # test_acc: by full name only
+
+
+def test_matching_metrics_keeps_those_the_log_has(tmp_path):
+    path = _write(tmp_path)
+    columns = read_metrics_csv(path)
+    wanted = ("loss", "acc", "keep_ratio", "hard_sparsity", "drop_rate")
+    found = matching_metrics(path, wanted)
+    assert set(found) < set(wanted) and found == tuple(m for m in wanted if m in found)
+    for m in wanted:  # kept exactly when some column ends in it
+        assert (m in found) == any(k == m or k.endswith(("_" + m, "/" + m)) for k in columns)
+    plot_training_log(path, found)  # draws every one it kept

@@ -5,7 +5,8 @@ pyplot state) or draws into the ``ax``/``axes`` given; none calls ``plt.show()``
 Save with ``fig.savefig(path)``. Needs matplotlib (``pip install 'energymask[viz]'``).
 
 Conventions shared by every figure (docs/design.md §6, "Figures and the report"):
-colour bars on keep and energy maps, scales set from the data unless given,
+colour bars on keep and energy maps, keep maps on [0, 1] (the data's range only
+when asked, and then said in the title), energy maps on their data's range,
 accuracy axes fixed to [0, 1] with clean-accuracy and chance lines, curves told
 apart by marker and line style as well as colour.
 """
@@ -22,10 +23,15 @@ from .curves import (  # noqa: E402
 )
 from .energies import plot_energy_maps  # noqa: E402
 from .masks import plot_ema_masks, plot_keep_masks, plot_mask_grid  # noqa: E402
-from .training import plot_training_log, read_metrics_csv  # noqa: E402
+from .training import (  # noqa: E402
+    matching_metrics,
+    plot_training_log,
+    read_metrics_csv,
+)
 
 __all__ = [
     "curve_auc",
+    "matching_metrics",
     "plot_curves",
     "plot_ema_masks",
     "plot_energy_maps",

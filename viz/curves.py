@@ -157,7 +157,8 @@ def plot_occlusion_placements(fractions, accuracies: dict, chance: float | None 
     """One :func:`plot_occlusion` panel per placement (random, on the object), side by side.
 
     Args:
-        fractions: (n,) occluded fractions.
+        fractions: (n,) occluded fractions, or ``placement -> fractions`` when the
+            placements were measured at different fractions.
         accuracies: ``placement -> {model name -> accuracies}``.
         chance: chance accuracy (dotted line). Default: none.
         axes: optional axes, one per placement. Default: a new figure.
@@ -173,7 +174,8 @@ def plot_occlusion_placements(fractions, accuracies: dict, chance: float | None 
         fig.set_size_inches(3.6 * len(accuracies) + 1.8, 3.6)
     for k, (a, (placement, models)) in enumerate(zip(ax[0], accuracies.items(), strict=True)):
         where = "on the object" if placement == "object" else placement
-        plot_occlusion(fractions, models, ax=a, title=f"placement: {where}", chance=chance,
+        f = fractions[placement] if isinstance(fractions, dict) else fractions
+        plot_occlusion(f, models, ax=a, title=f"placement: {where}", chance=chance,
                        legend=k == len(accuracies) - 1)
     size = f" ({patch_size}x{patch_size}-pixel patches)" if patch_size else ""
     fig.suptitle(f"structured occlusion{size}", fontsize=10)

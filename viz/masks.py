@@ -1,28 +1,66 @@
 """Mask figures: ERSM keep maps (on their own, over the image, applied to it) and
 PB-EDropout keep frequencies per channel.
 
-Keep maps are drawn on one colour scale per figure, shared by every panel that
-shows keep values and stated on its colour bar: by default the data's min..max
-(keep values of 0.3-0.5 would look flat on a fixed 0..1 scale), or the
-``vmin``/``vmax`` given.
+Keep values are probabilities, so keep maps are drawn on [0, 1] by default: a
+map between 0.480 and 0.491 looks uniformly half kept, as it is, not half kept
+and half dropped. ``data_range=True`` stretches the colours over the data's
+min..max to show small differences; the figure then says so in its panel title
+and colour bar (``data range 0.480-0.491``). ``vmin``/``vmax`` set the scale
+by hand (named "fixed" on the colour bar).
+
+A token grid smaller than 4x4 (:data:`SMALL_GRID`; e.g. a 64-pixel input to an
+ImageNet backbone with stride 32 gives 2x2) holds too few tokens to show where
+a mask looks: :func:`plot_mask_grid` warns and says so in the figure.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 
-from ._common import as_image, data_range, new_axes, to_numpy, upsample
+from ._common import as_image, new_axes, to_numpy, upsample
+from ._common import data_range as data_range_of
 
 __all__ = ["plot_mask_grid", "plot_keep_masks", "plot_ema_masks"]
 
 CMAP = "viridis"
+#: Token grids with a side below this get a warning (too few tokens to show a place).
+SMALL_GRID = 4
 
 
-def _scale_label(what: str, vmin, vmax) -> str:
-    given = vmin is not None or vmax is not None
-    return f"{what} ({'fixed' if given else 'data min to max'} scale)"
+def _keep_scale(values, data_range: bool, vmin, vmax) -> tuple[float, float, str]:
+    """``(lo, hi, note)`` of a keep colour scale: [0, 1], the data's range or the given one.
+
+    ``note`` is empty for [0, 1], else it says which scale is used (for titles).
+    """
+    if data_range:
+        if vmin is not None or vmax is not None:
+            raise ValueError(f"data_range=True sets the scale from the data; vmin and vmax "
+                             f"must then be None, but got {vmin} and {vmax}")
+        lo, hi = data_range_of(values)
+        return lo, hi, f"data range {lo:.3f}-{hi:.3f}, not 0-1"
+    lo, hi = data_range_of(values, 0.0 if vmin is None else vmin, 1.0 if vmax is None else vmax)
+    return lo, hi, "" if (lo, hi) == (0.0, 1.0) else f"fixed scale {lo:.3g}-{hi:.3g}"
+
+
+def _scale_label(what: str, note: str) -> str:
+    return f"{what} ({note or '0 to 1'})"
+
+
+def warn_small_grid(shape, where: str = "keep map") -> str:
+    """A warning (returned as text for the figure, "" if none) when ``shape`` (h, w) is
+    smaller than :data:`SMALL_GRID` on a side."""
+    h, w = (int(v) for v in shape[-2:])
+    if min(h, w) >= SMALL_GRID:
+        return ""
+    text = (f"token grid {h}x{w} is below {SMALL_GRID}x{SMALL_GRID}: too few tokens to show "
+            "where the mask looks (a 64-pixel input to an ImageNet backbone of stride 32 gives "
+            "2x2); use larger images (e.g. --image-size 224) or a layer of finer stride")
+    warnings.warn(f"{where}: {text}", UserWarning, stacklevel=3)
+    return text
 
 
 def _labels_title(labels, predictions, i: int, names) -> tuple[str, str]:
@@ -51,12 +89,14 @@ def _check_labels(values, batch: int, arg: str):
 
 def plot_mask_grid(images, keep_maps, object_masks=None, labels=None, predictions=None,
                    axes=None, max_rows: int = 8, vmin: float | None = None,
-                   vmax: float | None = None, class_names=None, alpha: float = 0.55):
+                   vmax: float | None = None, class_names=None, alpha: float = 0.55,
+                   data_range: bool = False):
     """One row per image: image | keep map | keep map over the image | image x keep.
 
     The object outline (red) is drawn on the first three panels; the true and
     predicted classes head the image (red when wrong), the mean keep heads the
-    keep map. One colour bar serves the three keep panels.
+    keep map. One colour bar serves the three keep panels. Warns when the token
+    grid is smaller than 4x4 (:func:`warn_small_grid`), and notes it under the figure.
 
     Args:
         images: (B, C, H, W) with C in {1, 3}, values in [0, 1].
@@ -66,14 +106,16 @@ def plot_mask_grid(images, keep_maps, object_masks=None, labels=None, prediction
         labels, predictions: optional (B,) true and predicted classes.
         axes: optional (rows, 4) axes to draw into. Default: a new figure.
         max_rows: at most this many images. Default: 8.
-        vmin, vmax: the keep colour scale. Default: min and max of the maps shown.
+        vmin, vmax: a fixed keep colour scale. Default: 0 and 1.
         class_names: optional names indexed by class. Default: the class numbers.
         alpha: opacity of the keep map over the image. Default: 0.55.
+        data_range: colour the keep maps from the min to the max of the maps
+            shown (named in the keep map's title and on the colour bar). Default: False.
 
     Returns:
-        ``(fig, axes)`` with ``axes`` of shape (rows, 4). The masked image is drawn
-        with its brightness divided by the scale's top (``vmax``), so that the most
-        kept token shows the image at full brightness.
+        ``(fig, axes)`` with ``axes`` of shape (rows, 4). The masked image is the
+        image times the keep map (its true brightness on the default scale); on
+        another scale it is divided by the scale's top, said in its title.
     """
     imgs, keeps = to_numpy(images), to_numpy(keep_maps)
     if imgs.ndim != 4 or keeps.ndim != 3 or imgs.shape[0] != keeps.shape[0]:
@@ -83,7 +125,8 @@ def plot_mask_grid(images, keep_maps, object_masks=None, labels=None, prediction
     predictions = _check_labels(predictions, imgs.shape[0], "predictions")
     rows = min(imgs.shape[0], max_rows)
     fig, ax = new_axes(rows, 4, scale=1.9, axes=axes)
-    lo, hi = data_range(keeps[:rows], vmin, vmax)
+    lo, hi, note = _keep_scale(keeps[:rows], data_range, vmin, vmax)
+    small = warn_small_grid(keeps.shape)
     norm = Normalize(lo, hi)
     size = imgs.shape[-2:]
     for i in range(rows):
@@ -104,26 +147,32 @@ def plot_mask_grid(images, keep_maps, object_masks=None, labels=None, prediction
         text, colour = _labels_title(labels, predictions, i, class_names)
         head = ("image\n" if i == 0 else "") + text
         ax[i, 0].set_title(head.strip(), fontsize=8, color=colour)
-        ax[i, 1].set_title(("keep map\n" if i == 0 else "") + f"mean {keep.mean():.2f}",
-                           fontsize=8)
+        head = "keep map" + (f" [{note}]" if note else "") + "\n" if i == 0 else ""
+        ax[i, 1].set_title(head + f"mean {keep.mean():.2f}", fontsize=8,
+                           color="darkred" if note and i == 0 else "black")
         if i == 0:
             ax[i, 2].set_title("keep over image", fontsize=8)
-            ax[i, 3].set_title(f"image x keep\n(brightness / {hi:.2f})", fontsize=8)
+            ax[i, 3].set_title("image x keep" + (f"\n(brightness / {hi:.2f})"
+                                                 if hi != 1.0 else ""), fontsize=8)
     for a in ax.flat:
         a.set_xticks([])
         a.set_yticks([])
     bar = fig.colorbar(ScalarMappable(norm, CMAP), ax=list(ax.flat), shrink=min(0.5, 2.5 / rows),
                        aspect=25, location="right")
-    bar.set_label(_scale_label("keep probability", vmin, vmax), fontsize=8)
+    bar.set_label(_scale_label("keep probability", note), fontsize=8)
     bar.ax.tick_params(labelsize=7)
+    if small:
+        fig.supxlabel(f"Warning: {small}", fontsize=7, color="darkred")
     return fig, ax
 
 
-def plot_keep_masks(images, masks: dict, epoch: int | None = None, axes=None):
+def plot_keep_masks(images, masks: dict, epoch: int | None = None, axes=None,
+                    data_range: bool = False):
     """One row per image: the image, then the keep map of each ERSM layer.
 
-    Each layer's column has its own colour bar on that layer's data min..max
-    (layers differ in range), shared by its rows. For ``MaskLoggerCallback``.
+    Each layer's column has its own colour bar, on [0, 1] (or, with
+    ``data_range=True``, that layer's min..max, named in its title), shared by
+    its rows. For ``MaskLoggerCallback``.
 
     Args:
         images: (N, C, H, W); a 3-channel image is shown in colour, else the first
@@ -131,6 +180,7 @@ def plot_keep_masks(images, masks: dict, epoch: int | None = None, axes=None):
         masks: layer name -> (N, h, w) keep probabilities.
         epoch: named in the title when given.
         axes: optional (N, 1 + len(masks)) axes. Default: a new figure.
+        data_range: colour each layer from its min to its max. Default: False.
 
     Returns:
         ``(fig, axes)``.
@@ -150,13 +200,16 @@ def plot_keep_masks(images, masks: dict, epoch: int | None = None, axes=None):
         img = (img - img.min()) / max(float(img.max() - img.min()), 1e-8)
         ax[i, 0].imshow(as_image(img), cmap=None if img.shape[0] == 3 else "gray")
     for j, (name, k) in enumerate(keeps.items(), start=1):
-        norm = Normalize(*data_range(k))
+        lo, hi, note = _keep_scale(k, data_range, None, None)
+        small = warn_small_grid(k.shape, f"keep map of {name}")
+        norm = Normalize(lo, hi)
         for i in range(n):
             ax[i, j].imshow(k[i], cmap=CMAP, norm=norm)
             ax[i, j].set_title(f"mean {k[i].mean():.2f}", fontsize=8)
-        ax[0, j].set_title(f"{name}\nmean {k[0].mean():.2f}", fontsize=8)
+        flags = "".join(f"\n[{t}]" for t in (note, "grid below 4x4" if small else "") if t)
+        ax[0, j].set_title(f"{name}{flags}\nmean {k[0].mean():.2f}", fontsize=8)
         bar = fig.colorbar(ScalarMappable(norm, CMAP), ax=list(ax[:, j]), shrink=0.6, aspect=30)
-        bar.set_label("keep (data min to max)", fontsize=8)
+        bar.set_label(_scale_label("keep", note), fontsize=8)
         bar.ax.tick_params(labelsize=7)
     ax[0, 0].set_title("image", fontsize=8)
     for a in ax.flat:
@@ -168,7 +221,8 @@ def plot_keep_masks(images, masks: dict, epoch: int | None = None, axes=None):
 
 def plot_ema_masks(ema, layer: str | None = None, p: float | None = None, dropped=None,
                    axes=None, ncols: int = 8, max_channels: int = 64,
-                   vmin: float | None = None, vmax: float | None = None):
+                   vmin: float | None = None, vmax: float | None = None,
+                   data_range: bool = False):
     """PB-EDropout keep frequency (EMA of the chosen masks), one panel per channel.
 
     Args:
@@ -179,7 +233,9 @@ def plot_ema_masks(ema, layer: str | None = None, p: float | None = None, droppe
         axes: optional axes (rows * ncols of them). Default: a new figure.
         ncols: panels per row. Default: 8.
         max_channels: at most this many channels. Default: 64.
-        vmin, vmax: the colour scale. Default: min and max of the channels shown.
+        vmin, vmax: a fixed colour scale. Default: 0 and 1.
+        data_range: colour from the min to the max of the channels shown (named
+            in the title). Default: False.
 
     Returns:
         ``(fig, axes)``; unused panels are hidden.
@@ -194,7 +250,8 @@ def plot_ema_masks(ema, layer: str | None = None, p: float | None = None, droppe
     ncols = min(ncols, c)
     rows = int(np.ceil(c / ncols))
     fig, ax = new_axes(rows, ncols, scale=1.3, axes=axes)
-    norm = Normalize(*data_range(e[:c], vmin, vmax))
+    lo, hi, note = _keep_scale(e[:c], data_range, vmin, vmax)
+    norm = Normalize(lo, hi)
     for k, a in enumerate(ax.flat):
         a.set_xticks([])
         a.set_yticks([])
@@ -207,7 +264,7 @@ def plot_ema_masks(ema, layer: str | None = None, p: float | None = None, droppe
             a.scatter(q, r, marker="x", color="white", s=14, linewidths=1.0)
         a.set_title(f"ch {k}", fontsize=7)
     bar = fig.colorbar(ScalarMappable(norm, CMAP), ax=list(ax.flat), shrink=0.8, aspect=30)
-    bar.set_label(_scale_label("keep frequency", vmin, vmax), fontsize=8)
+    bar.set_label(_scale_label("keep frequency", note), fontsize=8)
     bar.ax.tick_params(labelsize=7)
     title = "PB-EDropout keep frequency (EMA of the masks)"
     if layer is not None:
@@ -216,5 +273,7 @@ def plot_ema_masks(ema, layer: str | None = None, p: float | None = None, droppe
         title += f", p = {p:g}"
     if d is not None:
         title += "; x = dropped by the deterministic mask"
+    if note:
+        title += f" [{note}]"
     fig.suptitle(title, fontsize=10)
     return fig, ax

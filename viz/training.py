@@ -10,7 +10,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ._common import new_axes
 
-__all__ = ["read_metrics_csv", "plot_training_log"]
+__all__ = ["matching_metrics", "read_metrics_csv", "plot_training_log"]
 
 
 #: y-axis labels of the usual metrics; metrics in [0, 1] get a fixed [0, 1] axis.
@@ -70,6 +70,12 @@ def _matches(column: str, metric: str) -> bool:
         return False
     return column.startswith((metric + "/", metric + "_")) or column.endswith(
         ("/" + metric, "_" + metric))
+
+
+def matching_metrics(path: str | Path, metrics: tuple[str, ...]) -> tuple[str, ...]:
+    """Those of ``metrics`` that match a column of the log (see :func:`plot_training_log`)."""
+    columns = read_metrics_csv(path)
+    return tuple(m for m in metrics if any(_matches(k, m) for k in columns))
 
 
 def _short(column: str, metric: str) -> str:

@@ -53,13 +53,16 @@ def build_datamodule(data: dict[str, Any], batch_size: int, seed: int):
         )  # fmt: skip
     if name in ("cifar10", "image-folder") and not data.get("data_dir"):
         raise ValueError(f"--data {name} needs --data-dir, the folder holding the data")
+    loading = {"num_workers": data.get("num_workers", 0),
+               "val_fraction": data.get("val_fraction", 0.1)}  # absent in older run.json
     if name == "cifar10":
         return CIFAR10DataModule(data["data_dir"], seed=seed, batch_size=batch_size,
-                                 normalize=normalize)
+                                 normalize=normalize, **loading)
     if name == "image-folder":
         size = data["image_size"]
         return ImageFolderDataModule(data["data_dir"], size=(size, size), seed=seed,
-                                     batch_size=batch_size, normalize=normalize)
+                                     batch_size=batch_size, normalize=normalize,
+                                     bad_images=data.get("bad_images", "raise"), **loading)
     raise ValueError(f"data must be one of {list(DATASETS)}, but got {name!r}")
 
 

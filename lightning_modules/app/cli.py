@@ -76,6 +76,15 @@ def _data_arguments(p: argparse.ArgumentParser, title: str) -> None:
     d.add_argument("--normalize", choices=("none", "imagenet"), default="none",
                    help="cifar10, image-folder: imagenet normalises with ImageNet's channel "
                    "statistics, as pretrained --weights expect (default: %(default)s)")
+    d.add_argument("--val-fraction", type=float, metavar="X", default=0.1,
+                   help="cifar10, image-folder: share of the training images held out for "
+                   "validation (default: %(default)s)")
+    d.add_argument("--bad-images", choices=("raise", "skip"), default="raise",
+                   help="image-folder: a file that cannot be decoded stops the run naming it "
+                   "(raise) or is left out with a warning (skip) (default: %(default)s)")
+    d.add_argument("--num-workers", type=int, metavar="N", default=0,
+                   help="cifar10, image-folder: DataLoader worker processes reading the "
+                   "images; 0 reads them in the main process (default: %(default)s)")
     d.add_argument("--spurious", action="store_true",
                    help="cluttered-digits: class-correlated backgrounds in train, shuffled in test")
     for split, n in (("train", 5000), ("val", 1000), ("test", 1000)):

@@ -68,8 +68,11 @@ def _data_spec(args: argparse.Namespace) -> dict[str, Any]:
     else:
         data["data_dir"] = str(args.data_dir.resolve()) if args.data_dir else None
         data["normalize"] = args.normalize
+        data["val_fraction"] = args.val_fraction
         if args.data == "image-folder":
             data["image_size"] = args.image_size
+            data["bad_images"] = args.bad_images
+        data["num_workers"] = args.num_workers
     return data
 
 
@@ -295,7 +298,8 @@ def _protocol(args: argparse.Namespace):
             orderings=tuple(o for o in ORDERINGS if o in BASE_ORDERINGS or o in extra),
             steps=args.steps, deletion_protocol=args.deletion_protocol,
             fractions=tuple(args.fractions), patch_size=args.patch_size,
-            batch_size=args.batch_size, seed=args.seed, sparse=getattr(args, "sparse", False))
+            batch_size=args.batch_size, seed=args.seed, sparse=getattr(args, "sparse", False),
+            num_workers=getattr(args, "num_workers", 0))
     except ValueError as err:  # name the option, not the field
         for field in ("steps", "patch_size", "batch_size", "fractions"):
             if str(err).startswith(field):
@@ -372,7 +376,8 @@ def _evaluate_on_trainer(args: argparse.Namespace, protocol, folder: Path, modul
                    "placement": [p for p in protocol.placements if p != "object" or with_masks]},
         model="model", seed=protocol.seed, stages=("test",))
     writer = _WriteEvaluation(tests, folder, protocol)
-    loader = DataLoader(test_set, batch_size=protocol.batch_size)
+    loader = DataLoader(test_set, batch_size=protocol.batch_size,
+                        num_workers=protocol.num_workers)
     quiet_lightning()
     trainer = pl.Trainer(accelerator=args.accelerator, devices=devices,
                          strategy=args.strategy, logger=False, enable_checkpointing=False,
@@ -443,6 +448,10 @@ def _read_evaluation(path: Path) -> dict[str, Any]:
     return result
 
 
+#: ``plot``'s training panels, as the demo's (those the log has).
+TRAINING_PANELS = ("loss", "acc", "keep_ratio", "hard_sparsity", "drop_rate")
+
+
 def plot(args: argparse.Namespace) -> int:
     from matplotlib.figure import Figure
 
@@ -450,22 +459,22 @@ def plot(args: argparse.Namespace) -> int:
     from energymask.deletion import DeletionResult
 
     folder, module, test_set, with_masks = _load(args)
-    loader = DataLoader(test_set, batch_size=args.batch_size)
+    loader = DataLoader(test_set, batch_size=args.batch_size, num_workers=args.num_workers)
     written: list[Path] = []
     with _runs.claim(folder, resume=True):
         figures = _runs.prepare_out(folder / "figures")
         log = folder / _runs.METRICS
-        if log.is_file():
-            columns = viz.read_metrics_csv(log)
-            wanted = [c for c in ("train_loss", "train_acc", "val_acc") if c in columns]
-            wanted += [c for c in columns if c.endswith(("/keep_ratio", "/drop_rate"))]
+        if log.is_file():  # as the demo's: one panel per metric, train and val in it
+            wanted = viz.matching_metrics(log, TRAINING_PANELS)
             if wanted:
-                _save(viz.plot_training_log(log, metrics=tuple(wanted))[0],
-                      figures / "training.png", written)
+                fig = viz.plot_training_log(log, metrics=wanted)[0]
+                fig.suptitle(f"{folder.name}: training")
+                _save(fig, figures / "training.png", written)
         net = module.model
         batch = next(iter(loader))
         with torch.no_grad():
-            chance = 1 / net(batch[0]).shape[-1]  # the forward also fills the keep maps
+            logits = net(batch[0])  # the forward also fills the keep maps
+        chance, predicted = 1 / logits.shape[-1], logits.argmax(-1)
         evaluation = folder / _runs.EVALUATION
         if evaluation.is_file():
             result = _read_evaluation(evaluation)
@@ -476,20 +485,23 @@ def plot(args: argparse.Namespace) -> int:
                                           deletion.items(), strict=True):
                     viz.plot_curves(DeletionResult(**d), ax=ax, title=f"deletion at {layer}",
                                     clean=result["accuracy"], chance=chance)
+                fig.suptitle(f"{folder.name}: deletion test")
                 _save(fig, figures / "deletion.png", written)
             occlusion = result.get("occlusion", {})
             if occlusion:
-                first = next(iter(occlusion.values()))
+                fractions = {p: d["fractions"] for p, d in occlusion.items()}
                 curves = {p: {"model": d["accuracy"]["model"]} for p, d in occlusion.items()}
-                _save(viz.plot_occlusion_placements(first["fractions"], curves,
-                                                    chance=chance)[0],
-                      figures / "occlusion.png", written)
+                fig = viz.plot_occlusion_placements(fractions, curves, chance=chance)[0]
+                fig.suptitle(f"{folder.name}: accuracy under structured occlusion")
+                _save(fig, figures / "occlusion.png", written)
         else:
             print(f"energymask plot: no evaluation.json in {folder}: run `energymask evaluate "
                   f"--run {folder}` first for the deletion and occlusion figures")
         for name, layer in energy_mask_layers(net).items():
             fig = viz.plot_mask_grid(batch[0], layer.last_keep,
-                                     batch[2] if with_masks else None)[0]
+                                     batch[2] if with_masks else None, labels=batch[1],
+                                     predictions=predicted)[0]
+            fig.suptitle(f"{folder.name}: ERSM keep map at {name}")
             _save(fig, figures / f"masks_{name.replace('.', '_')}.png", written)
         for name, layer in net.named_modules():
             if isinstance(layer, PBEDropout2d) and layer.ema_mask.numel():

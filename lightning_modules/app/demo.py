@@ -73,7 +73,8 @@ def _figures(out: Path, dm, models: dict[str, torch.nn.Module], results: dict[st
                                 max_rows=6)
         fig.suptitle(f"{key}: ERSM keep map at {where}")
         names.append(_save(fig, fig_dir / f"masks_{key}.png"))
-        fig, _ = plot_energy_maps(layer.last_unary, layer.last_pairwise, images=x, max_rows=3)
+        fig, _ = plot_energy_maps(layer.last_unary, layer.last_pairwise, images=x, max_rows=3,
+                                  logits=layer.last_logits)
         fig.suptitle(f"{key}: ERSM energies at {where}")
         names.append(_save(fig, fig_dir / f"energies_{key}.png"))
         for protocol, deletion in deletion_results(results[key]).items():
@@ -81,7 +82,7 @@ def _figures(out: Path, dm, models: dict[str, torch.nn.Module], results: dict[st
             fig, _ = plot_curves(deletion, title=f"deletion test: {key}", protocol=protocol,
                                  clean=results["test_accuracy"][key], chance=chance)
             names.append(_save(fig, fig_dir / f"deletion_{key}{suffix}.png"))
-    fig, _ = plot_occlusion_placements(ex.OCCLUSION_FRACTIONS, results["occlusion"],
+    fig, _ = plot_occlusion_placements(results["occlusion_placements"], results["occlusion"],
                                        chance=chance, patch_size=ex.OCCLUSION_PATCH_SIZE)
     names.append(_save(fig, fig_dir / "occlusion.png"))
     ((where, pb),) = [(n, m) for n, m in models["pbedropout"].named_modules()
@@ -155,6 +156,7 @@ def _run(out: Path, quick: bool, seed: int, progress: bool) -> dict:
     timings["evaluation"] = time.perf_counter() - start - timings["training"]
     x = next(iter(ex.eval_loader(dm, 1)))[0]
     metrics.update(num_classes=dm.num_classes, occlusion_fractions=list(ex.OCCLUSION_FRACTIONS),
+                   occlusion_placements={k: list(v) for k, v in ex.OCCLUSION_PLACEMENTS.items()},
                    occlusion_patch_size=ex.OCCLUSION_PATCH_SIZE,
                    models=model_settings(models, x), machine=machine())
     figures = _figures(out, dm, models, metrics)

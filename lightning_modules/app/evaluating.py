@@ -27,7 +27,8 @@ def ordered_loader(test_set: Dataset, protocol: EvaluationProtocol,
     """The first ``num_samples`` of ``test_set`` (all: None), in order, in protocol batches."""
     if num_samples is not None and num_samples < len(test_set):
         test_set = Subset(test_set, range(num_samples))
-    return DataLoader(test_set, batch_size=protocol.batch_size)
+    return DataLoader(test_set, batch_size=protocol.batch_size,
+                      num_workers=protocol.num_workers)
 
 
 def deletion_results(net: nn.Module, test_set: Dataset, protocol: EvaluationProtocol,

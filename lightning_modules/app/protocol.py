@@ -60,6 +60,8 @@ class EvaluationProtocol:
         perturbations_per_eval: Captum's batching knob; results do not depend
             on it (>= 1). Default: 16.
         seed: seed of the random ordering and of the occlusions. Default: 0.
+        num_workers: DataLoader worker processes reading the test images; results
+            do not depend on it (>= 0). Default: 0.
         sparse: each deletion step through the sparse masked-residual model
             (``deletion_curve(sparse=True)``, docs/design.md §11; binary protocol
             only). Default: False.
@@ -76,6 +78,7 @@ class EvaluationProtocol:
     perturbations_per_eval: int = 16
     seed: int = 0
     sparse: bool = False
+    num_workers: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "orderings", tuple(self.orderings))
@@ -90,7 +93,7 @@ class EvaluationProtocol:
             raise ValueError(f"deletion_protocol must be one of {list(DELETION_PROTOCOLS)}, "
                              f"but got {self.deletion_protocol!r}")
         for name, least in (("steps", 2), ("patch_size", 1), ("batch_size", 1),
-                            ("perturbations_per_eval", 1)):
+                            ("perturbations_per_eval", 1), ("num_workers", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be >= {least}, an int, but got {value!r}")

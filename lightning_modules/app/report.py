@@ -9,7 +9,10 @@ written by hand: change the numbers and the verdicts follow.
 
 A metric value is a float (one seed) or a list of floats (one per seed): then
 the report gives mean ± std over seeds and, for a claim, on how many seeds the
-difference had the claimed sign.
+difference had the claimed sign. Every verdict says how many seeds stand behind
+it, and one from a single seed reads as such ("seed 0 only: held"): on one seed a
+difference of a hundredth or two is within what another run of the same seed on
+another machine gives (docs/design.md §6, "Figures and the report").
 """
 
 from __future__ import annotations
@@ -31,11 +34,15 @@ from energymask.pbedropout import PBEDropout2d
 
 from .runs import write_atomic
 
-__all__ = ["METRIC_DEFINITIONS", "TOLERANCE", "Verdict", "machine", "model_settings",
-           "render", "verdicts", "write_report"]
+__all__ = ["CHANCE_MARGIN", "METRIC_DEFINITIONS", "TOLERANCE", "Verdict", "machine",
+           "model_settings", "render", "verdicts", "write_report"]
 
 #: Differences smaller than this (accuracy or AUC) are called "level".
 TOLERANCE = 0.01
+
+#: A model within this of chance accuracy at every occluded fraction is "at chance";
+#: when every model is, the occlusion comparison cannot separate them.
+CHANCE_MARGIN = 0.05
 
 #: Definitions printed in the report; the mask metrics are the keys of
 #: ``energymask.mask_quality.mask_quality`` (plus ``hard_sparsity``). A key the
@@ -127,6 +134,19 @@ class Verdict:
     verdict: str
     evidence: str
     rule: str
+    num_seeds: int = 1
+
+    def reads(self, seeds: Sequence | None = None) -> str:
+        """The verdict with the seeds behind it: ``"seed 0 only: held"``, ``"held (3 seeds)"``.
+
+        ``seeds``: the run's seed numbers (named when one seed stands behind the verdict).
+        """
+        if self.verdict == "not measured":
+            return self.verdict
+        if self.num_seeds > 1:
+            return f"{self.verdict} ({self.num_seeds} seeds)"
+        named = seeds[0] if seeds is not None and len(seeds) == 1 else None
+        return f"{'one seed' if named is None else f'seed {named}'} only: {self.verdict}"
 
 
 def _compare(d, tol: float = TOLERANCE) -> str:
@@ -151,7 +171,8 @@ def verdicts(metrics: dict[str, Any]) -> list[Verdict]:
                 "held" if mean(_values(d)) >= -TOLERANCE else "did not hold",
                 f"test accuracy {_fmt(acc[key])} vs baseline {_fmt(acc['baseline'])} "
                 f"(Δ {_fmt(d, True)})",
-                f"held when the accuracy is at most {TOLERANCE} below the baseline's"))
+                f"held when the accuracy is at most {TOLERANCE} below the baseline's",
+                _count(d)))
     for key in ersm:
         masks = metrics[key].get("masks", {})
         if "hard_sparsity" in masks:
@@ -170,7 +191,7 @@ def verdicts(metrics: dict[str, Any]) -> list[Verdict]:
                 f"{_fmt(masks.get('keep_ratio', float('nan')))}"
                 + "".join(f", {k.replace('_', ' ')} {_fmt(masks[k])}"
                           for k in ("relative_sparsity", "keep_gini") if k in masks),
-                rule))
+                rule, _count(masks["hard_sparsity"])))
     for key in ersm:
         masks = metrics[key].get("masks", {})
         if "pointing" in masks:
@@ -186,21 +207,29 @@ def verdicts(metrics: dict[str, Any]) -> list[Verdict]:
                 "held when the highest-kept token lies on the object in at least half of "
                 "the test images (pointing >= 0.5)"
                 + (" and the object is kept more than the background (keep contrast > 0)"
-                   if "keep_contrast" in masks else "")))
+                   if "keep_contrast" in masks else ""), _count(masks["pointing"])))
     occ = metrics.get("occlusion", {})
     for placement, table in occ.items():
         for key in ersm:
             if key not in table or "baseline" not in table:
                 continue
-            f = metrics.get("occlusion_fractions") or [None] * len(_points(table[key]))
+            f = _fractions(metrics, placement) or [None] * len(_points(table[key]))
             idx = [i for i, x in enumerate(f) if x != 0.0]
             d = [_diff(_point(table[key], i), _point(table["baseline"], i)) for i in idx]
             avg = _avg_over_points(d)
-            out.append(Verdict(
-                f"ERSM is robust to occlusion ({placement} placement)", key, _compare(avg),
-                f"accuracy minus the baseline's, mean over f > 0: {_fmt(avg, True)}"
-                + _seeds(avg),
-                _rule("that mean difference")))
+            claim = f"ERSM is robust to occlusion ({placement} placement)"
+            evidence = (f"accuracy minus the baseline's, mean over f > 0: {_fmt(avg, True)}"
+                        + _seeds(avg))
+            rule = _rule("that mean difference")
+            chance = 1.0 / metrics["num_classes"] if metrics.get("num_classes") else None
+            if chance is not None and _all_at_chance(table, idx, chance):
+                out.append(Verdict(claim, key, "cannot separate the models",
+                                   f"every model is within {CHANCE_MARGIN} of chance "
+                                   f"({chance:.2f}) at every f > 0 ({evidence})",
+                                   "the fractions occlude too much for any model to stay "
+                                   "above chance; smaller fractions are needed", _count(avg)))
+                continue
+            out.append(Verdict(claim, key, _compare(avg), evidence, rule, _count(avg)))
     for key in ersm:
         for protocol, d in deletion_results(metrics[key]).items():
             auc = d["auc"]
@@ -211,7 +240,7 @@ def verdicts(metrics: dict[str, Any]) -> list[Verdict]:
                     _compare(diff),
                     f"deletion AUC energy {_fmt(auc['energy'])} vs magnitude "
                     f"{_fmt(auc['magnitude'])} (Δ {_fmt(diff, True)}{_seeds(diff)})",
-                    _rule("AUC(energy) - AUC(magnitude)")))
+                    _rule("AUC(energy) - AUC(magnitude)"), _count(diff)))
     pb_claims = (("PB-EDropout beats standard dropout", "pbedropout", ("dropout", "dropout2d")),
                  ("PB-EDropout regularises (beats no dropout)", "pbedropout", ("none",)),
                  ("Frozen PB-EDropout masks still effective", "pbedropout_frozen", ("none",)))
@@ -226,8 +255,27 @@ def verdicts(metrics: dict[str, Any]) -> list[Verdict]:
             d = _diff(acc[key], acc[ref])
             out.append(Verdict(claim, f"{key} vs {ref}", _compare(d),
                                f"test accuracy {_fmt(acc[key])} vs {_fmt(acc[ref])} "
-                               f"(Δ {_fmt(d, True)}{_seeds(d)})", _rule("the difference")))
+                               f"(Δ {_fmt(d, True)}{_seeds(d)})", _rule("the difference"),
+                               _count(d)))
     return out
+
+
+def _fractions(metrics: dict[str, Any], placement: str) -> list | None:
+    """The occluded fractions of ``placement``: ``occlusion_placements[placement]``, else
+    the one list ``occlusion_fractions`` of runs that used the same for both."""
+    return metrics.get("occlusion_placements", {}).get(placement) or metrics.get(
+        "occlusion_fractions")
+
+
+def _count(v) -> int:
+    """How many seeds a value (float, or one per seed) holds."""
+    return len(_values(v))
+
+
+def _all_at_chance(table: dict, idx: list[int], chance: float) -> bool:
+    """Whether every model's accuracy is within ``CHANCE_MARGIN`` of chance at every ``idx``."""
+    return bool(idx) and all(abs(v - chance) <= CHANCE_MARGIN for curve in table.values()
+                             for i in idx for v in _values(_point(curve, i)))
 
 
 def _points(curve) -> list:
@@ -315,12 +363,15 @@ def caption(name: str, metrics: dict[str, Any]) -> str:
     if kind == "masks":
         return (f"{key}: per test image, the image (true and predicted class, red when "
                 "wrong; red outline: the digit), the ERSM keep map on the token grid, the keep "
-                "map over the image and the image times the keep map. Keep colours use one "
-                "scale set from the data (colour bar).")
+                "map over the image and the image times the keep map. Keep colours run from "
+                "0 to 1 (colour bar), so a uniform map of keep 0.5 looks uniform.")
     if kind == "energies":
-        return (f"{key}: the input beside its unary, pairwise and total energy maps (low "
-                "energy = kept), each on its own colour scale; the outer token ring (fewer "
-                "neighbours, zero padding) is grey and left out of the scales.")
+        return (f"{key}: the input; the logit z, which alone sets the keep (keep = "
+                "sigmoid(-z / T): blue, z < 0, is kept more than half); the pairwise term P "
+                "and the total energy E = U + P, which do not set the keep but weight it in "
+                "the regulariser mean(keep · E), so a high E can sit where the keep is high. "
+                "Each map has its own colour scale; the outer token ring (fewer neighbours, "
+                "zero padding) is grey and left out of the P and E scales.")
     if kind == "deletion":
         return (f"{key}: accuracy as the ERSM layer's tokens are deleted in each ordering's "
                 "order (AUC in the legend), the model's clean test accuracy (dashed) and "
@@ -331,7 +382,8 @@ def caption(name: str, metrics: dict[str, Any]) -> str:
                 "line is chance.")
     if kind == "pbedropout":
         return ("PB-EDropout: how often each patch was kept during training (EMA of the "
-                "chosen masks), per channel, on a scale set from the data.")
+                "chosen masks), per channel, on a 0 to 1 scale; crosses mark the patches "
+                "the deterministic masks drop.")
     if kind == "training":
         return (f"{key}: training and validation loss, validation accuracy, mean keep and "
                 "hard sparsity of the ERSM layer, over epochs.")
@@ -389,8 +441,14 @@ def render(metrics: dict[str, Any], figures: Sequence[str]) -> str:
              + (". A quick smoke run: too small for the numbers to mean anything."
                 if metrics.get("quick") else "."), ""]
     lines += ["## Claims, as this run measured them", ""]
+    lines += [("Each verdict names the seeds behind it. "
+               + ("One seed stands behind every verdict here: a difference of a hundredth or "
+                  "two can change sign with the seed, so read them as this seed's, not as "
+                  "a finding." if len(seeds) == 1 else
+                  f"Differences are means over {len(seeds)} seeds; the evidence says on how "
+                  "many seeds each had the claimed sign.")), ""]
     lines += _table(("claim", "model", "verdict", "evidence", "rule"),
-                    [(v.claim, v.subject, f"**{v.verdict}**", v.evidence, v.rule)
+                    [(v.claim, v.subject, f"**{v.reads(seeds)}**", v.evidence, v.rule)
                      for v in verdicts(metrics)])
     lines += ["## Metrics", ""]
     defs = dict(METRIC_DEFINITIONS)
@@ -456,13 +514,12 @@ def _occlusion_section(metrics: dict[str, Any]) -> list[str]:
     occ = metrics.get("occlusion", {})
     if not occ:
         return []
-    f = metrics.get("occlusion_fractions")
     lines = ["## Structured occlusion", "",
              f"Accuracy with a fraction f of the image covered by zero-filled "
              f"{metrics.get('occlusion_patch_size', '?')}-pixel square patches.", ""]
     for placement, table in occ.items():
         n = len(_points(next(iter(table.values()))))
-        fr = f if f else list(range(n))
+        fr = _fractions(metrics, placement) or list(range(n))
         lines += [f"Placement: {placement}", ""]
         lines += _table(("model", *(f"f = {x}" for x in fr)),
                         [(k, *(_fmt(_point(v, i)) for i in range(n))) for k, v in table.items()])
