@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from test_datamodules import write_cifar, write_image_tree
 
-from energymask.lightning_modules.app import commands
+from energymask.lightning_modules.app import building, commands
 from energymask.lightning_modules.app import runs as _runs
 from energymask.lightning_modules.app.cli import main
 
@@ -290,7 +290,7 @@ def test_image_folder_flags_and_a_truncated_image(tmp_path, capsys):
                                   "--out", out]]) == 0
     data = json.loads((out / "run.json").read_text())["data"]
     assert (data["val_fraction"], data["bad_images"], data["num_workers"]) == (0.25, "skip", 1)
-    dm = _runs.build_datamodule(data, 4, 0)
+    dm = building.build_datamodule(data, 4, 0)
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), dm.num_workers) == (9, 3, 1)  # 13 x 0.25 -> 3
 
