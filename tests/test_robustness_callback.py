@@ -102,7 +102,8 @@ def test_validate_runs_and_fit_does_not():
     tests = RobustnessTests(deletion={"orderings": "energy", "steps": 3}, occlusion=False,
                             model="model")
     trainer = _trainer(L, tests, max_epochs=1, limit_train_batches=1)
-    trainer.fit(tiny_module(), train_dataloaders=tiny_test_loader(), val_dataloaders=tiny_test_loader())
+    loader = tiny_test_loader()
+    trainer.fit(tiny_module(), train_dataloaders=loader, val_dataloaders=loader)
     assert tests.results is None  # the validation inside fit is not evaluated
     trainer.validate(tiny_module(), dataloaders=tiny_test_loader(), verbose=False)
     assert tests.results.evaluation.num_samples == 11
