@@ -35,7 +35,7 @@ def tiny_module() -> ImageClassifier:
     return ImageClassifier(net, 3)
 
 
-def test_loader() -> DataLoader:
+def tiny_test_loader() -> DataLoader:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(NUM_IMAGES, 1, 8, 8, generator=g)
     y = torch.randint(0, 3, (NUM_IMAGES,), generator=g)
@@ -73,7 +73,7 @@ def run(package: str, strategy: str, devices: int, out: str) -> None:
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[tests, WriteResults(tests, out)])
-    trainer.test(tiny_module(), dataloaders=test_loader(), verbose=False)
+    trainer.test(tiny_module(), dataloaders=tiny_test_loader(), verbose=False)
 
 
 if __name__ == "__main__":

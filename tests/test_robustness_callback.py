@@ -8,7 +8,7 @@ import lightning.pytorch as L
 import pytest
 import pytorch_lightning as pl
 import torch
-from _robustness_run import callback, run, test_loader, tiny_module
+from _robustness_run import callback, run, tiny_module, tiny_test_loader
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from energymask.deletion import deletion_curve
@@ -46,14 +46,14 @@ def test_one_process_is_the_plain_functions_on_batches_of_one(one_process):
     # seed + dataset index, so every curve (random ones too) must be equal
     r = one_process["results"]
     net = tiny_module().model.eval()
-    x, y, m = test_loader().dataset.tensors
-    single = DataLoader(test_loader().dataset, batch_size=1)
+    x, y, m = tiny_test_loader().dataset.tensors
+    single = DataLoader(tiny_test_loader().dataset, batch_size=1)
     d = deletion_curve(net, single, orderings=r["deletion"]["1"]["settings"]["orderings"], steps=5)
     assert r["deletion"]["1"]["curves"] == d.curves and r["deletion"]["1"]["auc"] == d.auc
     for placement in ("random", "object"):
         o = occlusion_robustness(net, single, patch_size=2, placement=placement, fill="noise")
         assert r["occlusion"][placement]["accuracy"] == o.accuracy
-    e = evaluate(net, test_loader())
+    e = evaluate(net, tiny_test_loader())
     assert r["accuracy"] == e.accuracy and r["num_samples"] == e.num_samples == len(y)
     # the same means, summed in another order (math.fsum here)
     assert r["mask_quality"]["1"] == pytest.approx(e.masks["1"], rel=1e-12, nan_ok=True)
@@ -68,7 +68,7 @@ def test_result_does_not_depend_on_the_batch_size(package, one_process):
     # other batches, same images: identical results (a shard is just other batches)
     tests = callback()
     module = pytest.importorskip(package)
-    loader = DataLoader(test_loader().dataset, batch_size=3)
+    loader = DataLoader(tiny_test_loader().dataset, batch_size=3)
     _trainer(module, tests).test(tiny_module(), dataloaders=loader, verbose=False)
     assert tests.results.to_dict() == one_process["results"]
 
@@ -102,9 +102,10 @@ def test_validate_runs_and_fit_does_not():
     tests = RobustnessTests(deletion={"orderings": "energy", "steps": 3}, occlusion=False,
                             model="model")
     trainer = _trainer(L, tests, max_epochs=1, limit_train_batches=1)
-    trainer.fit(tiny_module(), train_dataloaders=test_loader(), val_dataloaders=test_loader())
+    loader = tiny_test_loader()
+    trainer.fit(tiny_module(), train_dataloaders=loader, val_dataloaders=loader)
     assert tests.results is None  # the validation inside fit is not evaluated
-    trainer.validate(tiny_module(), dataloaders=test_loader(), verbose=False)
+    trainer.validate(tiny_module(), dataloaders=tiny_test_loader(), verbose=False)
     assert tests.results.evaluation.num_samples == 11
     assert list(tests.results.deletion["1"].curves) == ["energy"]
     assert tests.results.occlusion == {}
@@ -113,7 +114,7 @@ def test_validate_runs_and_fit_does_not():
 def test_module_without_the_model_attribute_is_refused():
     trainer = _trainer(pl, RobustnessTests(model="net"))
     with pytest.raises(ValueError, match=r"model must name a module attribute.*\.net is NoneType"):
-        trainer.test(tiny_module(), dataloaders=test_loader(), verbose=False)
+        trainer.test(tiny_module(), dataloaders=tiny_test_loader(), verbose=False)
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
