@@ -553,3 +553,8 @@ def collect_regularizer(model: nn.Module) -> Tensor | None:
         r for m in energy_mask_layers(model).values() if (r := m.pop_regularizer()) is not None
     ]
     return torch.stack(values).sum() if values else None
+
+
+__all__ = ["GATES", "EnergyMask2d", "EnergyMaskOutput", "ErsmSettings", "collect_regularizer",
+           "computing_energies", "energy_mask_2d", "energy_mask_2d_inference", "energy_mask_layers",
+           "forcing", "straight_through_gate"]
