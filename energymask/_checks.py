@@ -1,4 +1,4 @@
-"""Argument checks shared by the layers: numbers, ints, bools and feature maps.
+"""Argument checks shared by the layers: numbers, ints, bools, feature maps, settings.
 
 Each check raises the house errors, ``TypeError`` for the wrong kind and
 ``ValueError`` for a value out of range, naming the argument, what is allowed
@@ -10,11 +10,15 @@ not import it (they never import from the layers; docs/design.md).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from torch import Tensor
+
+S = TypeVar("S")
 
 
 def is_int(value: object) -> bool:
@@ -72,3 +76,21 @@ def check_input(x: object) -> None:
         raise ValueError(f"x must be 4D (B, C, H, W), but got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating point tensor, but got {x.dtype}")
+
+
+def replaced(cls: type[S], settings: S | None, fields: dict[str, Any], *, a_class: str,
+             label: str, first: str) -> S:
+    """``settings`` (None: ``cls()``, the defaults) with ``fields`` replaced, checked again.
+
+    ``cls`` is a frozen settings dataclass. ``TypeError`` for ``settings`` of
+    another type ("settings must be {a_class} or None, ...; pass {first}=...")
+    or an unknown field name ("unknown {label} setting(s) ...").
+    """
+    if settings is not None and not isinstance(settings, cls):
+        raise TypeError(f"settings must be {a_class} or None, but got "
+                        f"{type(settings).__name__}; pass {first}=... and the others by name")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise TypeError(f"unknown {label} setting(s) {unknown}; the settings are {sorted(known)}")
+    return dataclasses.replace(settings or cls(), **fields)

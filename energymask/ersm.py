@@ -29,7 +29,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from energymask._checks import check_bool, check_int, check_range, check_real, is_int
+from energymask._checks import (
+    check_bool,
+    check_int,
+    check_range,
+    check_real,
+    is_int,
+    replaced,
+)
 from energymask.kernels import ersm_energy, expand_tokens, token_logits
 
 
@@ -139,14 +146,8 @@ class ErsmSettings:
     @classmethod
     def of(cls, settings: ErsmSettings | None, **fields: Any) -> ErsmSettings:
         """``settings`` with ``fields`` replaced (defaults when None); unknown names raise."""
-        if settings is not None and not isinstance(settings, cls):
-            raise TypeError(f"settings must be an ErsmSettings or None, but got "
-                            f"{type(settings).__name__}; pass lam=... and the others by name")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise TypeError(f"unknown ERSM setting(s) {unknown}; the settings are {sorted(known)}")
-        return dataclasses.replace(settings or cls(), **fields)
+        return replaced(cls, settings, fields, a_class="an ErsmSettings", label="ERSM",
+                        first="lam")
 
 
 def _check_gate(gate: object) -> None:

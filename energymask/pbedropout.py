@@ -82,7 +82,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from energymask._checks import check_bool, check_input, check_int, check_range, check_real
+from energymask._checks import (
+    check_bool,
+    check_input,
+    check_int,
+    check_range,
+    check_real,
+    replaced,
+)
 from energymask.genetic import MUTATIONS, evolve, gather_masks
 from energymask.kernels import draw_seed
 from energymask.potts import potts, sample
@@ -169,15 +176,8 @@ class PBEDropoutSettings:
     @classmethod
     def of(cls, settings: PBEDropoutSettings | None, **fields: Any) -> PBEDropoutSettings:
         """``settings`` with ``fields`` replaced (defaults when None); unknown names raise."""
-        if settings is not None and not isinstance(settings, cls):
-            raise TypeError(f"settings must be a PBEDropoutSettings or None, but got "
-                            f"{type(settings).__name__}; pass p=... and the others by name")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise TypeError(f"unknown PB-EDropout setting(s) {unknown}; "
-                            f"the settings are {sorted(known)}")
-        return dataclasses.replace(settings or cls(), **fields)
+        return replaced(cls, settings, fields, a_class="a PBEDropoutSettings",
+                        label="PB-EDropout", first="p")
 
 
 class PBEDropoutOutput(NamedTuple):
