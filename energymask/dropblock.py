@@ -27,33 +27,19 @@ the end, so float16 / bfloat16 inputs work (and give the same mask as float32).
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from energymask._checks import check_input, check_range, check_real
+
 
 def check_settings(drop_prob: float, block_size: int) -> None:
     """Raise for drop_prob not a finite number in [0, 1) or block_size not an int >= 1."""
-    if isinstance(drop_prob, bool) or not isinstance(drop_prob, numbers.Real):
-        raise TypeError(f"drop_prob must be a float in [0, 1), but got {drop_prob!r}")
-    if not math.isfinite(drop_prob):
-        raise ValueError(f"drop_prob must be finite, but got {drop_prob}")
-    if not 0.0 <= drop_prob < 1.0:
-        raise ValueError(f"drop_prob must be in [0, 1), but got {drop_prob!r}")
+    check_real("drop_prob", drop_prob, "a float in [0, 1)", type_name=False)
+    check_range("drop_prob", drop_prob, "in [0, 1)", lambda v: 0.0 <= v < 1.0, repr_value=True)
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be an int >= 1, but got {block_size!r}")
-
-
-def check_input(x: Tensor) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a Tensor (B, C, H, W), but got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"x must be 4D (B, C, H, W), but got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating point tensor, but got {x.dtype}")
 
 
 def drop_block_gamma(drop_prob: float, block_size: int, height: int, width: int) -> float:

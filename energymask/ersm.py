@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +29,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from energymask._checks import (
+    check_bool,
+    check_int,
+    check_range,
+    check_real,
+    is_int,
+    replaced,
+)
 from energymask.kernels import ersm_energy, expand_tokens, token_logits
 
 
@@ -52,20 +59,15 @@ class EnergyMaskOutput(NamedTuple):
 
 def _check_real(name: str, value: object, low: float, strict: bool = False) -> None:
     """A finite real number >= low (> low when ``strict``); bool is refused."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, but got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite (not NaN or Inf), but got {value}")
-    if value < low or (strict and value == low):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, but got {value}")
+    check_real(name, value, "a real number", finite="finite (not NaN or Inf)", type_name=False)
+    check_range(name, value, f"{'>' if strict else '>='} {low}",
+                lambda v: v > low if strict else v >= low)
 
 
 def _check_int(name: str, value: object) -> None:
     """A positive int; bool is refused."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, but got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, but got {value!r}")
+    check_int(name, value, "a positive int", type_name=False)
+    check_range(name, value, "a positive int", lambda v: v >= 1, repr_value=True)
 
 
 def _check_settings(lam: float, gamma: float, temperature: float, eta: float) -> None:
@@ -125,13 +127,11 @@ class ErsmSettings:
         if grid is not None and (
             not isinstance(grid, (tuple, list))
             or len(grid) != 2
-            or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1
-                   for s in grid)
+            or any(not is_int(s) or s < 1 for s in grid)
         ):
             raise ValueError(f"grid_size must be None or (h, w) positive ints, but got {grid!r}")
         for name in ("hard_inference", "check_finite"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, but got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
         _check_gate(self.gate)
         _check_keep_target(self.keep_target)
         if self.keep_target is not None:
@@ -146,14 +146,8 @@ class ErsmSettings:
     @classmethod
     def of(cls, settings: ErsmSettings | None, **fields: Any) -> ErsmSettings:
         """``settings`` with ``fields`` replaced (defaults when None); unknown names raise."""
-        if settings is not None and not isinstance(settings, cls):
-            raise TypeError(f"settings must be an ErsmSettings or None, but got "
-                            f"{type(settings).__name__}; pass lam=... and the others by name")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise TypeError(f"unknown ERSM setting(s) {unknown}; the settings are {sorted(known)}")
-        return dataclasses.replace(settings or cls(), **fields)
+        return replaced(cls, settings, fields, a_class="an ErsmSettings", label="ERSM",
+                        first="lam")
 
 
 def _check_gate(gate: object) -> None:
@@ -166,8 +160,7 @@ def _check_keep_target(keep_target: object) -> None:
     if keep_target is None:
         return
     _check_real("keep_target", keep_target, 0)
-    if keep_target > 1:
-        raise ValueError(f"keep_target must be None or in [0, 1], but got {keep_target}")
+    check_range("keep_target", keep_target, "None or in [0, 1]", lambda v: v <= 1)
 
 
 def straight_through_gate(keep: Tensor) -> Tensor:
@@ -553,3 +546,8 @@ def collect_regularizer(model: nn.Module) -> Tensor | None:
         r for m in energy_mask_layers(model).values() if (r := m.pop_regularizer()) is not None
     ]
     return torch.stack(values).sum() if values else None
+
+
+__all__ = ["GATES", "EnergyMask2d", "EnergyMaskOutput", "ErsmSettings", "collect_regularizer",
+           "computing_energies", "energy_mask_2d", "energy_mask_2d_inference", "energy_mask_layers",
+           "forcing", "straight_through_gate"]

@@ -152,3 +152,7 @@ def evolve(
         masks = torch.cat([elites, children], dim=0)
         current = torch.cat([torch.gather(current, 0, elite_idx), score(children)], dim=0)
     return masks, current
+
+
+__all__ = ["MUTATIONS", "evolve", "flip_mutation", "gather_masks", "rectangle_crossover",
+           "tournament_select"]

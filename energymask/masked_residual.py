@@ -269,3 +269,6 @@ def masking(model: nn.Module, mask: Tensor | None) -> Iterator[nn.Module]:
         yield model
     finally:
         state.given = saved
+
+
+__all__ = ["MaskPoint", "MaskedBlock", "mask_point", "masked_residual", "masking", "pool_mask"]

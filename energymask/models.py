@@ -147,3 +147,7 @@ class FrozenBackboneClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pool(self.ersm(self.backbone(x))).flatten(1))
+
+
+__all__ = ["Classifier", "ForwardFeatures", "FrozenBackboneClassifier", "feature_extractor",
+           "shallow_cnn", "small_cnn"]

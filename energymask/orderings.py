@@ -160,3 +160,7 @@ def compute_scores(
         got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
         raise ValueError(f"ordering scores must have shape (B, h, w) = {shape}, but got {got}")
     return scores.detach().float().cpu()
+
+
+__all__ = ["check_orderings", "compute_scores", "feature_ablation_scores", "gradcam_scores",
+           "magnitude_scores", "random_scores", "token_feature_mask"]

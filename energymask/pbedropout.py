@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -83,6 +82,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
 
+from energymask._checks import (
+    check_bool,
+    check_input,
+    check_int,
+    check_range,
+    check_real,
+    replaced,
+)
 from energymask.genetic import MUTATIONS, evolve, gather_masks
 from energymask.kernels import draw_seed
 from energymask.potts import potts, sample
@@ -94,21 +101,13 @@ OFFSET_TOLERANCE = 0.002  # |r − p| that ends the search early
 
 def _check_real(name: str, value: Any, allowed: str, ok: Callable[[float], bool]) -> None:
     """``value`` a finite real number for which ``ok`` holds (``allowed`` says which, in words)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a float {allowed}, but got {value!r} "
-                        f"({type(value).__name__})")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, but got {value}")
-    if not ok(value):
-        raise ValueError(f"{name} must be {allowed}, but got {value}")
+    check_real(name, value, f"a float {allowed}")
+    check_range(name, value, allowed, ok)
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {low}, but got {value!r} "
-                        f"({type(value).__name__})")
-    if value < low:
-        raise ValueError(f"{name} must be an int >= {low}, but got {value}")
+    check_int(name, value, f"an int >= {low}")
+    check_range(name, value, f"an int >= {low}", lambda v: v >= low)
 
 
 @dataclass(frozen=True)
@@ -168,8 +167,7 @@ class PBEDropoutSettings:
         _check_real("ema_decay", self.ema_decay, "in [0, 1]", lambda v: 0 <= v <= 1)
         _check_real("calibration_rate", self.calibration_rate, ">= 0", lambda v: v >= 0)
         for name in ("rescale", "deterministic_inference"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, but got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
         casts = {"float": float, "int": int}
         for field in dataclasses.fields(self):  # plain Python values (checkpoints load safely)
             if field.type in casts:
@@ -178,15 +176,8 @@ class PBEDropoutSettings:
     @classmethod
     def of(cls, settings: PBEDropoutSettings | None, **fields: Any) -> PBEDropoutSettings:
         """``settings`` with ``fields`` replaced (defaults when None); unknown names raise."""
-        if settings is not None and not isinstance(settings, cls):
-            raise TypeError(f"settings must be a PBEDropoutSettings or None, but got "
-                            f"{type(settings).__name__}; pass p=... and the others by name")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise TypeError(f"unknown PB-EDropout setting(s) {unknown}; "
-                            f"the settings are {sorted(known)}")
-        return dataclasses.replace(settings or cls(), **fields)
+        return replaced(cls, settings, fields, a_class="a PBEDropoutSettings",
+                        label="PB-EDropout", first="p")
 
 
 class PBEDropoutOutput(NamedTuple):
@@ -195,15 +186,6 @@ class PBEDropoutOutput(NamedTuple):
     output: Tensor
     mask: Tensor
     energy: Tensor
-
-
-def check_input(x: Tensor) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a Tensor (B, C, H, W), but got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"x must be 4D (B, C, H, W), but got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating point tensor, but got {x.dtype}")
 
 
 def grid_shape(height: int, width: int, patch_size: int) -> tuple[int, int]:

@@ -94,3 +94,6 @@ def sample(
     """K masks (K, P, n) uint8 by ``sweeps`` Gibbs sweeps from Bernoulli(½) starts."""
     shape = (population, model.field.shape[0], model.field.shape[1])
     return model.sweep(random_masks(shape, generator), generator, seeds, sweeps)
+
+
+__all__ = ["Potts", "potts", "random_masks", "sample"]

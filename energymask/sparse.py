@@ -257,3 +257,6 @@ def sparse_copy(model: nn.Module, layer: str) -> tuple[nn.Module, nn.Module]:
     if not isinstance(point, MaskPoint):
         raise ValueError(f"layer must name the mask point, but {layer!r} is {type(point).__name__}")
     return sparse, point.module
+
+
+__all__ = ["SparseBlock", "dilated_mask", "sparse_copy", "sparsify"]

@@ -64,3 +64,6 @@ def blob_mask(
     )
     noise = noise + 1e-6 * torch.rand(batch, 1, h, w, generator=g)  # ties broken at random
     return _top(noise[:, 0], keep)
+
+
+__all__ = ["blob_mask", "random_mask"]

@@ -289,3 +289,7 @@ def remove_inserted(model: nn.Module, kind: type | None = None) -> dict[str, nn.
         wrapper = model.get_submodule(name)
         _set_submodule(model, name, wrapper.block)
     return removed
+
+
+__all__ = ["InsertedAfter", "insert_after", "insertable_names", "inserted_layers",
+           "last_spatial_block", "output_shapes", "remove_inserted", "trace_calls"]

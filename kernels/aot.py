@@ -249,5 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if bad else 0
 
 
+__all__ = ["main", "signature"]
+
+
 if __name__ == "__main__":
     sys.exit(main())

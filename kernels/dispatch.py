@@ -221,3 +221,8 @@ def ersm_backend(x: torch.Tensor, token_size: int = 1, backward: bool | None = N
     if choice == "triton" and not triton_available():
         return "reference"
     return choice
+
+
+__all__ = ["BACKENDS", "ERSM_KERNEL_VERSION", "STRICT_ENV", "dtype_class", "ersm_backend",
+           "fastest", "get_backend", "guarded", "interpreting", "layout_class", "load_table",
+           "set_backend", "strict", "table_choice", "triton_available", "use_backend", "use_triton"]

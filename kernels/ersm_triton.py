@@ -546,3 +546,8 @@ def ersm_energy(
     if token_size > 1:
         out = F.pixel_shuffle(out, token_size)
     return ErsmEnergy(out, z, keep, unary, pair)
+
+
+__all__ = ["BLOCKS", "GPU_TILING", "TARGET_PROGRAMS", "TILE_ELEMENTS", "Tile", "backward",
+           "ersm_energy", "ersm_token_energy", "ersm_token_energy_backward", "forward", "gpu_tile",
+           "memory_format"]

@@ -168,3 +168,7 @@ def site_sweep(
                                  dtype=neg_field.dtype)  # not the default dtype
             colours[this] = uniform.lt_(neg_field.sigmoid_())  # float 0/1
     return torch.cat(colours, dim=-1).to(torch.uint8)
+
+
+__all__ = ["Lattice", "draw_seed", "lattice", "neighbour_sum", "site_energy", "site_sweep",
+           "to_grid", "to_sites"]

@@ -47,3 +47,6 @@ def recording() -> Iterator[list[Launch]]:
         yield _recorded
     finally:
         _recorded = previous
+
+
+__all__ = ["MAX_REGISTERS", "Launch", "launch", "recording"]

@@ -195,3 +195,7 @@ def gibbs_sweep(
     """Triton version of the reference ``gibbs_sweep``: new masks, dtype of ``masks``."""
     _check(masks, unary)
     return _gibbs_sweep_op(masks, unary, float(beta), float(temperature), int(parity), int(seed))
+
+
+__all__ = ["BLOCKS", "TILE_SITES", "Tile", "energy_launch", "gibbs_sweep", "gpu_tile",
+           "population_energy", "sweep_launch"]

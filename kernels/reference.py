@@ -179,3 +179,7 @@ def gibbs_sweep(
     sampled = (uniform < torch.sigmoid(-field / temperature)).to(masks.dtype)
     site = checkerboard(field.shape[-2], field.shape[-1], parity, masks.device)
     return torch.where(site, sampled, masks)
+
+
+__all__ = ["EPS", "ErsmEnergy", "checkerboard", "conditional_field", "ersm_energy", "expand_tokens",
+           "gibbs_sweep", "population_energy", "token_logits", "token_norm"]

@@ -50,3 +50,6 @@ def scatter_rows(dst: Tensor, idx: Tensor, values: Tensor) -> Tensor:
         return guarded("scatter_rows", lambda: sparse_triton.scatter_rows(dst, idx, values),
                        lambda: dst.index_copy_(0, idx, values))  # fmt: skip
     return dst.index_copy_(0, idx, values)
+
+
+__all__ = ["gather_rows", "scatter_rows"]

@@ -70,3 +70,6 @@ def scatter_rows(dst: Tensor, idx: Tensor, values: Tensor) -> Tensor:
                (dst, idx, values, idx.shape[0], dst.shape[1]),
                BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)  # fmt: skip
     return dst
+
+
+__all__ = ["gather_rows", "scatter_rows"]
