@@ -80,3 +80,23 @@ def _heavy_imports(statement: str) -> list[str]:
 def heavy_imports():
     """``heavy_imports("import X")``: what importing ``X`` costs (torch, Lightning, NumPy)."""
     return _heavy_imports
+
+
+class _DeviceStem(torch.nn.Module):
+    """Stands in for a CUDA model: its parameter, the model's first, sits on ``device``
+    (``meta``); it records where its input arrives and hands the CPU rest zeros."""
+
+    def __init__(self, device):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.empty(0, device=device))
+        self.seen = set()
+
+    def forward(self, x):
+        self.seen.add(x.device.type)
+        return torch.zeros(x.shape)
+
+
+@pytest.fixture
+def device_stem():
+    """The class of a first layer on another device (``meta`` stands in for CUDA)."""
+    return _DeviceStem

@@ -352,27 +352,13 @@ def test_result_serialises():
     assert all(0.0 <= v <= 1.0 for v in r.auc.values())
 
 
-class DeviceStem(nn.Module):
-    """Stands in for a CUDA model: its parameter, the model's first, sits on ``device``
-    (``meta``); it records where its input arrives and hands the CPU rest zeros."""
-
-    def __init__(self, device):
-        super().__init__()
-        self.anchor = torch.nn.Parameter(torch.empty(0, device=device))
-        self.seen = set()
-
-    def forward(self, x):
-        self.seen.add(x.device.type)
-        return torch.zeros(x.shape)
-
-
-def test_batches_go_to_the_models_device():
+def test_batches_go_to_the_models_device(device_stem):
     # naive path: the fast path's split check (energymask/split.py) forces masks on the
     # input's device, right for a model on one device, not for this two-device stand-in
     method = "naive"
     results = {}
     for device in ("meta", "cpu"):
-        stem = DeviceStem(device)
+        stem = device_stem(device)
         model = nn.Sequential(stem, _inside()).eval()
         results[device] = deletion_curve(model, _data(), orderings=("energy", "random"),
                                          steps=3, method=method)

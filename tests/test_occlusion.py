@@ -118,25 +118,11 @@ def test_occlusion_hits_seeded_per_image_equal_batches_of_one():
             occlusion_hits({"m": model}, x, y, None, [0.5], 999, "random", "zero", 0)
 
 
-class DeviceStem(torch.nn.Module):
-    """Stands in for a CUDA model: its parameter, the model's first, sits on ``device``
-    (``meta``); it records where its input arrives and hands the CPU rest zeros."""
-
-    def __init__(self, device):
-        super().__init__()
-        self.anchor = torch.nn.Parameter(torch.empty(0, device=device))
-        self.seen = set()
-
-    def forward(self, x):
-        self.seen.add(x.device.type)
-        return torch.zeros(x.shape)
-
-
-def test_batches_go_to_the_models_device():
+def test_batches_go_to_the_models_device(device_stem):
     dl, _, _ = _data()
     results = {}
     for device in ("meta", "cpu"):
-        stem = DeviceStem(device)
+        stem = device_stem(device)
         model = torch.nn.Sequential(stem, _model()).eval()
         results[device] = occlusion_robustness(model, dl, fractions=(0, 0.5), patch_size=6)
         assert stem.seen == {device}  # CPU batches moved to the model's device
