@@ -70,6 +70,10 @@ METRIC_DEFINITIONS: dict[str, str] = {
                "1 = every token at 0.5",
     "keep_contrast": "mean keep on the object minus mean keep on the background (token cells "
                      "weighted by their object share), in [-1, 1]; > 0: the object is kept more",
+    "undecided": "share of tokens whose executed keep lies in (0.1, 0.9), neither kept nor "
+                 "dropped: 0 for a binary mask (gate='hard', ours)",
+    "soft_undecided": "the same share for the soft keep sigmoid(-z / T) behind the mask; "
+                      "equals undecided for the authors' soft gate",
 }
 
 #: What each of the demo's models is.
