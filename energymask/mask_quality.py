@@ -49,13 +49,31 @@ decided the logits behind the binary map are; for the soft gate the same as
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["layer_mask_scores", "mask_quality", "mask_scores", "object_masks", "undecided_share"]
+__all__ = ["SMALL_GRID", "layer_mask_scores", "mask_quality", "mask_scores", "object_masks",
+           "small_grid_warning", "undecided_share"]
+
+#: Token grids with a side below this get a warning: too few tokens to show where a mask looks.
+SMALL_GRID = 4
+
+
+def small_grid_warning(shape, where: str = "keep map", stacklevel: int = 3) -> str:
+    """Warn when a token grid ``shape`` (..., h, w) is smaller than :data:`SMALL_GRID` on a
+    side; returns the text (for a figure), or "" when the grid is large enough."""
+    h, w = (int(v) for v in shape[-2:])
+    if min(h, w) >= SMALL_GRID:
+        return ""
+    text = (f"token grid {h}x{w} is below {SMALL_GRID}x{SMALL_GRID}: too few tokens to show "
+            "where the mask looks (a 64-pixel input to an ImageNet backbone of stride 32 gives "
+            "2x2); use larger images (e.g. --image-size 224) or a layer of finer stride")
+    warnings.warn(f"{where}: {text}", UserWarning, stacklevel=stacklevel)
+    return text
 
 
 def object_masks(mask: object, batch: int | None = None,

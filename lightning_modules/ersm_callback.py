@@ -18,7 +18,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from energymask.ersm import EnergyMask2d, ErsmSettings
-from energymask.mask_quality import layer_mask_scores, object_masks
+from energymask.mask_quality import layer_mask_scores, object_masks, small_grid_warning
 
 from ._inserting import InsertingCallback
 
@@ -133,7 +133,9 @@ class ERSMCallback(InsertingCallback):
 
     @override
     def check_grid(self, name: str, grid: tuple[int, int]) -> None:
-        check_token_fits(self._settings.get("token_size", 1), f"after {name!r}", grid)
+        token = self._settings.get("token_size", 1)
+        check_token_fits(token, f"after {name!r}", grid)
+        small_grid_warning((grid[0] // token, grid[1] // token), f"ERSM layer after {name!r}")
 
     @override
     def after_insert(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

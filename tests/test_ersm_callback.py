@@ -389,3 +389,10 @@ def test_hard_gate_trains_resumes_and_is_checked_under_both_packages(package, tm
         torch.testing.assert_close(value, resumed.state_dict()[name], msg=name)
     with pytest.raises(ValueError, match=r"checkpoint was made with ERSMCallback.*'gate': 'hard'"):
         run(2, first.checkpoint_callback.best_model_path, gate="soft")
+
+
+def test_a_token_grid_below_4x4_is_warned_at_setup():
+    # features.2 is 4x4; tokens of 2x2 leave a 2x2 grid, too few tokens to show a place
+    with pytest.warns(UserWarning, match=r"ERSM layer after 'features.2': token grid 2x2 is "
+                                         r"below 4x4"):
+        trainer(callbacks=[ERSMCallback("features.2", token_size=2)]).fit(Net(), loader())

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from energymask.ersm import EnergyMask2d
-from energymask.mask_quality import layer_mask_scores, mask_quality, mask_scores, undecided_share
+from energymask.mask_quality import (
+    layer_mask_scores,
+    mask_quality,
+    mask_scores,
+    small_grid_warning,
+    undecided_share,
+)
 
 
 def test_hand_computed():
@@ -188,3 +194,14 @@ def test_object_masks_is_the_one_reader_of_batch_masks():
         object_masks(torch.zeros(2, 2, 4, 4))
     with pytest.raises(TypeError, match=r"object_mask must be a tensor, but got list"):
         object_masks([[0.0]])
+
+
+def test_small_grid_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 4x4 and larger: no warning
+        assert small_grid_warning((2, 4, 4)) == "" and small_grid_warning((16, 5)) == ""
+    with pytest.warns(UserWarning, match=r"layer3: token grid 3x8 is below 4x4"):
+        text = small_grid_warning((1, 3, 8), "layer3")
+    assert text.startswith("token grid 3x8 is below 4x4")

@@ -15,11 +15,12 @@ a mask looks: :func:`plot_mask_grid` warns and says so in the figure.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
+
+from energymask.mask_quality import SMALL_GRID  # noqa: F401  (named in the docstring)
+from energymask.mask_quality import small_grid_warning as warn_small_grid
 
 from ._common import as_image, new_axes, to_numpy, upsample
 from ._common import data_range as data_range_of
@@ -27,8 +28,6 @@ from ._common import data_range as data_range_of
 __all__ = ["plot_mask_grid", "plot_keep_masks", "plot_ema_masks"]
 
 CMAP = "viridis"
-#: Token grids with a side below this get a warning (too few tokens to show a place).
-SMALL_GRID = 4
 
 
 def _keep_scale(values, data_range: bool, vmin, vmax) -> tuple[float, float, str]:
@@ -48,19 +47,6 @@ def _keep_scale(values, data_range: bool, vmin, vmax) -> tuple[float, float, str
 
 def _scale_label(what: str, note: str) -> str:
     return f"{what} ({note or '0 to 1'})"
-
-
-def warn_small_grid(shape, where: str = "keep map") -> str:
-    """A warning (returned as text for the figure, "" if none) when ``shape`` (h, w) is
-    smaller than :data:`SMALL_GRID` on a side."""
-    h, w = (int(v) for v in shape[-2:])
-    if min(h, w) >= SMALL_GRID:
-        return ""
-    text = (f"token grid {h}x{w} is below {SMALL_GRID}x{SMALL_GRID}: too few tokens to show "
-            "where the mask looks (a 64-pixel input to an ImageNet backbone of stride 32 gives "
-            "2x2); use larger images (e.g. --image-size 224) or a layer of finer stride")
-    warnings.warn(f"{where}: {text}", UserWarning, stacklevel=3)
-    return text
 
 
 def _labels_title(labels, predictions, i: int, names) -> tuple[str, str]:
