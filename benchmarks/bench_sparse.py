@@ -8,7 +8,7 @@ after the mask and of the whole model, dense (the torchvision model as it is:
 every block at every position) against sparse (``sparsify`` of the
 masked-residual model). Times are interleaved medians (``_timing.py``). The
 sparse output's top-1 agrees with the dense masked model's (checked here on
-the timed batch; tests/test_sparse.py checks the logits to 1e-5).
+the timed batch; tests/core/test_sparse.py checks the logits to 1e-5).
 
 Goal on CPU (issue 21), for keep ≤ 0.5: blocks time ≤ 1.5 × keep × dense
 (keep 0.3: ≥ 2.2x faster) and blocks FLOPs ≤ 1.2 × keep × dense; both are

@@ -4,7 +4,7 @@ The promise of docs/design.md §4: after a warm-up, the realised drop rate (shar
 of dropped patches per training step) is within ±0.01 of p. Inputs: ReLU of
 standard normal feature maps (2, 8, 32, 32), a new one per step (seed = step),
 patch 4 (8×8 grids), T = 0.1, layer seed 0: the setting of
-``tests/test_pbedropout.py::test_realised_drop_rate_is_p_after_warm_up``.
+``tests/core/test_pbedropout.py::test_realised_drop_rate_is_p_after_warm_up``.
 Columns: mean rate over all steps with the calibration off (``calibration_rate=0``);
 with it on (δ initialised on the first batch, ``initial_offset``, then integral
 control): the rate of step 1, the mean over all steps, the worst mean of a block

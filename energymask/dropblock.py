@@ -17,7 +17,7 @@ k = min(k', H, W))::
 γ makes the expected number of dropped pixels p·H·W if blocks never overlapped;
 overlapping blocks make the realised rate lower, the more so the larger p: on
 16×16 with k = 3 the expected rate is 0.095 for p = 0.1, 0.26 for p = 0.3, 0.39
-for p = 0.5 and 0.59 for p = 0.9 (``tests/test_dropblock.py``).
+for p = 0.5 and 0.59 for p = 0.9 (``tests/core/test_dropblock.py``).
 Masks are drawn per sample and per channel; the rescaling uses the kept fraction
 of the whole batch, as timm does. For an even k the pooled map is (H + 1, W + 1);
 its last H rows and W columns are kept, so every block is a full k × k square

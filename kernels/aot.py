@@ -9,7 +9,7 @@ registers, spill stores and stack frame come from ptxas' ``-v`` report,
 shared memory from the kernel's metadata.
 
 Must run with ``TRITON_INTERPRET=0`` (the interpreter replaces the kernels by
-Python functions that cannot be compiled); ``tests/test_kernels_compile.py``
+Python functions that cannot be compiled); ``tests/kernels/test_kernels_compile.py``
 and ``benchmarks/bench_kernels.py --compile`` call :func:`main` in a subprocess.
 """
 

@@ -1,7 +1,7 @@
 """Plain PyTorch references for the energy kernels (docs/design.md §5).
 
 Every Triton kernel in this package must match the function of the same name
-here (``tests/test_ersm_triton.py``, ``tests/test_potts_triton.py``). They are
+here (``tests/kernels/test_ersm_triton.py``, ``tests/kernels/test_potts_triton.py``). They are
 vectorised, not loops, and they are the CPU path of the public entry points
 and the fallback of a Triton kernel that fails. PB-EDropout's sampler on CPU
 runs the same Potts model in the site layout of :mod:`energymask.kernels.lattice`

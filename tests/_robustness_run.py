@@ -1,6 +1,6 @@
 """One ``trainer.test`` with RobustnessTests on a tiny model, results to JSON (rank 0).
 
-Used by tests/test_robustness_callback.py in-process (one process) and as a script
+Used by tests/lightning/test_robustness_callback.py in-process (one process) and as a script
 (several processes: Lightning's ``ddp`` launcher runs this file again per rank)::
 
     python tests/_robustness_run.py --package lightning.pytorch --strategy ddp --devices 2 OUT

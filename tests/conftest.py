@@ -82,6 +82,16 @@ def heavy_imports():
     return _heavy_imports
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, restored after it: tiny models only contend with more
+    (and the test machine is shared). Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class _DeviceStem(torch.nn.Module):
     """Stands in for a CUDA model: its parameter, the model's first, sits on ``device``
     (``meta``); it records where its input arrives and hands the CPU rest zeros."""

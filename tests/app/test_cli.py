@@ -16,22 +16,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_datamodules import write_cifar, write_image_tree
 
 from energymask.lightning_modules.app import building, commands
 from energymask.lightning_modules.app import runs as _runs
 from energymask.lightning_modules.app.cli import main
 
+from helpers import write_cifar, write_image_tree
+
 TINY = ["--num-train", "48", "--num-val", "16", "--num-test", "16", "--epochs", "1",
         "--batch-size", "16", "--no-progress", "--accelerator", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fails(capsys, argv, command, match):

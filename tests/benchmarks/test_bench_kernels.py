@@ -6,13 +6,14 @@ runs every part on CPU at tiny shapes (minutes in the interpreter, not run here)
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import ROOT
+
 pytest.importorskip("triton")
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_kernels.py"
+PATH = ROOT / "benchmarks" / "bench_kernels.py"
 spec = importlib.util.spec_from_file_location("bench_kernels", PATH)
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)

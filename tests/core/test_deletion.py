@@ -14,14 +14,7 @@ from energymask.deletion import deletion_curve, find_ersm_layer, insertion_curve
 from energymask.evaluation import ORDERINGS, accuracy
 from energymask.models import Classifier
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: more threads only contend (and the test machine is shared)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n=12, size=32, seed=0, channels=1, batch_size=5, labels=None):

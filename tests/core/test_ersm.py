@@ -19,6 +19,8 @@ from energymask.ersm import (
 )
 from energymask.kernels import ErsmEnergy
 
+from helpers import compiled_and_eager_layer
+
 
 def loop_reference(x, weight, bias, p, lam, gamma, temperature):
     """docs/design.md §3 token by token, with Python loops."""
@@ -584,19 +586,9 @@ def test_hard_gate_on_the_triton_kernels_equals_the_reference():
 
 def test_hard_gate_compiles_without_graph_breaks():
     pytest.importorskip("triton")
-    from energymask.kernels import use_backend
-
     torch.manual_seed(0)
     layer = EnergyMask2d(3, bias_init=0.0, check_finite=False, gate="hard", keep_target=0.3)
     x = torch.randn(2, 3, 5, 4, requires_grad=True)
-
-    def loss(x):
-        return layer(x).sum() + layer.pop_regularizer()
-
-    with use_backend("triton"):
-        got = torch.compile(loss, fullgraph=True, backend="aot_eager")(x)
-        (got_dx,) = torch.autograd.grad(got, x)
-    want = loss(x)
-    (want_dx,) = torch.autograd.grad(want, x)
+    (got, got_dx), (want, want_dx) = compiled_and_eager_layer(layer, x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got_dx, want_dx, rtol=1e-4, atol=1e-5)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import pathlib
-
 import pytest
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 EXAMPLE = ROOT / "examples" / "lightning_quickstart.py"
 IMPORT = "import lightning.pytorch as L  # or: import pytorch_lightning as L\n"
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import pathlib
 import re
 
 import pytest
 import torch
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+from helpers import ROOT
+
+README = ROOT / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 

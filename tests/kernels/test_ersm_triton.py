@@ -5,6 +5,8 @@ import torch
 
 from energymask.kernels import reference as ref
 
+from helpers import compiled_and_eager_layer
+
 pytest.importorskip("triton")
 ersm_triton = pytest.importorskip("energymask.kernels.ersm_triton")
 
@@ -238,20 +240,11 @@ def test_compiles_without_graph_breaks():
 
 def test_layer_on_triton_backend_compiles_without_graph_breaks():
     from energymask import EnergyMask2d
-    from energymask.kernels import use_backend
 
     torch.manual_seed(0)
     layer = EnergyMask2d(3, bias_init=0.0, check_finite=False)  # the check is data-dependent
     x = torch.randn(2, 3, 5, 4, requires_grad=True)
-
-    def loss(x):
-        return layer(x).sum() + layer.pop_regularizer()
-
-    with use_backend("triton"):
-        got = torch.compile(loss, fullgraph=True, backend="aot_eager")(x)
-        (got_dx,) = torch.autograd.grad(got, x)
-    want = loss(x)  # reference backend, eager
-    (want_dx,) = torch.autograd.grad(want, x)
+    (got, got_dx), (want, want_dx) = compiled_and_eager_layer(layer, x)  # want: reference
     torch.testing.assert_close(got, want, **TOL[torch.float32])
     torch.testing.assert_close(got_dx, want_dx, **TOL[torch.float32])
 

@@ -129,4 +129,4 @@ def test_uint8_masks_stay_uint8_and_match_float_masks():
 def test_gpu_tile_bounds_the_work_per_program(size, population):
     tile = potts.gpu_tile(population * 8 * 64, size * size)
     assert tile.block_p * tile.block <= potts.TILE_SITES
-    assert tile.block <= 1024  # 128x128 grids in chunks: no spills (tests/test_kernels_compile.py)
+    assert tile.block <= 1024  # 128x128 grids in chunks: no spills (test_kernels_compile.py)

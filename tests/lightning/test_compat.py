@@ -27,6 +27,8 @@ from energymask.lightning_modules._compat import (
     package_of,
 )
 
+from helpers import TinyNet
+
 torch.set_num_threads(1)
 PACKAGES = ["lightning.pytorch", "pytorch_lightning"]
 
@@ -47,27 +49,12 @@ def data():
 
 
 def user_module(package):
-    """A LightningModule as a user writes it, on one package."""
+    """A LightningModule as a user writes it (tests/helpers.py), on one package."""
 
-    class Net(importlib.import_module(package).LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
-                                          nn.Conv2d(4, 8, 3, padding=1))
-            self.head = nn.Linear(8, 3)
-            self.example_input_array = torch.zeros(1, 1, 8, 8)
+    class Net(TinyNet, importlib.import_module(package).LightningModule):
+        pass
 
-        def forward(self, x):
-            return self.head(self.features(x).mean((2, 3)))
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return nn.functional.cross_entropy(self(x), y)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    return Net()
+    return Net(width=8)
 
 
 def test_bases_derive_from_both_packages():

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import pickle
-
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch.utils.data import TensorDataset
 
 from energymask.lightning_modules.datamodules import (
@@ -16,6 +12,8 @@ from energymask.lightning_modules.datamodules import (
     ImageFolderDataModule,
     TensorDataModule,
 )
+
+from helpers import write_cifar, write_image_tree
 
 
 def test_tensors_and_datasets_give_loaders():
@@ -52,28 +50,6 @@ def test_bad_input():
 
 
 # -- dataset DataModules --------------------------------------------------------------------
-
-
-def write_cifar(root, per_batch=3):
-    """A tiny cifar-10-batches-py folder: 5 x ``per_batch`` train images, 4 test images."""
-    root.mkdir(parents=True)
-    gen = np.random.default_rng(1)
-    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", 4)]:
-        batch = {b"data": gen.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8),
-                 b"labels": gen.integers(0, 10, size=n).tolist()}
-        (root / name).write_bytes(pickle.dumps(batch))
-    return root
-
-
-def write_image_tree(root, per_class=5, side=9):
-    """``root/{a,b,c}/k.png``: ``per_class`` random RGB images of ``side`` x ``side``."""
-    gen = np.random.default_rng(2)
-    for label in "abc":
-        (root / label).mkdir(parents=True)
-        for k in range(per_class):
-            pixels = gen.integers(0, 256, size=(side, side, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / label / f"{k}.png")
-    return root
 
 
 def _labels(loader):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from energymask.ersm import EnergyMask2d, collect_regularizer
@@ -13,43 +12,24 @@ from energymask.lightning_modules import ersm_callback
 from energymask.lightning_modules.ersm_callback import ERSMCallback, ersm_settings
 from energymask.surgery import insert_after
 
+from helpers import TinyNet, quiet_trainer, tiny_loader
+
 torch.set_num_threads(1)
 
 
-class Net(pl.LightningModule):
-    def __init__(self, manual_reg: bool = False, example: bool = True) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
-                                      nn.Conv2d(4, 8, 3, padding=1, stride=2))
-        self.head = nn.Linear(8, 3)
-        self.manual_reg = manual_reg
-        if example:
-            self.example_input_array = torch.zeros(2, 1, 8, 8)
+class Net(TinyNet, pl.LightningModule):
+    """The tiny classifier (conv 4->8 at stride 2 last), ERSM's regulariser added by hand if
+    ``manual_reg``."""
 
-    def forward(self, x):
-        return self.head(self.features(x).mean((2, 3)))
+    def __init__(self, manual_reg: bool = False, example: bool = True) -> None:
+        super().__init__(width=8, stride=2, example=example)
+        self.manual_reg = manual_reg
 
     def training_step(self, batch, batch_idx):
-        x, y = batch[0], batch[1]
-        loss = nn.functional.cross_entropy(self(x), y)
+        loss = super().training_step(batch, batch_idx)
         if self.manual_reg:
             loss = loss + collect_regularizer(self)
         return loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-def loader(n=8, batch_size=4):
-    g = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.randn(n, 1, 8, 8, generator=g),
-                                    torch.randint(0, 3, (n,), generator=g)), batch_size=batch_size)
-
-
-def trainer(**kw):
-    base = dict(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
-                enable_model_summary=False, enable_checkpointing=False)
-    return pl.Trainer(**{**base, **kw})
 
 
 class GradRecorder(pl.Callback):
@@ -70,7 +50,7 @@ def test_inserts_and_trains_layer():
     pl.seed_everything(0)
     model = Net()
     cb = ERSMCallback(layers="features.2", lam=1.0, gamma=1.0, bias_init=0.0)
-    trainer(max_epochs=2, callbacks=[cb]).fit(model, loader())
+    quiet_trainer(max_epochs=2, callbacks=[cb]).fit(model, tiny_loader())
     layer = model.features[2].layer
     assert isinstance(layer, EnergyMask2d) and cb.layers["features.2"] is layer
     assert layer.bias.item() != 0.0  # trained
@@ -81,8 +61,8 @@ def test_automatic_layer_choice_and_logged_stats(tmp_path):
     pl.seed_everything(0)
     model = Net()
     cb = ERSMCallback(bias_init=0.0)
-    t = trainer(callbacks=[cb], logger=pl.loggers.CSVLogger(tmp_path))
-    t.fit(model, loader())
+    t = quiet_trainer(callbacks=[cb], logger=pl.loggers.CSVLogger(tmp_path))
+    t.fit(model, tiny_loader())
     assert list(cb.layers) == ["features.2"]  # last submodule with a 4D output
     logged = {k for k in t.logged_metrics if k.startswith("ersm/features.2/")}
     keys = ("keep_ratio", "hard_sparsity", "relative_sparsity", "keep_gini", "entropy",
@@ -109,7 +89,7 @@ def masked_loader(n=8, batch_size=4):
 
 def test_object_scores_logged_in_training_and_validation():
     pl.seed_everything(0)
-    t = trainer(callbacks=[ERSMCallback("features.2", bias_init=0.0)], num_sanity_val_steps=0)
+    t = quiet_trainer(callbacks=[ERSMCallback("features.2", bias_init=0.0)], num_sanity_val_steps=0)
     t.fit(MaskedNet(), masked_loader(), masked_loader())
     scores = ("keep_ratio", "hard_sparsity", "relative_sparsity", "keep_gini", "entropy",
               "undecided", "soft_undecided", "iou", "pointing", "keep_contrast")
@@ -128,8 +108,8 @@ def test_scores_every_log_every_n_steps(monkeypatch):
         return {"keep_ratio": layer.last_keep.mean()}
 
     monkeypatch.setattr(ersm_callback, "ersm_stats", counting)
-    t = trainer(callbacks=[ERSMCallback("features.2")], log_every_n_steps=3)
-    t.fit(Net(), loader(n=28, batch_size=4))  # 7 batches: 0, 3 and 6 are scored
+    t = quiet_trainer(callbacks=[ERSMCallback("features.2")], log_every_n_steps=3)
+    t.fit(Net(), tiny_loader(n=28, batch_size=4))  # 7 batches: 0, 3 and 6 are scored
     assert calls == [False] * 3
     assert "ersm/features.2/keep_ratio" in t.logged_metrics
 
@@ -143,8 +123,8 @@ def _grads(mode: str, **trainer_kw) -> dict:
         callbacks.insert(0, ERSMCallback(layers="features.2", **kwargs))
     else:  # by hand, or the layer without its regulariser
         insert_after(model, ["features.2"], lambda _n, c: EnergyMask2d(c, **kwargs))
-    trainer(limit_train_batches=2, max_steps=1, callbacks=callbacks, **trainer_kw).fit(
-        model, loader())
+    quiet_trainer(limit_train_batches=2, max_steps=1, callbacks=callbacks, **trainer_kw).fit(
+        model, tiny_loader())
     return rec.grads
 
 
@@ -164,9 +144,9 @@ def test_resume_gives_identical_weights(tmp_path):
     def run(epochs, ckpt=None):
         pl.seed_everything(0)
         model = Net()
-        t = trainer(max_epochs=epochs, deterministic=True, enable_checkpointing=True,
+        t = quiet_trainer(max_epochs=epochs, deterministic=True, enable_checkpointing=True,
                     default_root_dir=tmp_path, callbacks=[ERSMCallback("features.2", lam=0.5)])
-        t.fit(model, loader(), ckpt_path=ckpt)
+        t.fit(model, tiny_loader(), ckpt_path=ckpt)
         return model, t
 
     straight, _ = run(2)
@@ -183,20 +163,20 @@ def test_resume_gives_identical_weights(tmp_path):
         with pytest.raises(ValueError, match=r"checkpoint was made with ERSMCallback\(layers="
                                              r"\['features.2'\], \*\*\{'token_size': 1, "
                                              r"'lam': 0.5, 'gamma': 0.001"):
-            trainer(max_epochs=2, callbacks=[other]).fit(Net(), loader(), ckpt_path=ckpt)
+            quiet_trainer(max_epochs=2, callbacks=[other]).fit(Net(), tiny_loader(), ckpt_path=ckpt)
     same = ERSMCallback("features.2", lam=0.5, gamma=1e-3, bias_init=6.0)  # defaults spelt out
-    trainer(max_epochs=2, callbacks=[same]).fit(Net(), loader(), ckpt_path=ckpt)
+    quiet_trainer(max_epochs=2, callbacks=[same]).fit(Net(), tiny_loader(), ckpt_path=ckpt)
 
-    plain = trainer(max_epochs=1, enable_checkpointing=True, default_root_dir=tmp_path / "p")
-    plain.fit(Net(), loader())
+    plain = quiet_trainer(max_epochs=1, enable_checkpointing=True, default_root_dir=tmp_path / "p")
+    plain.fit(Net(), tiny_loader())
     with pytest.raises(ValueError, match="checkpoint has no ERSMCallback state"):
-        trainer(max_epochs=2, callbacks=[ERSMCallback("features.2")]).fit(
-            Net(), loader(), ckpt_path=plain.checkpoint_callback.best_model_path)
+        quiet_trainer(max_epochs=2, callbacks=[ERSMCallback("features.2")]).fit(
+            Net(), tiny_loader(), ckpt_path=plain.checkpoint_callback.best_model_path)
 
 
 def test_state_dict_is_plain_and_checked():
     cb = ERSMCallback("features.2", lam=0.5)
-    trainer(max_steps=1, callbacks=[cb]).fit(Net(), loader())
+    quiet_trainer(max_steps=1, callbacks=[cb]).fit(Net(), tiny_loader())
     state = cb.state_dict()
     settings = dict(token_size=1, lam=0.5, gamma=1e-3, temperature=1.0, bias_init=6.0,
                     grid_size=None, eta=0.0, hard_inference=False, check_finite=True,
@@ -232,23 +212,23 @@ def test_bad_settings_fail_at_init():
 
 def test_unknown_layer_lists_valid_names():
     with pytest.raises(ValueError, match="unknown layer name 'nope'.*valid names are: features"):
-        trainer(callbacks=[ERSMCallback("nope")]).fit(Net(), loader())
+        quiet_trainer(callbacks=[ERSMCallback("nope")]).fit(Net(), tiny_loader())
 
 
 def test_layer_without_4d_output():
     with pytest.raises(ValueError, match="'head' does not output a 4D"):
-        trainer(callbacks=[ERSMCallback("head")]).fit(Net(), loader())
+        quiet_trainer(callbacks=[ERSMCallback("head")]).fit(Net(), tiny_loader())
 
 
 def test_no_example_input_needs_names():
     with pytest.raises(ValueError, match="needs `pl_module.example_input_array`"):
-        trainer(callbacks=[ERSMCallback()]).fit(Net(example=False), loader())
+        quiet_trainer(callbacks=[ERSMCallback()]).fit(Net(example=False), tiny_loader())
 
 
 def test_attached_twice_to_same_layer():
     cbs = [ERSMCallback("features.2"), ERSMCallback(["features.2"], lam=0.1)]
     with pytest.raises(ValueError, match="already inserted after 'features.2'"):
-        trainer(callbacks=cbs).fit(Net(), loader())
+        quiet_trainer(callbacks=cbs).fit(Net(), tiny_loader())
 
 
 def test_no_loss_returned():
@@ -260,7 +240,7 @@ def test_no_loss_returned():
     model = NoLoss()
     with pytest.raises(ValueError, match=r"needs training_step to return the loss .* or None, "
                                          "but it returned str"):
-        trainer(callbacks=[ERSMCallback("features.2")]).fit(model, loader())
+        quiet_trainer(callbacks=[ERSMCallback("features.2")]).fit(model, tiny_loader())
     assert "training_step" not in vars(model)  # wrapper removed after the crash
 
 
@@ -273,7 +253,7 @@ def test_training_step_returning_none_skips_the_batch():
     pl.seed_everything(0)
     model = Skipping()
     cb = ERSMCallback("features.2", bias_init=0.0)
-    trainer(callbacks=[cb]).fit(model, loader())
+    quiet_trainer(callbacks=[cb]).fit(model, tiny_loader())
     layer = cb.layers["features.2"]
     assert layer.regularizer is None  # taken, also from the skipped batch
     assert layer.bias.item() != 0.0  # the other batch trained
@@ -286,7 +266,7 @@ def test_manual_optimization_refused():
             self.automatic_optimization = False
 
     with pytest.raises(ValueError, match="manual optimisation ignores"):
-        trainer(callbacks=[ERSMCallback("features.2")]).fit(Manual(), loader())
+        quiet_trainer(callbacks=[ERSMCallback("features.2")]).fit(Manual(), tiny_loader())
 
 
 def test_dict_loss_gets_regularizer():
@@ -311,11 +291,11 @@ class RankWeights(pl.Callback):
 
 def test_ddp_spawn_two_cpu_processes(tmp_path):
     pl.seed_everything(0)
-    t = trainer(strategy="ddp_spawn", devices=2, max_epochs=1, limit_train_batches=2,
+    t = quiet_trainer(strategy="ddp_spawn", devices=2, max_epochs=1, limit_train_batches=2,
                 callbacks=[ERSMCallback("features.2", lam=1.0, bias_init=0.0),
                            RankWeights(tmp_path)])
     model = Net()
-    t.fit(model, loader(n=16))
+    t.fit(model, tiny_loader(n=16))
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert a.keys() == {"features.2.layer.weight", "features.2.layer.bias"}
     for name in a:
@@ -326,8 +306,8 @@ def test_ddp_spawn_two_cpu_processes(tmp_path):
 def test_insertion_is_logged_once_over_two_fits(caplog):
     model, cb = Net(), ERSMCallback("features.2")
     with caplog.at_level("INFO", logger="pytorch_lightning"):
-        trainer(callbacks=[cb]).fit(model, loader())
-        trainer(callbacks=[cb]).fit(model, loader())  # the layer is already there
+        quiet_trainer(callbacks=[cb]).fit(model, tiny_loader())
+        quiet_trainer(callbacks=[cb]).fit(model, tiny_loader())  # the layer is already there
     inserted = [r for r in caplog.records if "inserted" in r.getMessage()]
     assert [r.getMessage() for r in inserted] == [
         "ERSMCallback: inserted EnergyMask2d after features.2"]
@@ -337,9 +317,10 @@ def test_token_larger_than_the_feature_map_is_refused_before_building_the_layer(
     cb = ERSMCallback("features.2", token_size=100_000)  # no 1.6e11-weight probe layer either
     with pytest.raises(ValueError, match=r"token_size=100000 does not fit the 4x4 feature map "
                                          r"after 'features.2': .*\(at most 4\)"):
-        trainer(callbacks=[cb]).fit(Net(), loader())
+        quiet_trainer(callbacks=[cb]).fit(Net(), tiny_loader())
     with pytest.raises(ValueError, match=r"token_size=3 does not fit the 4x4 feature map"):
-        trainer(callbacks=[ERSMCallback("features.2", token_size=3)]).fit(Net(), loader())
+        cb = ERSMCallback("features.2", token_size=3)
+        quiet_trainer(callbacks=[cb]).fit(Net(), tiny_loader())
 
 
 @pytest.mark.parametrize("package", ["lightning.pytorch", "pytorch_lightning"])
@@ -378,7 +359,7 @@ def test_hard_gate_trains_resumes_and_is_checked_under_both_packages(package, tm
             enable_model_summary=False, deterministic=True, default_root_dir=tmp_path,
             callbacks=[ERSMCallback("net.features.2", bias_init=0.0, gate=gate,
                                     keep_target=0.3), Spy()])
-        t.fit(model, loader(), ckpt_path=ckpt)
+        t.fit(model, tiny_loader(), ckpt_path=ckpt)
         return model, t
 
     straight, _ = run(2)
@@ -395,4 +376,5 @@ def test_a_token_grid_below_4x4_is_warned_at_setup():
     # features.2 is 4x4; tokens of 2x2 leave a 2x2 grid, too few tokens to show a place
     with pytest.warns(UserWarning, match=r"ERSM layer after 'features.2': token grid 2x2 is "
                                          r"below 4x4"):
-        trainer(callbacks=[ERSMCallback("features.2", token_size=2)]).fit(Net(), loader())
+        cb = ERSMCallback("features.2", token_size=2)
+        quiet_trainer(callbacks=[cb]).fit(Net(), tiny_loader())

@@ -8,42 +8,20 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from energymask.lightning_modules.pbedropout_callback import PBEDropoutCallback, make_pbedropout
 from energymask.pbedropout import PBEDropout2d
 
+from helpers import TinyNet, quiet_trainer, tiny_loader
+
 torch.set_num_threads(1)
 
 
-class Net(pl.LightningModule):
+class Net(TinyNet, pl.LightningModule):
+    """The tiny classifier: conv 4->8 at stride 2, then a ReLU (``features.3``)."""
+
     def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
-                                      nn.Conv2d(4, 8, 3, padding=1, stride=2), nn.ReLU())
-        self.head = nn.Linear(8, 3)
-        self.example_input_array = torch.zeros(2, 1, 8, 8)
-
-    def forward(self, x):
-        return self.head(self.features(x).mean((2, 3)))
-
-    def training_step(self, batch, batch_idx):
-        return nn.functional.cross_entropy(self(batch[0]), batch[1])
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-def loader(n=8, batch_size=4):
-    g = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.randn(n, 1, 8, 8, generator=g),
-                                    torch.randint(0, 3, (n,), generator=g)), batch_size=batch_size)
-
-
-def trainer(**kw):
-    base = dict(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
-                enable_model_summary=False, enable_checkpointing=False)
-    return pl.Trainer(**{**base, **kw})
+        super().__init__(width=8, stride=2, last_relu=True)
 
 
 class FrozenRecorder(pl.Callback):
@@ -59,9 +37,9 @@ def test_inserts_freezes_and_logs(tmp_path):
     model = Net()
     cb = PBEDropoutCallback("features.3", freeze_at_epoch=2, p=0.5, patch_size=2)
     rec = FrozenRecorder()
-    t = trainer(max_epochs=3, callbacks=[cb, rec], logger=pl.loggers.CSVLogger(tmp_path),
+    t = quiet_trainer(max_epochs=3, callbacks=[cb, rec], logger=pl.loggers.CSVLogger(tmp_path),
                 log_every_n_steps=1)
-    t.fit(model, loader())
+    t.fit(model, tiny_loader())
     layer = model.features[3].layer
     assert isinstance(layer, PBEDropout2d) and cb.layers == {"features.3": layer}
     assert rec.frozen == [False, False, True]
@@ -87,9 +65,9 @@ def test_resume_keeps_ema_masks(tmp_path):
         pl.seed_everything(0)
         model = Net()
         cb = PBEDropoutCallback("features.3", p=0.3, patch_size=2)
-        t = trainer(max_epochs=epochs, deterministic=True, enable_checkpointing=True,
+        t = quiet_trainer(max_epochs=epochs, deterministic=True, enable_checkpointing=True,
                     default_root_dir=tmp_path, callbacks=[cb])
-        t.fit(model, loader(), ckpt_path=ckpt)
+        t.fit(model, tiny_loader(), ckpt_path=ckpt)
         return model, t
 
     straight, _ = run(2)
@@ -104,9 +82,9 @@ def test_global_draws_get_one_random_state_owner():
     from energymask.lightning_modules import RandomState
 
     def owners(*callbacks):
-        t = trainer(callbacks=list(callbacks), limit_train_batches=1)
+        t = quiet_trainer(callbacks=list(callbacks), limit_train_batches=1)
         with pytest.warns(UserWarning, match="cannot be resumed exactly"):  # a plain loader
-            t.fit(Net(), loader())
+            t.fit(Net(), tiny_loader())
         return sum(isinstance(c, RandomState) for c in t.callbacks)
 
     assert owners(PBEDropoutCallback("features.3", patch_size=2)) == 1  # attached
@@ -143,9 +121,9 @@ def test_resume_with_other_settings_is_refused(tmp_path, change):
     def run(epochs, ckpt=None, **kwargs):
         settings = {"p": 0.3, "patch_size": 2, "freeze_at_epoch": 1, **kwargs}
         cb = PBEDropoutCallback("features.3", **settings)
-        t = trainer(max_epochs=epochs, enable_checkpointing=True, default_root_dir=tmp_path,
+        t = quiet_trainer(max_epochs=epochs, enable_checkpointing=True, default_root_dir=tmp_path,
                     callbacks=[cb])
-        t.fit(Net(), loader(), ckpt_path=ckpt)
+        t.fit(Net(), tiny_loader(), ckpt_path=ckpt)
         return t
 
     first = run(1)
@@ -158,7 +136,7 @@ def test_channels_need_example_input():
     model = Net()
     model.example_input_array = None
     with pytest.raises(ValueError, match="set example_input_array in your module"):
-        trainer(callbacks=[PBEDropoutCallback("features.3")]).fit(model, loader())
+        quiet_trainer(callbacks=[PBEDropoutCallback("features.3")]).fit(model, tiny_loader())
 
 
 class RankMasks(pl.Callback):
@@ -190,9 +168,9 @@ def test_ddp_ranks_end_with_identical_masks(tmp_path):
                  NoSyncCallback("features.2", p=0.5, patch_size=2),
                  PBEDropoutCallback("features.1", p=0.5, patch_size=2)]
     pl.seed_everything(0)
-    t = trainer(strategy="ddp_spawn", devices=2, max_epochs=1, limit_train_batches=2,
+    t = quiet_trainer(strategy="ddp_spawn", devices=2, max_epochs=1, limit_train_batches=2,
                 callbacks=[*callbacks, RankMasks(tmp_path)])
-    t.fit(Net(), loader(n=16))
+    t.fit(Net(), tiny_loader(n=16))
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     synced = [f"features.{i}.layer.{n}" for i in (1, 3) for n in ("ema_mask", "threshold_offset")]
     control = [f"features.2.layer.{n}" for n in ("ema_mask", "threshold_offset")]
@@ -213,8 +191,8 @@ class CastNet(Net):
 def test_every_lightning_precision(precision):
     model = CastNet()
     cb = PBEDropoutCallback("features.3", freeze_at_epoch=1, p=0.5, patch_size=2, seed=0)
-    t = trainer(max_epochs=2, precision=precision, callbacks=[cb])
-    t.fit(model, loader())
+    t = quiet_trainer(max_epochs=2, precision=precision, callbacks=[cb])
+    t.fit(model, tiny_loader())
     layer = model.features[3].layer
     assert layer.ema_mask.dtype == layer.threshold_offset.dtype == torch.float32
     assert not torch.equal(layer.ema_mask, torch.ones_like(layer.ema_mask))

@@ -1,5 +1,5 @@
 """RandomState (the owner of the global generators) and the warning about loaders that
-cannot be resumed exactly; the exact resume itself is tested in tests/test_resume.py."""
+cannot be resumed exactly; the exact resume itself is tested in tests/lightning/test_resume.py."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from energymask.data import EpochSampler, ResumableLoader
 from energymask.lightning_modules import ERSMCallback, RandomState
 from energymask.lightning_modules.random_state import resumable
+
+from helpers import TinyNet
 
 torch.set_num_threads(1)
 
@@ -43,21 +44,12 @@ def test_a_plain_dataloader_is_named_once_at_fit_start(package):
 
     L = importlib.import_module(package)
 
-    class Net(L.LightningModule):
+    class Net(TinyNet, L.LightningModule):  # images without labels, from its own loader
         def __init__(self) -> None:
-            super().__init__()
-            self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
-                                          nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
-            self.example_input_array = torch.zeros(2, 1, 6, 6)
-
-        def forward(self, x):
-            return self.features(x)
+            super().__init__(width=4, last_relu=True, size=6)
 
         def training_step(self, batch, batch_idx):
             return self(batch[0]).mean()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
 
         def train_dataloader(self):
             return DataLoader(TensorDataset(torch.randn(4, 1, 6, 6)), batch_size=2, shuffle=True)

@@ -11,7 +11,7 @@ subprocess (this file run as a script), which kills itself with SIGKILL at a
 fixed batch of epoch 2, so the test does not depend on timing. ``last.ckpt`` is
 written at each epoch's end (resume at an epoch boundary) or after every step
 (resume mid-epoch). A plain ``DataLoader`` cannot be resumed exactly: the
-plugin says so once, at fit start (tests/test_random_state.py).
+plugin says so once, at fit start (tests/lightning/test_random_state.py).
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import Dataset
+
+import helpers
+from helpers import TinyNet
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*val_dataloader.*no `validation_step`"),
               pytest.mark.filterwarnings("ignore:The dirpath has changed"),
@@ -58,23 +60,9 @@ class Augmented(Dataset):
 def _classes(package: str):
     L = importlib.import_module(package)
 
-    class Net(L.LightningModule):
+    class Net(TinyNet, L.LightningModule):
         def __init__(self) -> None:
-            super().__init__()
-            self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
-                                          nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
-            self.head = nn.Linear(4, 3)
-            self.example_input_array = torch.zeros(2, 1, 6, 6)
-
-        def forward(self, x):
-            return self.head(self.features(x).mean((2, 3)))
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return nn.functional.cross_entropy(self(x), y)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+            super().__init__(width=4, last_relu=True, size=6, momentum=0.9)
 
     class KillDuringEpoch2(L.Callback):
         def on_train_batch_end(self, trainer, *args) -> None:
@@ -129,7 +117,9 @@ def test_killed_run_resumes_bit_for_bit(tmp_path_factory, package, pbedropout, w
     killed = subprocess.run(
         [sys.executable, __file__, str(tmp_path), package, str(every_n_train_steps or 0),
          str(int(pbedropout)), str(workers)],
-        capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
+        capture_output=True, text=True, timeout=300, cwd=helpers.ROOT,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(  # this file imports helpers
+            filter(None, [str(helpers.ROOT / "tests"), os.environ.get("PYTHONPATH")]))})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     last = tmp_path / "last.ckpt"
     state = torch.load(last, weights_only=False)

@@ -8,7 +8,6 @@ import lightning.pytorch as L
 import pytest
 import pytorch_lightning as pl
 import torch
-from _robustness_run import callback, run, tiny_module, tiny_test_loader
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from energymask.deletion import deletion_curve
@@ -16,15 +15,13 @@ from energymask.evaluation import evaluate
 from energymask.lightning_modules.robustness_callback import RobustnessTests, shard_indices
 from energymask.occlusion import occlusion_robustness
 
-SCRIPT = Path(__file__).with_name("_robustness_run.py")
+import _robustness_run
+from _robustness_run import callback, run, tiny_module, tiny_test_loader
+
+SCRIPT = Path(_robustness_run.__file__)  # run again per rank by Lightning's ddp launcher
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
