@@ -34,9 +34,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from energymask.constants import DELETION_PROTOCOLS, ORDERINGS
 from energymask.ersm import EnergyMask2d, energy_mask_layers, forcing
 from energymask.evaluation import (
-    ORDERINGS,
     auc,
     eval_mode,
     loader_length,
@@ -50,7 +50,6 @@ from energymask.split import CannotSplit, Split, split_at
 
 __all__ = ["DeletionResult", "deletion_curve", "insertion_curve", "find_ersm_layer"]
 
-PROTOCOLS = ("binary", "soft")
 METHODS = ("fast", "naive")
 MODES = ("deletion", "insertion")
 
@@ -231,7 +230,7 @@ def _runner(model: nn.Module, name: str, layer: EnergyMask2d, x: Tensor, method:
 
 def _check_args(method, mode, protocol, steps_per_forward, perturbations_per_eval) -> None:
     for arg, value, allowed in (("method", method, METHODS), ("mode", mode, MODES),
-                                ("protocol", protocol, PROTOCOLS)):
+                                ("protocol", protocol, DELETION_PROTOCOLS)):
         if value not in allowed:
             raise ValueError(f"{arg} must be one of {list(allowed)}, but got {value!r}")
     for arg, value in (("steps_per_forward", steps_per_forward),
@@ -352,7 +351,7 @@ def deletion_curve(
         model: classifier containing an :class:`EnergyMask2d`; evaluated in eval mode.
         dataloader: yields (x, y) or (x, y, ...) batches; empty batches are skipped.
         layer: qualified name of the ERSM layer when there are several. Default: the only one.
-        orderings: names from :data:`energymask.evaluation.ORDERINGS`, callables
+        orderings: names from :data:`energymask.constants.ORDERINGS`, callables
             ``(features, logits) -> scores (B, h, w)``, tensors, or a dict name -> ordering.
         steps: None (every k in 0..N), an int (that many evenly spaced k) or a sequence of k.
         method: ``"fast"`` (cut at the layer, steps batched) or ``"naive"`` (full forward

@@ -37,6 +37,7 @@ from energymask._checks import (
     is_int,
     replaced,
 )
+from energymask.constants import GATES  # the masks a layer executes: soft, hard (ours)
 from energymask.kernels import ersm_energy, expand_tokens, token_logits
 
 
@@ -76,9 +77,6 @@ def _check_settings(lam: float, gamma: float, temperature: float, eta: float) ->
     _check_real("temperature", temperature, 0, strict=True)
 
 
-#: The mask a layer executes: ``"soft"`` (the authors': X ⊙ keep) or ``"hard"``
-#: (ours: X ⊙ 1[keep ≥ 0.5] in training and eval, straight-through gradient).
-GATES = ("soft", "hard")
 
 
 @dataclass(frozen=True)

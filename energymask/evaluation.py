@@ -5,8 +5,9 @@ ERSM: Energy-Regularized Spatial Masking (Devynck et al., IJCAI 2026, arXiv 2604
 Used by the deletion test, occlusion, attribution and the application
 (command line, demo, results scripts):
 
-- :data:`ORDERINGS`: the five built-in token orderings of the deletion test.
-- :data:`DEFAULT_FRACTIONS`: the occluded fractions of the occlusion test.
+- :data:`ORDERINGS`: the five built-in token orderings of the deletion test, and
+  :data:`DEFAULT_FRACTIONS`: the occluded fractions of the occlusion test (both
+  defined in :mod:`energymask.constants`).
 - :func:`auc`: area under a curve over a fraction axis, normalised to [0, 1].
 - :func:`eval_mode`, :func:`split_batch`, :func:`progress_bar`: the batch loop's parts.
 - :func:`accuracy` and :func:`evaluate`: top-1 accuracy over samples, and the
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from energymask.constants import OCCLUSION_FRACTIONS, ORDERINGS
 from energymask.ersm import energy_mask_layers
 from energymask.mask_quality import layer_mask_scores
 
@@ -44,8 +46,7 @@ __all__ = [
     "split_batch",
 ]
 
-ORDERINGS = ("energy", "magnitude", "random", "gradcam", "feature_ablation")
-DEFAULT_FRACTIONS = (0.0, 0.1, 0.25, 0.5)
+DEFAULT_FRACTIONS = OCCLUSION_FRACTIONS
 
 
 def auc(fractions: Sequence[float], values: Sequence[float]) -> float:

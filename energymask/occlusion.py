@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from energymask.constants import OCCLUSION_FRACTIONS, OCCLUSION_PLACEMENTS
 from energymask.evaluation import (
-    DEFAULT_FRACTIONS,
     eval_mode,
     loader_length,
     progress_bar,
@@ -41,7 +41,6 @@ from energymask.mask_quality import object_masks
 
 __all__ = ["OcclusionResult", "occlude", "occlusion_robustness"]
 
-PLACEMENTS = ("random", "object", "background")
 FILLS = ("zero", "mean", "noise")
 
 
@@ -119,8 +118,9 @@ def check_occlusion_args(models, fractions, patch_size, placement, fill):
         raise ValueError(f"fractions must lie in [0, 1], but got {fractions}")
     if not isinstance(patch_size, int) or patch_size < 1:
         raise ValueError(f"patch_size must be a positive int, but got {patch_size!r}")
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {list(PLACEMENTS)}, but got {placement!r}")
+    if placement not in OCCLUSION_PLACEMENTS:
+        raise ValueError(f"placement must be one of {list(OCCLUSION_PLACEMENTS)}, "
+                         f"but got {placement!r}")
     if fill not in FILLS:
         raise ValueError(f"fill must be one of {list(FILLS)}, but got {fill!r}")
     return models, fractions
@@ -168,7 +168,7 @@ def occlusion_hits(
 def occlusion_robustness(
     models: dict[str, nn.Module] | nn.Module,
     dataloader: Iterable,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    fractions: Sequence[float] = OCCLUSION_FRACTIONS,
     patch_size: int = 8,
     placement: str = "random",
     fill: str = "zero",
@@ -180,7 +180,8 @@ def occlusion_robustness(
     Args:
         models: one model or a dict name -> model (all see the same occlusions).
         dataloader: yields (x, y) or (x, y, object_mask) with mask (B, 1, H, W) or (B, H, W).
-        fractions: occluded fractions in [0, 1]. Default: :data:`DEFAULT_FRACTIONS`.
+        fractions: occluded fractions in [0, 1]. Default:
+            :data:`~energymask.constants.OCCLUSION_FRACTIONS`.
         patch_size: side of a square patch in pixels. Default: 8.
         placement: ``"random"``, ``"object"`` or ``"background"``. Default: ``"random"``.
         fill: ``"zero"``, ``"mean"`` or ``"noise"``. Default: ``"zero"``.

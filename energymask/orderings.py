@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from energymask._extras import require
-from energymask.evaluation import ORDERINGS
+from energymask.constants import ORDERINGS
 
 Ordering = str | Callable[[Tensor, Tensor], Tensor] | Tensor
 

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from energymask.constants import DELETION_PROTOCOLS
 from energymask.evaluation import auc as curve_auc  # the one AUC, kept under its viz name
 
 from ._common import new_axes, reference_lines, style, to_numpy
 
 __all__ = ["curve_auc", "plot_curves", "plot_occlusion", "plot_occlusion_placements"]
 
-#: What each deletion protocol does with the tokens not yet deleted.
-PROTOCOLS = {
-    "binary": "the tokens not deleted are forced to keep 1",
-    "soft": "the tokens not deleted keep their soft keep value",
-}
 
 
 def _draw(ax, f, a, label: str, i: int):
@@ -82,7 +78,8 @@ def plot_curves(result, auc: dict | None = None, ax=None, title: str = "deletion
         xlabel: the x-axis label.
         clean: the model's clean accuracy (dashed line). Default: none.
         chance: chance accuracy, 1 / classes (dotted line). Default: none.
-        protocol: the deletion protocol named under the title (:data:`PROTOCOLS`).
+        protocol: the deletion protocol named under the title, with its meaning
+            (:data:`energymask.constants.DELETION_PROTOCOLS`).
             Default: the result's ``protocol`` (or ``settings["protocol"]``) when it has one.
 
     Returns:
@@ -111,7 +108,7 @@ def plot_curves(result, auc: dict | None = None, ax=None, title: str = "deletion
                 transform=ax.transAxes,
                 fontsize=7, color="dimgrey", va="bottom")
     if protocol is not None:
-        title += f"\n{protocol} protocol: {PROTOCOLS.get(protocol, protocol)}"
+        title += f"\n{protocol} protocol: {DELETION_PROTOCOLS.get(protocol, protocol)}"
     _finish(ax, xlabel, title)
     return fig, ax
 

@@ -24,15 +24,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .options import (
-    BACKBONES_HELP,
-    DATASETS,
-    ERSM_DEFAULTS,
-    ERSM_GATES,
-    PBEDROPOUT_DEFAULTS,
-    default_threads,
-)
-from .protocol import DELETION_PROTOCOLS, ORDERINGS_EXTRA, EvaluationProtocol
+from energymask.constants import DELETION_PROTOCOLS, GATES
+
+from .options import BACKBONES_HELP, DATASETS, ERSM_DEFAULTS, PBEDROPOUT_DEFAULTS, default_threads
+from .protocol import ORDERINGS_EXTRA, EvaluationProtocol
 from .settings import ERSM_BIAS_INIT, ERSM_BIAS_REASON
 
 DEFAULT_PROTOCOL = EvaluationProtocol()
@@ -140,7 +135,7 @@ def _train_parser(sub) -> None:
                    default=ERSM_BIAS_INIT,
                    help=f"initial mask bias (default: %(default)s: {ERSM_BIAS_REASON}; "
                    "--ersm-bias-init 6.0 for the authors' setting)")
-    e.add_argument("--ersm-gate", dest="ersm_gate", choices=ERSM_GATES,
+    e.add_argument("--ersm-gate", dest="ersm_gate", choices=GATES,
                    default=ERSM_DEFAULTS["gate"],
                    help="mask executed: soft (the authors', X * keep) or hard (ours, not the "
                    "authors': the binary mask 1[keep >= 0.5] in training too, straight-through "

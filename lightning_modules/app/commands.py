@@ -290,7 +290,9 @@ def _load(args: argparse.Namespace):
 
 
 def _protocol(args: argparse.Namespace):
-    from .protocol import BASE_ORDERINGS, ORDERINGS, ORDERINGS_EXTRA, EvaluationProtocol
+    from energymask.constants import ORDERINGS
+
+    from .protocol import BASE_ORDERINGS, ORDERINGS_EXTRA, EvaluationProtocol
 
     extra = {ORDERINGS_EXTRA[o] for o in args.orderings}  # the Captum ones asked for
     try:

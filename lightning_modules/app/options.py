@@ -5,7 +5,7 @@ Imports neither torch nor Lightning (the parser answers ``--help`` from here in
 well under 2 s). The layer defaults are the layers' own (the authors' values,
 :class:`energymask.ersm.ErsmSettings`, :class:`energymask.pbedropout.PBEDropoutSettings`),
 restated here because reading them from the classes would import torch;
-``tests/test_options.py`` checks that they are equal.
+``tests/app/test_options.py`` checks that they are equal.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ BACKBONES_HELP = ("small_cnn, shallow_cnn, torchvision:NAME or timm:NAME (any mo
 #: :class:`~energymask.ersm.ErsmSettings`' defaults of the ``--ersm-*`` settings.
 ERSM_DEFAULTS = {"lam": 1e-3, "gamma": 1e-3, "temperature": 1.0, "token_size": 1,
                  "gate": "soft"}
-#: :data:`energymask.ersm.GATES`: the masks ``--ersm-gate`` offers.
-ERSM_GATES = ("soft", "hard")
 #: :class:`~energymask.pbedropout.PBEDropoutSettings`' defaults of the ``--pb-*`` settings.
 PBEDROPOUT_DEFAULTS = {"p": 0.1, "patch_size": 4, "beta": 0.1, "population": 16,
                        "generations": 2}
@@ -44,5 +42,5 @@ def default_threads() -> int:
     return max(1, min(8, cpus // 2))
 
 
-__all__ = ["BACKBONES_HELP", "DATASETS", "ERSM_DEFAULTS", "ERSM_GATES", "IMAGENET_NORMALIZE",
+__all__ = ["BACKBONES_HELP", "DATASETS", "ERSM_DEFAULTS", "IMAGENET_NORMALIZE",
            "PBEDROPOUT_DEFAULTS", "default_threads"]

@@ -13,7 +13,7 @@ Defaults that had drifted apart before this module (issue 23) and the value kept
   256 tokens, whole rows of the grid; 16 steps give uneven counts.
 - ``perturbations_per_eval``: the CLI used 1, the demo and recipes 16. **16**
   won: it batches Captum's perturbations and does not change a result
-  (``tests/test_deletion.py``), only the time.
+  (``tests/core/test_deletion.py``), only the time.
 - on-object occlusion: the CLI placed it only where the data has object masks,
   the demo always (its data always has them). One rule now: **where the data
   has object masks**.
@@ -24,21 +24,23 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-#: Orderings of the deletion test (as in :data:`energymask.evaluation.ORDERINGS`).
-ORDERINGS = ("energy", "magnitude", "random", "gradcam", "feature_ablation")
-#: The orderings every evaluation runs; the Captum ones are asked for.
+from energymask.constants import (
+    DELETION_PROTOCOLS,
+    OCCLUSION_FRACTIONS,
+    OCCLUSION_PLACEMENTS,
+    ORDERINGS,
+)
+
+#: The orderings (of :data:`~energymask.constants.ORDERINGS`) every evaluation runs; the
+#: Captum ones are asked for.
 BASE_ORDERINGS = ("energy", "magnitude", "random")
 #: ``--orderings`` names -> the Captum deletion orderings.
 ORDERINGS_EXTRA = {"gradcam": "gradcam", "ablation": "feature_ablation",
                    "feature_ablation": "feature_ablation"}
-#: The deletion protocols (as in :data:`energymask.deletion.PROTOCOLS`): ``binary``,
-#: the authors' forced binary mask; ``soft``, the model's own keep map with the
-#: deleted tokens set to 0.
-DELETION_PROTOCOLS = ("binary", "soft")
-#: Occluded fractions of the image (as in :data:`energymask.evaluation.DEFAULT_FRACTIONS`).
-FRACTIONS = (0.0, 0.1, 0.25, 0.5)
-#: Where occluding patches go: anywhere, or on the object (data with object masks).
-PLACEMENTS = ("random", "object")
+#: The occlusion placements the application offers (of
+#: :data:`~energymask.constants.OCCLUSION_PLACEMENTS`): anywhere, or on the object (data
+#: with object masks).
+PLACEMENTS = tuple(p for p in OCCLUSION_PLACEMENTS if p != "background")
 
 
 @dataclass(frozen=True)
@@ -46,13 +48,15 @@ class EvaluationProtocol:
     """How a trained model is evaluated; every field is a plain value.
 
     Args:
-        orderings: deletion orderings (of :data:`ORDERINGS`). Default: energy,
-            magnitude, random.
+        orderings: deletion orderings (of :data:`~energymask.constants.ORDERINGS`).
+            Default: :data:`BASE_ORDERINGS`.
         steps: evenly spaced deleted-token counts, ends included (>= 2). Default: 17.
-        deletion_protocol: of :data:`DELETION_PROTOCOLS`. Default: "binary".
+        deletion_protocol: of :data:`~energymask.constants.DELETION_PROTOCOLS`.
+            Default: "binary".
         deletion_samples: the deletion test uses the first N test images; None:
             all. Default: None.
-        fractions: occluded fractions of the image, each in [0, 1]. Default: :data:`FRACTIONS`.
+        fractions: occluded fractions of the image, each in [0, 1]. Default:
+            :data:`~energymask.constants.OCCLUSION_FRACTIONS`.
         placements: occlusion placements (of :data:`PLACEMENTS`); ``object`` runs
             only on data with object masks. Default: both.
         patch_size: occluding patch side in pixels (>= 1). Default: 8.
@@ -71,7 +75,7 @@ class EvaluationProtocol:
     steps: int = 17
     deletion_protocol: str = "binary"
     deletion_samples: int | None = None
-    fractions: tuple[float, ...] = FRACTIONS
+    fractions: tuple[float, ...] = OCCLUSION_FRACTIONS
     placements: tuple[str, ...] = PLACEMENTS
     patch_size: int = 8
     batch_size: int = 128
@@ -122,5 +126,4 @@ class EvaluationProtocol:
         return cls(**values)
 
 
-__all__ = ["BASE_ORDERINGS", "DELETION_PROTOCOLS", "FRACTIONS", "ORDERINGS", "ORDERINGS_EXTRA",
-           "PLACEMENTS", "EvaluationProtocol"]
+__all__ = ["BASE_ORDERINGS", "ORDERINGS_EXTRA", "PLACEMENTS", "EvaluationProtocol"]

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from energymask.constants import ORDERINGS
 from energymask.dropblock import DropBlock2d
 from energymask.evaluation import evaluate
 from energymask.models import Classifier, FrozenBackboneClassifier, shallow_cnn, small_cnn
@@ -42,7 +43,7 @@ from ..datamodules import ClutteredDigitsDataModule
 from ..ersm_callback import ERSMCallback
 from ..pbedropout_callback import PBEDropoutCallback
 from .evaluating import deletion_results, occlusion_results
-from .protocol import ORDERINGS, EvaluationProtocol
+from .protocol import EvaluationProtocol
 from .settings import ERSM_SETTINGS
 from .trainer import build_trainer
 

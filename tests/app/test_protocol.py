@@ -2,21 +2,7 @@
 
 import pytest
 
-from energymask.deletion import PROTOCOLS
-from energymask.evaluation import DEFAULT_FRACTIONS
-from energymask.evaluation import ORDERINGS as CORE_ORDERINGS
-from energymask.lightning_modules.app.protocol import (
-    DELETION_PROTOCOLS,
-    FRACTIONS,
-    ORDERINGS,
-    EvaluationProtocol,
-)
-
-
-def test_constants_are_the_cores():
-    assert DELETION_PROTOCOLS == PROTOCOLS
-    assert FRACTIONS == DEFAULT_FRACTIONS
-    assert ORDERINGS == CORE_ORDERINGS
+from energymask.lightning_modules.app.protocol import EvaluationProtocol
 
 
 def test_defaults_and_round_trip():
