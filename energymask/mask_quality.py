@@ -56,8 +56,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["SMALL_GRID", "layer_mask_scores", "mask_quality", "mask_scores", "object_masks",
-           "small_grid_warning", "undecided_share"]
+__all__ = ["SCORE_DEFINITIONS", "SMALL_GRID", "layer_mask_scores", "mask_quality", "mask_scores",
+           "object_masks", "small_grid_warning", "undecided_share"]
+
+#: Each score in a sentence, for reports (the formulas are in the module docstring);
+#: ``soft_undecided`` is :func:`layer_mask_scores`'.
+SCORE_DEFINITIONS: dict[str, str] = {
+    "keep_ratio": "mean keep probability over the tokens of a keep map",
+    "hard_sparsity": "share of tokens with keep < 0.5, i.e. that the hard mask 1[keep >= 0.5] "
+                     "drops; a uniformly dimmed map (every keep 0.45) reads 1.0",
+    "relative_sparsity": "share of tokens kept less than half as much as the image's mean "
+                         "token (keep < mean / 2): 0 for any uniform map, dimmed or not",
+    "keep_gini": "Gini coefficient of the keep values: 0 for a uniform map, near 1 when a "
+                 "few tokens hold all the keep",
+    "iou": "intersection over union of the hard mask (upsampled to pixels) and the object",
+    "pointing": "1 when the highest-kept token overlaps the object (pointing game)",
+    "entropy": "mean binary entropy of the keep values / log 2: 0 = decided (0 or 1), "
+               "1 = every token at 0.5",
+    "keep_contrast": "mean keep on the object minus mean keep on the background (token cells "
+                     "weighted by their object share), in [-1, 1]; > 0: the object is kept more",
+    "undecided": "share of tokens whose executed keep lies in (0.1, 0.9), neither kept nor "
+                 "dropped: 0 for a binary mask (gate='hard', ours)",
+    "soft_undecided": "the same share for the soft keep sigmoid(-z / T) behind the mask; "
+                      "equals undecided for the authors' soft gate",
+}
 
 #: Token grids with a side below this get a warning: too few tokens to show where a mask looks.
 SMALL_GRID = 4

@@ -30,6 +30,7 @@ from torch import nn
 
 from energymask.ersm import energy_mask_layers
 from energymask.evaluation import eval_mode
+from energymask.mask_quality import SCORE_DEFINITIONS
 from energymask.pbedropout import PBEDropout2d
 
 from .runs import write_atomic
@@ -44,9 +45,9 @@ TOLERANCE = 0.01
 #: when every model is, the occlusion comparison cannot separate them.
 CHANCE_MARGIN = 0.05
 
-#: Definitions printed in the report; the mask metrics are the keys of
-#: ``energymask.mask_quality.mask_quality`` (plus ``hard_sparsity``). A key the
-#: run reports but this table lacks is listed as "see energymask.mask_quality".
+#: Definitions printed in the report: the run's three measurements, then the mask scores'
+#: (:data:`energymask.mask_quality.SCORE_DEFINITIONS`). A key the run reports but this
+#: table lacks is listed as "see energymask.mask_quality".
 METRIC_DEFINITIONS: dict[str, str] = {
     "test accuracy": "top-1 accuracy over the test images (share of images whose highest "
                      "logit is the true class); chance is 1 / classes",
@@ -57,23 +58,7 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "occlusion accuracy": "top-1 accuracy on test images with a fraction f of the image "
                           "covered by zero-filled square patches, placed at random or on "
                           "the object",
-    "keep_ratio": "mean keep probability over the tokens of a keep map",
-    "hard_sparsity": "share of tokens with keep < 0.5, i.e. that the hard mask 1[keep >= 0.5] "
-                     "drops; a uniformly dimmed map (every keep 0.45) reads 1.0",
-    "relative_sparsity": "share of tokens kept less than half as much as the image's mean "
-                         "token (keep < mean / 2): 0 for any uniform map, dimmed or not",
-    "keep_gini": "Gini coefficient of the keep values: 0 for a uniform map, near 1 when a "
-                 "few tokens hold all the keep",
-    "iou": "intersection over union of the hard mask (upsampled to pixels) and the object",
-    "pointing": "1 when the highest-kept token overlaps the object (pointing game)",
-    "entropy": "mean binary entropy of the keep values / log 2: 0 = decided (0 or 1), "
-               "1 = every token at 0.5",
-    "keep_contrast": "mean keep on the object minus mean keep on the background (token cells "
-                     "weighted by their object share), in [-1, 1]; > 0: the object is kept more",
-    "undecided": "share of tokens whose executed keep lies in (0.1, 0.9), neither kept nor "
-                 "dropped: 0 for a binary mask (gate='hard', ours)",
-    "soft_undecided": "the same share for the soft keep sigmoid(-z / T) behind the mask; "
-                      "equals undecided for the authors' soft gate",
+    **SCORE_DEFINITIONS,
 }
 
 #: What each of the demo's models is.

@@ -5,6 +5,7 @@ import torch
 
 from energymask.ersm import EnergyMask2d
 from energymask.mask_quality import (
+    SCORE_DEFINITIONS,
     layer_mask_scores,
     mask_quality,
     mask_scores,
@@ -205,3 +206,11 @@ def test_small_grid_warning():
     with pytest.warns(UserWarning, match=r"layer3: token grid 3x8 is below 4x4"):
         text = small_grid_warning((1, 3, 8), "layer3")
     assert text.startswith("token grid 3x8 is below 4x4")
+
+
+def test_every_score_has_a_definition_and_every_definition_a_score():
+    torch.manual_seed(0)
+    layer = EnergyMask2d(2, bias_init=0.0).eval()
+    layer(torch.randn(2, 2, 4, 4))
+    scores = layer_mask_scores(layer, object_mask=torch.rand(2, 1, 4, 4) > 0.5)
+    assert set(scores) == set(SCORE_DEFINITIONS)
