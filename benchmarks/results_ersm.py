@@ -427,11 +427,16 @@ def gate_main(args: argparse.Namespace) -> int:
                       "processes; "
                       "`python benchmarks/results_ersm.py --gate`)"])
     print(text)
-    for path, content in ((args.json, json.dumps(results, indent=2)), (args.md, text)):
+    write_outputs(results, text, args.json, args.md)
+    return 0
+
+
+def write_outputs(results: dict, text: str, json_path: Path | None, md_path: Path | None) -> None:
+    """``results`` as JSON to ``json_path`` and ``text`` to ``md_path``, each when given."""
+    for path, content in ((json_path, json.dumps(results, indent=2)), (md_path, text)):
         if path:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(content + "\n")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -489,10 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     results["seconds"] = time.perf_counter() - start
     text = report(results, args.quick)
     print(text)
-    for path, content in ((args.json, json.dumps(results, indent=2)), (args.md, text)):
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(content + "\n")
+    write_outputs(results, text, args.json, args.md)
     return 0
 
 
