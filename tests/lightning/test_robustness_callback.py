@@ -74,8 +74,10 @@ def test_result_does_not_depend_on_the_batch_size(package, one_process):
                                               ("pytorch_lightning", "ddp_spawn")])
 def test_two_processes_equal_one_bit_for_bit(package, strategy, one_process, tmp_path):
     out = tmp_path / "two.json"
-    subprocess.run([sys.executable, str(SCRIPT), "--package", package, "--strategy", strategy,
-                    "--devices", "2", str(out)], check=True, timeout=600, capture_output=True)
+    done = subprocess.run([sys.executable, str(SCRIPT), "--package", package, "--strategy",
+                           strategy, "--devices", "2", str(out)], timeout=600, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
     two = json.loads(out.read_text())
     assert two["world_size"] == 2
     assert two["results"] == one_process["results"]  # 11 images, not 10 + a padded duplicate
