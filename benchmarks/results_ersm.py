@@ -23,8 +23,15 @@ undecided share of the executed map and of the soft keep after the first
 epoch and at the end, IoU, pointing, deletion AUC (energy, magnitude,
 random) and random occlusion; writes benchmarks/results/ersm_gate.{json,md}:
 
-    python benchmarks/results_ersm.py --gate --seed 0 --json benchmarks/results/ersm_gate_s0.json
-    python benchmarks/results_ersm.py --gate --from-json a.json b.json c.json  # merge seeds
+    python benchmarks/results_ersm.py --gate --seeds 0 --json benchmarks/results/ersm_gate_s0.json
+    python benchmarks/results_ersm.py --gate --from-json a.json b.json c.json  # merge parts
+
+``--gates`` picks the variants (default: the authors' soft, ours hard, ours
+hard with a budget; the remedies of :data:`REMEDIES`, ours, on request) and
+``--masks-only`` skips deletion and occlusion (the remedies' short search,
+docs/design.md §3). ``--from-json`` merges parts by seed and setting, so a
+part may add a setting (ResNet-18 at its own ``--num-train``/``--epochs``) or
+a variant's rows beside an earlier run's; the table gives each setting's budget.
 
 Writes benchmarks/results/ersm.{json,md} by default (``--json``/``--md`` move them;
 ``--quick`` writes only where asked). Seeded runs repeat exactly at the same torch
@@ -37,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import statistics
 import sys
 import time
@@ -489,8 +497,7 @@ def gate_main(args: argparse.Namespace) -> int:
     text = "\n".join([gate_tables(results), "", "Goals (issue 20, ours = gate=\"hard\"):",
                       *results["goals"], "",
                       f"({results['seconds'] / 60:.1f} min of runs, summed over the seeds' "
-                      "processes; "
-                      "`python benchmarks/results_ersm.py --gate`)"])
+                      f"processes; `{args.command}`)"])
     print(text)
     for path, content in ((args.json, json.dumps(results, indent=2)), (args.md, text)):
         if path:
@@ -526,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="benchmarks/results/ersm_gate_logs",
                         help="--gate: folder of the training logs")
     args = parser.parse_args(argv)
+    args.command = shlex.join(["python", "benchmarks/results_ersm.py",
+                               *(sys.argv[1:] if argv is None else argv)])
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     if args.gate:
         return gate_main(args)
