@@ -23,8 +23,15 @@ undecided share of the executed map and of the soft keep after the first
 epoch and at the end, IoU, pointing, deletion AUC (energy, magnitude,
 random) and random occlusion; writes benchmarks/results/ersm_gate.{json,md}:
 
-    python benchmarks/results_ersm.py --gate --seed 0 --json benchmarks/results/ersm_gate_s0.json
-    python benchmarks/results_ersm.py --gate --from-json a.json b.json c.json  # merge seeds
+    python benchmarks/results_ersm.py --gate --seeds 0 --json benchmarks/results/ersm_gate_s0.json
+    python benchmarks/results_ersm.py --gate --from-json a.json b.json c.json  # merge parts
+
+``--gates`` picks the variants (default: the authors' soft, ours hard, ours
+hard with a budget; the remedies of :data:`REMEDIES`, ours, on request) and
+``--masks-only`` skips deletion and occlusion (the remedies' short search,
+docs/design.md §3). ``--from-json`` merges parts by seed and setting, so a
+part may add a setting (ResNet-18 at its own ``--num-train``/``--epochs``) or
+a variant's rows beside an earlier run's; the table gives each setting's budget.
 
 Writes benchmarks/results/ersm.{json,md} by default (``--json``/``--md`` move them;
 ``--quick`` writes only where asked). Seeded runs repeat exactly at the same torch
@@ -37,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import statistics
 import sys
 import time
@@ -216,6 +224,14 @@ GATE_BUDGET = ex.Budget(num_train=1200, num_val=200, num_test=500, epochs=4, ers
 #: label -> EnergyMask2d settings over the application's (λ = γ = 1e-3, T = 1, bias 0).
 GATES = {"soft (authors')": {"gate": "soft"}, "hard (ours)": {"gate": "hard"},
          "hard + budget 0.4 (ours)": {"gate": "hard", "keep_target": 0.4}}
+#: Ours, remedies of the logits' narrow range (docs/design.md §3), chosen by ``--gates``.
+REMEDIES = {"hard T=0.3 (ours)": {"gate": "hard", "temperature": 0.3},
+            "hard T=0.1 (ours)": {"gate": "hard", "temperature": 0.1},
+            "hard T=0.03 (ours)": {"gate": "hard", "temperature": 0.03},
+            "hard + noise 1 (ours)": {"gate": "hard", "gate_noise": 1.0},
+            "hard T=0.1 + noise 1 (ours)": {"gate": "hard", "temperature": 0.1,
+                                            "gate_noise": 1.0}}
+ALL_GATES = {**GATES, **REMEDIES}
 GATE_SETTINGS = ("small_cnn", "resnet18", "frozen")
 GATE_ORDERINGS = ("energy", "magnitude", "random")
 
@@ -269,8 +285,12 @@ def _first_epoch(log_dir: Path) -> dict[str, float]:
     return out
 
 
-def run_gate_seed(budget: ex.Budget, seed: int, settings: tuple[str, ...], work: Path) -> dict:
-    """Baseline, soft and hard models of every setting for one seed."""
+def run_gate_seed(budget: ex.Budget, seed: int, settings: tuple[str, ...], work: Path,
+                  gates: dict[str, dict] = GATES, masks_only: bool = False) -> dict:
+    """Baseline and the ``gates`` models of every setting for one seed.
+
+    ``masks_only``: mask scores only, no deletion or occlusion (the remedies' search).
+    """
     dm = ex.datamodule(budget, seed)
     out: dict[str, dict] = {}
     baseline_small = None
@@ -293,9 +313,10 @@ def run_gate_seed(budget: ex.Budget, seed: int, settings: tuple[str, ...], work:
                 baseline_small = base
         rows["baseline"] = {"accuracy": acc, "seconds": time.perf_counter() - t}
         models["baseline"] = base
-        for label, gate in GATES.items():
+        for label, gate in gates.items():
             t = time.perf_counter()
-            log_dir = work / f"{setting}_{label.split(' (')[0].replace(' ', '')}_seed{seed}"
+            name = label.split(' (')[0].replace(' ', '').replace('=', '').replace('+', '_')
+            log_dir = work / f"{setting}_{name}_seed{seed}"
             if setting == "frozen":
                 model, acc = ex.train_frozen_ersm(base, dm, budget, seed, False,
                                                   bias_init=0.0, **gate)
@@ -304,30 +325,45 @@ def run_gate_seed(budget: ex.Budget, seed: int, settings: tuple[str, ...], work:
                 model, acc = _train_inside(setting, dm, budget, seed, gate, log_dir)
                 first = _first_epoch(log_dir)
             row = {"accuracy": acc, "first_epoch": first}
-            row.update(ex.evaluate_ersm(model, dm, budget, seed, progress=False,
-                                        orderings=GATE_ORDERINGS))
+            if masks_only:
+                row["masks"] = ex.ersm_mask_scores(model, ex.eval_loader(dm))
+            else:
+                row.update(ex.evaluate_ersm(model, dm, budget, seed, progress=False,
+                                            orderings=GATE_ORDERINGS))
             row["seconds"] = time.perf_counter() - t
             rows[label], models[label] = row, model
             _log(f"  seed {seed} {setting} {label}: accuracy {acc:.3f}, keep "
                  f"{row['masks']['keep_ratio']:.3f}, {row['seconds']:.0f} s")
-        occ = ex.occlusion(models, dm, seed, progress=False)
-        for name, accs in occ["random"].items():
-            rows[name]["occlusion"] = dict(zip(map(str, DEFAULT_FRACTIONS), accs, strict=True))
+        if not masks_only:
+            occ = ex.occlusion(models, dm, seed, progress=False)
+            for name, accs in occ["random"].items():
+                rows[name]["occlusion"] = dict(zip(map(str, DEFAULT_FRACTIONS), accs,
+                                                   strict=True))
         out[setting] = rows
     return out
+
+
+def _budget_text(b: dict) -> str:
+    return (f"{b['num_train']} training images, {b['epochs']} epochs (frozen stage 2: "
+            f"{b['ersm_epochs']}), batch {b['batch_size']}, lr {b['lr']}, {b['num_test']} test "
+            f"images; deletion on {b['deletion_samples']} images, {b['deletion_steps']} steps")
 
 
 def gate_tables(results: dict) -> str:
     runs = results["runs"]
     n = len(runs)
-    b = results["budget"]
+    budgets = results.get("budgets") or {s: results["budget"] for s in results["settings"]}
+    texts = {s: _budget_text(b) for s, b in budgets.items()}
+    if len(set(texts.values())) == 1:
+        budget_line = ("Budget (2 shared CPU cores, smaller than the issue's): "
+                       f"{next(iter(texts.values()))}.")
+    else:
+        budget_line = "Budgets (2 shared CPU cores, smaller than the issue's): " + "; ".join(
+            f"{s}: {t}" for s, t in texts.items()) + "."
     lines = [f"ERSM gate (issue 20): the authors' soft mask vs ours, gate=\"hard\" (binary "
              f"mask in training and inference, straight-through gradient), beside the baseline. "
-             f"Cluttered digits, {n} seed(s), mean ± std. Budget (2 shared CPU cores, smaller "
-             f"than the issue's): {b['num_train']} training images, {b['epochs']} epochs "
-             f"(frozen stage 2: {b['ersm_epochs']}), batch {b['batch_size']}, "
-             f"{b['num_test']} test images; deletion on {b['deletion_samples']} images, "
-             f"{b['deletion_steps']} steps. λ = γ = 1e-3, T = 1, bias 0 for both gates. "
+             f"Cluttered digits, {n} seed(s), mean ± std. {budget_line} "
+             "λ = γ = 1e-3, T = 1 unless the row says, bias 0 for every gate. "
              "Keep = executed keep ratio; undecided = share of tokens with keep in (0.1, 0.9) "
              "of the executed map / of the soft keep sigmoid(−z/T), at the end (test) and after "
              "the first epoch (validation).", "",
@@ -353,8 +389,10 @@ def gate_tables(results: dict) -> str:
                     epoch1 = "not logged"
                 cells += [m("keep_ratio"), m("undecided"), m("soft_undecided"), epoch1,
                           m("iou"), m("pointing")]
-                cells += [_pm([r["deletion"]["auc"][o] for r in rs]) for o in GATE_ORDERINGS]
-            cells.append(_pm([r["occlusion"]["0.25"] for r in rs]))
+                cells += [_pm([r["deletion"]["auc"][o] for r in rs]) if "deletion" in rs[0]
+                          else "—" for o in GATE_ORDERINGS]
+            cells.append(_pm([r["occlusion"]["0.25"] for r in rs]) if "occlusion" in rs[0]
+                         else "—")
             lines.append(f"| {setting} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -384,6 +422,10 @@ def gate_goals(results: dict) -> list[str]:
                              f"({ex_u:.3f}; binary by construction); on the soft keep behind "
                              f"it {'held' if soft_u <= 0.1 else 'not held'} ({soft_u:.3f}).")
             point = mean(hard, "masks", "pointing")
+            if soft not in runs[0][setting]:
+                lines.append(f"- {tag}: pointing {point:.3f}, IoU "
+                             f"{mean(hard, 'masks', 'iou'):.3f} (the authors' soft not run).")
+                continue
             lines.append(f"- {tag}: pointing >= 0.9: {'held' if point >= 0.9 else 'not held'} "
                          f"({point:.3f}; authors' soft {mean(soft, 'masks', 'pointing'):.3f}).")
             iou_h, iou_s = mean(hard, "masks", "iou"), mean(soft, "masks", "iou")
@@ -399,12 +441,39 @@ def _dig(row: dict, path: tuple[str, ...]) -> float:
     return float(row)
 
 
+def merge_gate_parts(parts: list[dict]) -> dict:
+    """One result of several ``--gate --json`` runs: rows merged by seed and setting.
+
+    A part may hold other seeds, other settings or other gates of a setting
+    (e.g. a remedy's rows added beside the first run's); a row run twice keeps
+    the last part's. The parts that run one setting must share its budget
+    (``ValueError`` otherwise): the table gives one budget per setting.
+    """
+    seeds: list[int] = []
+    runs: dict[int, dict] = {}
+    budgets: dict[str, dict] = {}
+    gates: dict[str, dict] = {}
+    for part in parts:
+        gates.update(part.get("gates", {}))
+        for setting in part["settings"]:
+            budget = part.get("budgets", {}).get(setting, part["budget"])
+            if budgets.setdefault(setting, budget) != budget:
+                raise ValueError(f"the parts run {setting} with different budgets: "
+                                 f"{budgets[setting]} and {budget}")
+        for seed, run in zip(part["seeds"], part["runs"], strict=True):
+            if seed not in runs:
+                seeds.append(seed)
+                runs[seed] = {}
+            for setting, rows in run.items():
+                runs[seed].setdefault(setting, {}).update(rows)
+    settings = [s for s in GATE_SETTINGS if s in budgets]
+    return {**parts[0], "seeds": seeds, "runs": [runs[s] for s in seeds], "budgets": budgets,
+            "settings": settings, "gates": gates, "seconds": sum(p["seconds"] for p in parts)}
+
+
 def gate_main(args: argparse.Namespace) -> int:
     if args.from_json:
-        parts = [json.loads(p.read_text()) for p in args.from_json]
-        results = {**parts[0], "runs": [r for p in parts for r in p["runs"]],
-                   "seeds": [s for p in parts for s in p["seeds"]],
-                   "seconds": sum(p["seconds"] for p in parts)}
+        results = merge_gate_parts([json.loads(p.read_text()) for p in args.from_json])
     else:
         budget = ex.QUICK if args.quick else GATE_BUDGET
         if args.num_train:
@@ -415,17 +484,20 @@ def gate_main(args: argparse.Namespace) -> int:
         settings = tuple(args.settings)
         work = Path(args.work)
         start = time.perf_counter()
+        gates = {k: ALL_GATES[k] for k in args.gates}
         results = {"machine": machine(), "budget": budget.to_dict(), "seeds": seeds,
-                   "settings": list(settings), "gates": GATES, "runs": []}
+                   "budgets": {s: budget.to_dict() for s in settings},
+                   "settings": list(settings), "gates": gates, "masks_only": args.masks_only,
+                   "runs": []}
         for seed in seeds:
-            results["runs"].append(run_gate_seed(budget, seed, settings, work))
+            results["runs"].append(run_gate_seed(budget, seed, settings, work, gates,
+                                                 args.masks_only))
         results["seconds"] = time.perf_counter() - start
     results["goals"] = gate_goals(results)
     text = "\n".join([gate_tables(results), "", "Goals (issue 20, ours = gate=\"hard\"):",
                       *results["goals"], "",
                       f"({results['seconds'] / 60:.1f} min of runs, summed over the seeds' "
-                      "processes; "
-                      "`python benchmarks/results_ersm.py --gate`)"])
+                      f"processes; `{args.command}`)"])
     print(text)
     write_outputs(results, text, args.json, args.md)
     return 0
@@ -458,9 +530,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="issue 20: soft (authors') vs hard (ours) gate, beside the baseline")
     parser.add_argument("--settings", nargs="+", default=list(GATE_SETTINGS),
                         choices=GATE_SETTINGS, help="--gate: where ERSM goes")
+    parser.add_argument("--gates", nargs="+", default=list(GATES), choices=list(ALL_GATES),
+                        metavar="LABEL", help="--gate: the ERSM variants (default: "
+                        f"{list(GATES)}; remedies, ours: {list(REMEDIES)})")
+    parser.add_argument("--masks-only", action="store_true",
+                        help="--gate: mask scores only, no deletion or occlusion")
     parser.add_argument("--work", default="benchmarks/results/ersm_gate_logs",
                         help="--gate: folder of the training logs")
     args = parser.parse_args(argv)
+    args.command = shlex.join(["python", "benchmarks/results_ersm.py",
+                               *(sys.argv[1:] if argv is None else argv)])
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     if args.gate:
         return gate_main(args)

@@ -103,6 +103,12 @@ class ErsmSettings:
             adds (mean_i keep_i − ρ)² per image, averaged over the batch, to the
             regulariser, on the executed keep map (DynConv's sparsity loss,
             Verelst & Tuytelaars, CVPR 2020). Default: None.
+        gate_noise: ours, with ``gate="hard"`` only: σ >= 0, the scale of
+            logistic noise added to −z/T in training (straight-through
+            Gumbel-sigmoid, as DynConv): m = 1[−z/T + σ·g ≥ 0], g ~
+            Logistic(0, 1), gradient of sigmoid(−z/T + σ·g). Eval is
+            deterministic (no noise). 0: none, training executes the inference
+            mask. Default: 0.
     """
 
     token_size: int = 1
@@ -116,6 +122,7 @@ class ErsmSettings:
     check_finite: bool = True
     gate: str = "soft"
     keep_target: float | None = None
+    gate_noise: float = 0.0
 
     def __post_init__(self) -> None:
         _check_int("token_size", self.token_size)
@@ -132,10 +139,11 @@ class ErsmSettings:
             check_bool(name, getattr(self, name))
         _check_gate(self.gate)
         _check_keep_target(self.keep_target)
+        _check_gate_noise(self.gate_noise, self.gate)
         if self.keep_target is not None:
             object.__setattr__(self, "keep_target", float(self.keep_target))
         # plain Python values (checkpoints load safely, settings compare equal)
-        for name in ("lam", "gamma", "temperature", "bias_init", "eta"):
+        for name in ("lam", "gamma", "temperature", "bias_init", "eta", "gate_noise"):
             object.__setattr__(self, name, float(getattr(self, name)))
         object.__setattr__(self, "token_size", int(self.token_size))
         if grid is not None:
@@ -159,6 +167,26 @@ def _check_keep_target(keep_target: object) -> None:
         return
     _check_real("keep_target", keep_target, 0)
     check_range("keep_target", keep_target, "None or in [0, 1]", lambda v: v <= 1)
+
+
+def _check_gate_noise(gate_noise: object, gate: str) -> None:
+    _check_real("gate_noise", gate_noise, 0)
+    if gate_noise and gate != "hard":
+        raise ValueError(f"gate_noise (ours) applies to gate=\"hard\" only, but got gate={gate!r} "
+                         f"with gate_noise={gate_noise}; use gate=\"hard\" or gate_noise=0")
+
+
+def noisy_keep(logits: Tensor, temperature: float, gate_noise: float) -> Tensor:
+    """Ours: sigmoid(−z/T + σ·g), g ~ Logistic(0, 1) drawn from torch's global generator, (B, h, w).
+
+    The soft keep of the straight-through Gumbel-sigmoid (Jang et al. 2017,
+    arXiv 1611.01144; DynConv, Verelst & Tuytelaars, CVPR 2020); σ = 0 gives
+    sigmoid(−z/T).
+    """
+    if not gate_noise:
+        return torch.sigmoid(-logits / temperature)
+    u = torch.rand_like(logits).clamp_(1e-6, 1 - 1e-6)
+    return torch.sigmoid(-logits / temperature + gate_noise * (u.log() - (-u).log1p()))
 
 
 def straight_through_gate(keep: Tensor) -> Tensor:
@@ -232,6 +260,7 @@ def energy_mask_2d(
     forced_soft: bool = False,
     gate: str = ErsmSettings.gate,
     keep_target: float | None = ErsmSettings.keep_target,
+    gate_noise: float = ErsmSettings.gate_noise,
 ) -> EnergyMaskOutput:
     """Functional ERSM layer.
 
@@ -255,6 +284,9 @@ def energy_mask_2d(
             regulariser, in every mode. Default: ``"soft"``.
         keep_target: None or a budget ρ in [0, 1] (ours): R += mean_b (mean_i
             keep_i − ρ)². Default: None.
+        gate_noise: σ >= 0, with ``gate="hard"`` only (ours): the executed mask
+            is 1[−z/T + σ·g ≥ 0] with fresh logistic noise g (:func:`noisy_keep`);
+            the layer passes it in training only. Default: 0.
 
     Returns:
         :class:`EnergyMaskOutput`. The regulariser is computed from the keep map
@@ -266,14 +298,17 @@ def energy_mask_2d(
     _check_settings(lam, gamma, temperature, eta)
     _check_gate(gate)
     _check_keep_target(keep_target)
+    _check_gate_noise(gate_noise, gate)
     return _energy_mask_2d(x, weight, bias, token_size, lam, gamma, temperature, eta,
-                           forced_mask, hard, check_finite, forced_soft, gate, keep_target)
+                           forced_mask, hard, check_finite, forced_soft, gate, keep_target,
+                           float(gate_noise))
 
 
 def _energy_mask_2d(x: Tensor, weight: Tensor, bias: Tensor, token_size: int, lam: float,
                     gamma: float, temperature: float, eta: float, forced_mask: Tensor | None,
                     hard: bool, check_finite: bool, forced_soft: bool, gate: str,
-                    keep_target: float | None = None) -> EnergyMaskOutput:
+                    keep_target: float | None = None, gate_noise: float = 0.0,
+                    ) -> EnergyMaskOutput:
     """:func:`energy_mask_2d` with the settings already checked (the layer's path)."""
     _check_call(x, weight, bias, token_size)
     if x.numel() == 0:
@@ -282,7 +317,11 @@ def _energy_mask_2d(x: Tensor, weight: Tensor, bias: Tensor, token_size: int, la
     res = ersm_energy(x, weight, bias, token_size, lam, gamma, temperature)
     if check_finite:
         _check_finite(res.logits, weight, bias)
-    executed = straight_through_gate(res.keep) if gate == "hard" else res.keep
+    if gate == "hard":
+        keep = noisy_keep(res.logits, temperature, gate_noise) if gate_noise else res.keep
+        executed = straight_through_gate(keep)
+    else:
+        executed = res.keep
     energy = res.unary + res.pairwise
     regularizer = (executed * energy).mean()
     if eta:
@@ -474,6 +513,7 @@ class EnergyMask2d(nn.Module):
         res = _energy_mask_2d(
             x, self.weight, self.bias, s.token_size, s.lam, s.gamma, s.temperature, s.eta,
             self.forced_mask, hard, s.check_finite, self.forced_soft, s.gate, s.keep_target,
+            s.gate_noise if self.training else 0.0,
         )
         self.last_keep, self.last_logits = res.keep.detach(), res.logits.detach()
         self.last_unary, self.last_pairwise = res.unary.detach(), res.pairwise.detach()
@@ -494,6 +534,7 @@ class EnergyMask2d(nn.Module):
             f"temperature={self.temperature}, eta={self.eta}, {bias}, "
             f"hard_inference={self.hard_inference}, gate={self.gate!r}"
             + (f", keep_target={self.keep_target}" if self.keep_target is not None else "")
+            + (f", gate_noise={self.gate_noise}" if self.gate_noise else "")
         )
 
 
@@ -548,4 +589,4 @@ def collect_regularizer(model: nn.Module) -> Tensor | None:
 
 __all__ = ["GATES", "EnergyMask2d", "EnergyMaskOutput", "ErsmSettings", "collect_regularizer",
            "computing_energies", "energy_mask_2d", "energy_mask_2d_inference", "energy_mask_layers",
-           "forcing", "straight_through_gate"]
+           "forcing", "noisy_keep", "straight_through_gate"]

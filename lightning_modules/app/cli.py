@@ -139,7 +139,8 @@ def _train_parser(sub) -> None:
                    default=ERSM_DEFAULTS["gate"],
                    help="mask executed: soft (the authors', X * keep) or hard (ours, not the "
                    "authors': the binary mask 1[keep >= 0.5] in training too, straight-through "
-                   "gradient; docs/design.md section 3) (default: %(default)s)")
+                   "gradient; docs/design.md section 3; measured best with --ersm-temperature "
+                   "0.1, which spreads its logits) (default: %(default)s)")
 
     b = p.add_argument_group("PB-EDropout (patch-based energy dropout)")
     b.add_argument("--pbedropout", nargs="+", metavar="LAYER",

@@ -15,6 +15,7 @@ from energymask.ersm import (
     computing_energies,
     energy_mask_2d_inference,
     forcing,
+    noisy_keep,
     straight_through_gate,
 )
 from energymask.kernels import ErsmEnergy
@@ -592,3 +593,89 @@ def test_hard_gate_compiles_without_graph_breaks():
     (got, got_dx), (want, want_dx) = compiled_and_eager_layer(layer, x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got_dx, want_dx, rtol=1e-4, atol=1e-5)
+
+
+def test_gate_noise_binary_in_training_deterministic_in_eval():
+    """Ours: gate_noise draws a fresh binary mask per training forward (the noise can
+    flip tokens), and eval executes the deterministic 1[z <= 0]."""
+    torch.manual_seed(0)
+    layer = EnergyMask2d(3, bias_init=0.0, gate="hard", gate_noise=1.0)
+    x = torch.randn(4, 3, 6, 6)
+    out = layer(x)
+    keep = layer.last_keep
+    assert ((keep == 0) | (keep == 1)).all()
+    assert torch.equal(out, x * keep[:, None])
+    torch.testing.assert_close(layer.pop_regularizer(),
+                               (keep * layer.last_energy).mean())  # on the executed mask
+    assert not torch.equal(keep, (layer.last_logits <= 0).float())  # noise flipped some
+    layer.eval()
+    out_eval = layer(x)
+    assert torch.equal(layer.last_keep, (layer.last_logits <= 0).float())
+    assert torch.equal(layer(x), out_eval)
+
+
+def test_gate_noise_gradient_is_the_noisy_soft_keeps():
+    """The straight-through Gumbel-sigmoid against its definition: with the same noise
+    draw, the gradients equal those of sigmoid(−z/T + σg) with the binary value swapped
+    in; the noisy soft keep itself against finite differences (noise fixed)."""
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    torch.manual_seed(5)
+    res = energy_mask_2d(x, w, b, 1, 0.3, 0.2, 1.5, gate="hard", gate_noise=0.7)
+    got = torch.autograd.grad((res.output * g).sum() + res.regularizer, (x, w, b))
+    soft = energy_mask_2d(x, w, b, 1, 0.3, 0.2, 1.5)
+    torch.manual_seed(5)
+    u = torch.rand_like(soft.logits).clamp_(1e-6, 1 - 1e-6)
+    keep = torch.sigmoid(-soft.logits / 1.5 + 0.7 * torch.log(u / (1 - u)))
+    executed = (keep >= 0.5).double() + keep - keep.detach()
+    want = torch.autograd.grad((x * executed[:, None] * g).sum()
+                               + (executed * soft.energy).mean(), (x, w, b))
+    assert torch.equal(res.keep, (keep >= 0.5).double())
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a, e)
+    assert torch.equal(noisy_keep(soft.logits, 1.5, 0.0), torch.sigmoid(-soft.logits / 1.5))
+
+    def fixed_noise(w_, b_):
+        torch.manual_seed(5)
+        logits = energy_mask_2d(x.detach(), w_, b_, 1, 0.3, 0.2, 1.5).logits
+        return noisy_keep(logits, 1.5, 0.7)
+
+    assert torch.autograd.gradcheck(fixed_noise, (w, b))
+
+
+@pytest.mark.parametrize(("fields", "error", "match"), [
+    ({"gate": "hard", "gate_noise": -0.5}, ValueError, "gate_noise must be >= 0, but got -0.5"),
+    ({"gate": "hard", "gate_noise": INF}, ValueError, "gate_noise must be finite"),
+    ({"gate": "hard", "gate_noise": "1"}, TypeError,
+     "gate_noise must be a real number, but got '1'"),
+    ({"gate_noise": 1.0}, ValueError,
+     r"gate_noise \(ours\) applies to gate=\"hard\" only, but got gate='soft'"),
+])
+def test_bad_gate_noise(fields, error, match):
+    with pytest.raises(error, match=match):
+        EnergyMask2d(3, **fields)
+    with pytest.raises(error, match=match):
+        energy_mask_2d(torch.randn(1, 1, 2, 2), torch.ones(1), torch.tensor(0.0), **fields)
+
+
+def test_hard_gate_temperature_changes_the_gradient_not_the_mask():
+    """The remedy measured in docs/design.md §3 (ours: gate="hard" with T = 0.1): the
+    executed mask 1[z <= 0] is the same for every T; the gradient is the soft keep
+    sigmoid(−z/T)'s, checked against finite differences at T = 0.1."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
+    cold = energy_mask_2d(x, w, b, temperature=0.1, gate="hard")
+    warm = energy_mask_2d(x, w, b, temperature=1.0, gate="hard")
+    assert torch.equal(cold.keep, warm.keep) and torch.equal(cold.output, warm.output)
+    assert torch.equal(cold.keep, (cold.logits <= 0).double())
+    g = torch.randn(2, 4, 4, dtype=torch.float64)
+    got = torch.autograd.grad((cold.keep * g).sum(), (w, b), retain_graph=True)
+    want = torch.autograd.grad((torch.sigmoid(-cold.logits / 0.1) * g).sum(), (w, b))
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a, e)
+    assert torch.autograd.gradcheck(
+        lambda w_, b_: energy_mask_2d(x, w_, b_, temperature=0.1).keep, (w, b))

@@ -57,7 +57,7 @@ def test_checkpoint_from_before_the_gate_setting_loads_with_the_authors_gate(tmp
     state = torch.load(ckpt, weights_only=False)
     for key, value in state["callbacks"].items():
         if "ERSMCallback" in key:
-            for name in ("gate", "keep_target"):
+            for name in ("gate", "keep_target", "gate_noise"):
                 del value["settings"][name]
     torch.save(state, tmp_path / "old.ckpt")
     loaded = load_for_inference(tmp_path / "old.ckpt", ImageClassifier, model=net())

@@ -180,7 +180,7 @@ def test_state_dict_is_plain_and_checked():
     state = cb.state_dict()
     settings = dict(token_size=1, lam=0.5, gamma=1e-3, temperature=1.0, bias_init=6.0,
                     grid_size=None, eta=0.0, hard_inference=False, check_finite=True,
-                    gate="soft", keep_target=None)
+                    gate="soft", keep_target=None, gate_noise=0.0)
     assert state == {"kind": "ersm", "layers": ["features.2"], "settings": settings,
                      "channels": {"features.2": 8}}
     assert ersm_settings({"lam": 0.5}) == settings
