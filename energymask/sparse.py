@@ -134,12 +134,29 @@ def dilated_mask(mask: Tensor, stride: int, in_size: tuple[int, int]) -> Tensor:
     return F.max_pool2d(grid, 3, 1, 1)[:, 0, : in_size[0], : in_size[1]] > 0
 
 
-class SparseBlock(nn.Module):
-    """A :class:`MaskedBlock` run at its mask's positions only (eval; dense in training)."""
+#: Ours: a block runs dense (the masked computation, exact too) when the kept share
+#: of its output grid over the batch is at least this. Measured by
+#: ``python benchmarks/bench_sparse.py --crossover`` (results/sparse_crossover.json):
+#: see docs/design.md §11 for the per-block numbers.
+DENSE_THRESHOLD = 0.7
 
-    def __init__(self, masked: MaskedBlock) -> None:
+
+class SparseBlock(nn.Module):
+    """A :class:`MaskedBlock` run at its mask's positions only (eval; dense in training).
+
+    ``dense_threshold`` (ours): when the kept share of the block's output grid,
+    over the whole batch, is at least this, the block runs the dense masked
+    computation ``where(M_b, block(x), s(x))`` instead (sparse execution is then
+    slower than dense; :data:`DENSE_THRESHOLD`). None: always sparse.
+    """
+
+    def __init__(
+        self, masked: MaskedBlock, dense_threshold: float | None = DENSE_THRESHOLD
+    ) -> None:
         super().__init__()
         self.masked = masked
+        self.dense_threshold = dense_threshold
+        self.last_ran_dense = False
         self.pairs, _ = _plan(masked.block)
         self._folded: list[FoldedConv] | None = None
         self._versions: tuple[int, ...] = ()
@@ -177,6 +194,11 @@ class SparseBlock(nn.Module):
         x_cl = x.permute(0, 2, 3, 1)
         if not x_cl.is_contiguous():
             x_cl = x_cl.contiguous()
+        threshold = self.dense_threshold
+        self.last_ran_dense = threshold is not None and mask.float().mean().item() >= threshold
+        if self.last_ran_dense:
+            out, short = masked.block_and_shortcut(x)
+            return out if bool(mask.all()) else torch.where(mask[:, None], out, short)
         c_out = branch[-1].matrix.shape[1]
         if down is None:
             out = x_cl.clone()
@@ -206,12 +228,18 @@ class SparseBlock(nn.Module):
         return out.permute(0, 3, 1, 2)
 
 
-def sparsify(model: nn.Module, warn: bool = True) -> nn.Module:
+def sparsify(
+    model: nn.Module, warn: bool = True, dense_threshold: float | None = DENSE_THRESHOLD
+) -> nn.Module:
     """A copy of a masked-residual model that computes its blocks only where the mask is one.
 
     Args:
         model: a model made by :func:`energymask.masked_residual.masked_residual`.
         warn: warn once naming the blocks that run dense. Default: True.
+        dense_threshold: ours; a block whose kept share (its output grid, the
+            whole batch) is at least this runs the dense masked computation,
+            which is faster there (measured, :data:`DENSE_THRESHOLD`); None:
+            always sparse. Default: :data:`DENSE_THRESHOLD`.
 
     Returns:
         A deep copy in which every :class:`MaskedBlock` that can run sparsely is a
@@ -221,6 +249,12 @@ def sparsify(model: nn.Module, warn: bool = True) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, but got {type(model).__name__}")
+    if dense_threshold is not None and (
+        isinstance(dense_threshold, bool)
+        or not isinstance(dense_threshold, (int, float))
+        or not 0 < dense_threshold <= 1
+    ):
+        raise ValueError(f"dense_threshold must be None or in (0, 1], but got {dense_threshold!r}")
     blocks = {n: m for n, m in model.named_modules() if isinstance(m, MaskedBlock)}
     if not blocks:
         raise ValueError(
@@ -234,7 +268,8 @@ def sparsify(model: nn.Module, warn: bool = True) -> nn.Module:
         if why is None:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, SparseBlock(masked).train(masked.training))
+            block = SparseBlock(masked, dense_threshold).train(masked.training)
+            setattr(parent, child, block)
             report[name] = "sparse"
         else:
             report[name] = f"dense: {why}"
@@ -259,4 +294,4 @@ def sparse_copy(model: nn.Module, layer: str) -> tuple[nn.Module, nn.Module]:
     return sparse, point.module
 
 
-__all__ = ["SparseBlock", "dilated_mask", "sparse_copy", "sparsify"]
+__all__ = ["DENSE_THRESHOLD", "SparseBlock", "dilated_mask", "sparse_copy", "sparsify"]
