@@ -35,8 +35,9 @@ dense masked block at kept shares 0.5 .. 1.0 of its output grid: where sparse
 stops paying, the origin of ``energymask.sparse.DENSE_THRESHOLD``.
 ``--pools max nearest``: the mask at striding blocks max-pooled (the issue's)
 or its top-left cell (ours, ``pool="nearest"``), side by side, batch 1 and 32
-after ``layer2``, with the dense threshold on (``--dense-threshold``, "none":
-always sparse). ``--learned PATH``: the learned hard masks of
+after ``layer2``, blob masks and (batch 32) random ones, with the dense
+thresholds on (``--dense-threshold`` for stride-1 blocks, striding blocks at
+``STRIDING_DENSE_THRESHOLD``; "none": always sparse). ``--learned PATH``: the learned hard masks of
 ``results_sparse.py --save-masks`` (16x16, ResNet-18 at 64 px), resized
 (nearest) to the grid, as the mask kind ``learned``.
 """
@@ -124,6 +125,8 @@ def _models(after: str, device: str, pool: str = "max", threshold: float | None 
     torch.manual_seed(0)
     dense = torchvision.models.resnet50(weights=None).to(device).eval()
     masked = masked_residual(copy.deepcopy(dense), after, pool=pool)
+    if threshold is None:  # always sparse
+        return dense, sparsify(masked, dense_threshold=None, striding_dense_threshold=None).eval()
     return dense, sparsify(masked, dense_threshold=threshold).eval()
 
 
@@ -365,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for pool in args.pools or ["max"]:
             for batch in (1, 32):
-                kinds = ["learned"] if args.learned else ["blob"]
+                kinds = ["learned"] if args.learned else ["blob"] + ["random"] * (batch > 1)
                 for kind in kinds:
                     ks = [0.0] if kind == "learned" else [0.1, 0.3, 0.5, 0.7, 0.9]
                     rows += measure("layer2", batch, 1, kind, ks, batch == 1,

@@ -16,7 +16,9 @@ block's output mask is one:
 
 A block that cannot run this way (other activations, grouped or dilated
 convolutions, attention, anti-aliasing, an average-pool downsample) runs dense,
-named with its reason in ``model.sparse_report`` and a warning.
+named with its reason in ``model.sparse_report`` and a warning. Ours: a block
+whose kept share is at or above a measured threshold (:data:`DENSE_THRESHOLD`)
+runs the dense masked computation for that batch, where sparse is slower.
 """
 
 from __future__ import annotations
@@ -134,11 +136,20 @@ def dilated_mask(mask: Tensor, stride: int, in_size: tuple[int, int]) -> Tensor:
     return F.max_pool2d(grid, 3, 1, 1)[:, 0, : in_size[0], : in_size[1]] > 0
 
 
-#: Ours: a block runs dense (the masked computation, exact too) when the kept share
-#: of its output grid over the batch is at least this. Measured by
-#: ``python benchmarks/bench_sparse.py --crossover`` (results/sparse_crossover.json):
-#: see docs/design.md §11 for the per-block numbers.
-DENSE_THRESHOLD = 0.7
+#: Ours: a stride-1 block runs dense (the masked computation, exact too) when the
+#: kept share of its output grid over the batch is at least this. Measured with
+#: ``python benchmarks/bench_sparse.py --crossover`` (results/sparse_crossover.json,
+#: ResNet-50 224 px, 1 thread, blob masks): sparse / dense masked time of the
+#: stride-1 bottlenecks at batch 32 crosses 1 between 0.6 and 0.7 (layer3.1,
+#: 14x14: 0.97 at 0.6, 1.07 at 0.7, 1.17 at 0.8, 1.46 at 1.0) and near 0.9
+#: (layer4.1, 7x7: 0.94 at 0.8, 0.98 at 0.9, 1.13 at 1.0); at batch 1 sparse was
+#: not slower below 0.9 (noisy). 0.8 splits the two: docs/design.md §11.
+DENSE_THRESHOLD = 0.8
+#: Ours: the same for a striding block. Its sparse path also computes the
+#: downsample at kept positions only; measured (same run) it was faster than dense
+#: up to share 0.9 (layer3.0 batch 32: 0.94 at 0.9, 1.15 at 1.0; layer4.0: 0.98 at
+#: 1.0), so it runs dense only when every position is kept.
+STRIDING_DENSE_THRESHOLD = 1.0
 
 
 class SparseBlock(nn.Module):
@@ -147,12 +158,11 @@ class SparseBlock(nn.Module):
     ``dense_threshold`` (ours): when the kept share of the block's output grid,
     over the whole batch, is at least this, the block runs the dense masked
     computation ``where(M_b, block(x), s(x))`` instead (sparse execution is then
-    slower than dense; :data:`DENSE_THRESHOLD`). None: always sparse.
+    slower than dense; :data:`DENSE_THRESHOLD`). None: always sparse. ``last_ran_dense``
+    says what the last eval forward did.
     """
 
-    def __init__(
-        self, masked: MaskedBlock, dense_threshold: float | None = DENSE_THRESHOLD
-    ) -> None:
+    def __init__(self, masked: MaskedBlock, dense_threshold: float | None = None) -> None:
         super().__init__()
         self.masked = masked
         self.dense_threshold = dense_threshold
@@ -229,17 +239,22 @@ class SparseBlock(nn.Module):
 
 
 def sparsify(
-    model: nn.Module, warn: bool = True, dense_threshold: float | None = DENSE_THRESHOLD
+    model: nn.Module,
+    warn: bool = True,
+    dense_threshold: float | None = DENSE_THRESHOLD,
+    striding_dense_threshold: float | None = STRIDING_DENSE_THRESHOLD,
 ) -> nn.Module:
     """A copy of a masked-residual model that computes its blocks only where the mask is one.
 
     Args:
         model: a model made by :func:`energymask.masked_residual.masked_residual`.
         warn: warn once naming the blocks that run dense. Default: True.
-        dense_threshold: ours; a block whose kept share (its output grid, the
-            whole batch) is at least this runs the dense masked computation,
-            which is faster there (measured, :data:`DENSE_THRESHOLD`); None:
-            always sparse. Default: :data:`DENSE_THRESHOLD`.
+        dense_threshold: ours; a stride-1 block whose kept share (its output
+            grid, the whole batch) is at least this runs the dense masked
+            computation, faster there (measured, :data:`DENSE_THRESHOLD`);
+            None: always sparse. Default: :data:`DENSE_THRESHOLD` (0.8).
+        striding_dense_threshold: the same for striding blocks. Default:
+            :data:`STRIDING_DENSE_THRESHOLD` (1.0: dense only when all is kept).
 
     Returns:
         A deep copy in which every :class:`MaskedBlock` that can run sparsely is a
@@ -249,12 +264,12 @@ def sparsify(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, but got {type(model).__name__}")
-    if dense_threshold is not None and (
-        isinstance(dense_threshold, bool)
-        or not isinstance(dense_threshold, (int, float))
-        or not 0 < dense_threshold <= 1
-    ):
-        raise ValueError(f"dense_threshold must be None or in (0, 1], but got {dense_threshold!r}")
+    for name, value in (("dense_threshold", dense_threshold),
+                        ("striding_dense_threshold", striding_dense_threshold)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1
+        ):
+            raise ValueError(f"{name} must be None or in (0, 1], but got {value!r}")
     blocks = {n: m for n, m in model.named_modules() if isinstance(m, MaskedBlock)}
     if not blocks:
         raise ValueError(
@@ -268,7 +283,8 @@ def sparsify(
         if why is None:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            block = SparseBlock(masked, dense_threshold).train(masked.training)
+            threshold = dense_threshold if masked.stride == 1 else striding_dense_threshold
+            block = SparseBlock(masked, threshold).train(masked.training)
             setattr(parent, child, block)
             report[name] = "sparse"
         else:
@@ -294,4 +310,5 @@ def sparse_copy(model: nn.Module, layer: str) -> tuple[nn.Module, nn.Module]:
     return sparse, point.module
 
 
-__all__ = ["DENSE_THRESHOLD", "SparseBlock", "dilated_mask", "sparse_copy", "sparsify"]
+__all__ = ["DENSE_THRESHOLD", "STRIDING_DENSE_THRESHOLD", "SparseBlock", "dilated_mask",
+           "sparse_copy", "sparsify"]

@@ -9,7 +9,12 @@ import torchvision
 from torch import nn
 
 from energymask.masked_residual import masked_residual, masking, pool_mask
-from energymask.sparse import DENSE_THRESHOLD, SparseBlock, sparsify
+from energymask.sparse import (
+    DENSE_THRESHOLD,
+    STRIDING_DENSE_THRESHOLD,
+    SparseBlock,
+    sparsify,
+)
 from energymask.sparse_masks import blob_mask, random_mask
 
 KEEPS = [0.0, 0.1, 0.3, 0.5, 0.9, 1.0]
@@ -37,8 +42,8 @@ def pairs():
                     pool=pool,
                 )
                 # always sparse: the dense threshold is tested on its own below
-                found[arch, after, pool] = (dense, sparsify(dense, dense_threshold=None), size,
-                                            grid)
+                sparse = sparsify(dense, dense_threshold=None, striding_dense_threshold=None)
+                found[arch, after, pool] = (dense, sparse, size, grid)
     return found
 
 
@@ -65,7 +70,7 @@ def test_odd_grids_and_timm_blocks():
     x = torch.randn(2, 3, 72, 72)
     for pool in ("max", "nearest"):
         dense = masked_residual(copy.deepcopy(model), "layer2", pool=pool)
-        sparse = sparsify(dense, dense_threshold=None)
+        sparse = sparsify(dense, dense_threshold=None, striding_dense_threshold=None)
         assert set(sparse.sparse_report.values()) == {"sparse"}
         for keep in (0.2, 0.6):
             mask = blob_mask(2, (9, 9), keep)
@@ -115,8 +120,10 @@ def test_training_mode_is_the_dense_computation_and_weights_refold():
 def test_blocks_run_dense_from_the_threshold_and_stay_exact():
     # ours: per block and batch, kept share at the block's grid >= threshold -> dense
     dense = masked_residual(_calibrated(torchvision.models.resnet18(num_classes=3), 64), "layer2")
-    sparse = sparsify(dense, dense_threshold=0.5)
-    assert sparsify(dense).layer3[0].dense_threshold == DENSE_THRESHOLD
+    sparse = sparsify(dense, dense_threshold=0.5, striding_dense_threshold=0.5)
+    defaults = sparsify(dense)
+    assert defaults.layer3[1].dense_threshold == DENSE_THRESHOLD
+    assert defaults.layer3[0].dense_threshold == STRIDING_DENSE_THRESHOLD
     x = torch.randn(3, 3, 64, 64)
     names = ["layer3.0", "layer3.1", "layer4.0", "layer4.1"]
     seen_both = set()
@@ -132,8 +139,10 @@ def test_blocks_run_dense_from_the_threshold_and_stay_exact():
             assert ran_dense == bool(share >= 0.5), (keep, name, share)
             seen_both.add(ran_dense)
     assert seen_both == {True, False}
-    with pytest.raises(ValueError, match=r"dense_threshold must be None or in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"^dense_threshold must be None or in \(0, 1\]"):
         sparsify(dense, dense_threshold=1.5)
+    with pytest.raises(ValueError, match=r"striding_dense_threshold must be None or in"):
+        sparsify(dense, striding_dense_threshold=0)
 
 
 def test_refusals():
