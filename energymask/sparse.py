@@ -49,6 +49,7 @@ class FoldedConv:
                 weight.permute(2, 3, 1, 0).reshape(k * k * conv.in_channels, -1).contiguous()
             )
             self.bias = bias.contiguous()
+            self.weight = weight.contiguous()  # (C_out, C_in, k, k), for the dense path
         self.kernel = k
         self.stride = conv.stride[0]
         self.padding = conv.padding[0]
@@ -207,8 +208,7 @@ class SparseBlock(nn.Module):
         threshold = self.dense_threshold
         self.last_ran_dense = threshold is not None and mask.float().mean().item() >= threshold
         if self.last_ran_dense:
-            out, short = masked.block_and_shortcut(x)
-            return out if bool(mask.all()) else torch.where(mask[:, None], out, short)
+            return self._dense(x.contiguous(), mask, branch, down)
         c_out = branch[-1].matrix.shape[1]
         if down is None:
             out = x_cl.clone()
@@ -236,6 +236,20 @@ class SparseBlock(nn.Module):
                 y += _gather_conv(x_cl, kept, down)
             scatter_rows(out.view(-1, c_out), _flat(kept, (ho, wo), 0), y.relu_())
         return out.permute(0, 3, 1, 2)
+
+
+    @staticmethod
+    def _dense(x: Tensor, mask: Tensor, branch: list[FoldedConv], down: FoldedConv | None
+               ) -> Tensor:
+        """The dense masked computation with the folded convolutions (NCHW ``x``)."""
+        h = x
+        for i, conv in enumerate(branch):
+            h = F.conv2d(h, conv.weight, conv.bias, conv.stride, conv.padding)
+            if i < len(branch) - 1:
+                h = h.relu_()
+        short = x if down is None else F.conv2d(x, down.weight, down.bias, down.stride)
+        out = (h + short).relu_()
+        return out if bool(mask.all()) else torch.where(mask[:, None], out, short)
 
 
 def sparsify(
