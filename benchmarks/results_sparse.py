@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         run.update(evaluate(dense, masked, test, args))
         result["runs"].append(run)
         if args.save_masks and (target, pool) == saved_run:
-            torch.save(learned_masks(masked, test.images), args.save_masks)
+            torch.save(learned_masks(masked, test.images).bool(), args.save_masks)
         write_json(args.json, result)
     print(markdown(result))
     return 0
