@@ -12,8 +12,10 @@ feature map becomes ``x ⊙ M``; then every following residual block computes
     out = s(x) + M_b ⊙ (block(x) − s(x))      (as ``where(M_b, block(x), s(x))``)
 
 with ``s`` the block's shortcut (the identity, or its ``downsample`` where it
-strides) and ``M_b`` the mask at the block's output grid: max-pooled with
-kernel = stride = the block's stride (ceil mode) where it strides.
+strides) and ``M_b`` the mask at the block's output grid where it strides:
+max-pooled with kernel = stride = the block's stride (ceil mode; ``pool="max"``,
+the issue's), or, ours, ``pool="nearest"``: ``M[::s, ::s]``, the cell the
+downsample's 1x1 stride-s convolution reads (docs/design.md §11).
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ from torch import Tensor, nn
 
 from energymask.ersm import EnergyMask2d
 from energymask.surgery import InsertedAfter
+
+#: How the mask reaches a striding block's grid: "max" (an output position is
+#: computed when any cell of its s×s window is kept; the issue's) or "nearest"
+#: (ours: the window's top-left cell, the one a 1x1 stride-s downsample reads).
+POOLS = ("max", "nearest")
 
 
 def residual_block_types() -> tuple[type, ...]:
@@ -49,9 +56,11 @@ class MaskState:
     ERSM layer). ``mask``: the mask at the grid of the last block run (B, H, W),
     bool. ``fill``: in eval mode, the (C,) vector every masked position holds
     (zero at the mask point, the shortcut of it after a striding block).
+    ``pool``: one of :data:`POOLS`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pool: str = "max") -> None:
+        self.pool = pool
         self.given: Tensor | None = None
         self.mask: Tensor | None = None
         self.fill: Tensor | None = None
@@ -71,16 +80,53 @@ def block_stride(block: nn.Module) -> int:
     return stride
 
 
-def pool_mask(mask: Tensor, stride: int, size: tuple[int, int]) -> Tensor:
-    """Mask (B, H, W) bool at a block's output grid ``size``: max-pooled, kernel = stride, ceil."""
-    if stride > 1:
+def pool_mask(mask: Tensor, stride: int, size: tuple[int, int], pool: str = "max") -> Tensor:
+    """Mask (B, H, W) bool at a block's output grid ``size``.
+
+    ``pool="max"``: max-pooled, kernel = stride, ceil mode (an output position is
+    kept when any cell of its window is). ``pool="nearest"`` (ours):
+    ``mask[:, ::stride, ::stride]``, the top-left cell of each window.
+    """
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {list(POOLS)}, but got {pool!r}")
+    if stride > 1 and pool == "max":
         mask = F.max_pool2d(mask[:, None].float(), stride, stride, ceil_mode=True)[:, 0] > 0
+    elif stride > 1:
+        mask = mask[:, ::stride, ::stride]
     if tuple(mask.shape[-2:]) != tuple(size):
         raise ValueError(
             f"the mask pooled by stride {stride} has grid {tuple(mask.shape[-2:])}, but the "
             f"block outputs {tuple(size)}; the masked-residual semantics needs them equal"
         )
     return mask
+
+
+def nearest_refusal(block: nn.Module) -> str | None:
+    """Why ``pool="nearest"`` is not exact for a striding ``block`` (None: it is).
+
+    Masked outputs copy ``downsample(x)``; they hold the masked vector only if
+    the downsample reads, at output o, the single input cell stride·o, which
+    ``nearest`` keeps or masks with o. That holds for a 1x1 convolution with
+    stride s, no padding and no dilation, followed by per-position layers
+    (BatchNorm, Identity): torchvision's ``downsample`` and timm's default.
+    An average pool first (timm's ``avg_down``), a larger kernel or padding
+    reads the whole window and is refused.
+    """
+    down = getattr(block, "downsample", None)
+    if down is None or block_stride(block) == 1:
+        return None
+    parts = list(down.children()) if isinstance(down, nn.Sequential) else [down]
+    first, rest = parts[0], parts[1:]
+    if not isinstance(first, nn.Conv2d):
+        return f"the downsample starts with {type(first).__name__}, not a 1x1 convolution"
+    if first.kernel_size != (1, 1) or first.padding != (0, 0) or first.dilation != (1, 1):
+        return (f"the downsample convolution has kernel {first.kernel_size}, padding "
+                f"{first.padding}, dilation {first.dilation} (needs 1x1, 0, 1)")
+    per_position = (nn.BatchNorm2d, nn.Identity)
+    others = [type(m).__name__ for m in rest if not isinstance(m, per_position)]
+    if others:
+        return f"the downsample has {others} after its convolution (needs BatchNorm2d only)"
+    return None
 
 
 class MaskPoint(nn.Module):
@@ -149,7 +195,7 @@ class MaskedBlock(nn.Module):
     def next_mask(self, out_size: tuple[int, int]) -> Tensor:
         if self.state.mask is None:
             raise ValueError("a MaskedBlock ran before its MaskPoint: no mask is set")
-        mask = pool_mask(self.state.mask, self.stride, out_size)
+        mask = pool_mask(self.state.mask, self.stride, out_size, self.state.pool)
         self.state.mask = mask
         return mask
 
@@ -163,16 +209,35 @@ class MaskedBlock(nn.Module):
         self.state.fill = fill
         return fill
 
+    def block_and_shortcut(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(block(x), s(x))``, the downsample run once: its output is taken inside the block.
+
+        (Running it twice would cost a second 1x1 convolution and, in training,
+        update its BatchNorm's running statistics twice per step.)
+        """
+        down = getattr(self.block, "downsample", None)
+        if down is None:
+            return self.block(x), x
+        seen: list[Tensor] = []
+        handle = down.register_forward_hook(lambda _m, _i, out: seen.append(out))
+        try:
+            out = self.block(x)
+        finally:
+            handle.remove()
+        return out, seen[0] if len(seen) == 1 else down(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        out = self.block(x)
+        out, short = self.block_and_shortcut(x)
         mask = self.next_mask(tuple(out.shape[-2:]))
         self.next_fill()
         if bool(mask.all()):
             return out
-        return torch.where(mask[:, None], out, self.shortcut(x))
+        return torch.where(mask[:, None], out, short)
 
 
-def masked_residual(model: nn.Module, after: str, until: str | None = None) -> nn.Module:
+def masked_residual(
+    model: nn.Module, after: str, until: str | None = None, pool: str = "max"
+) -> nn.Module:
     """Make ``model`` a masked-residual model, in place; returns it.
 
     Args:
@@ -181,6 +246,10 @@ def masked_residual(model: nn.Module, after: str, until: str | None = None) -> n
             an ``InsertedAfter`` holding an ERSM layer).
         until: name of the last module whose blocks are masked (e.g. ``"layer3"``);
             None: every residual block after ``after`` (up to the head).
+        pool: the mask at a striding block's grid, one of :data:`POOLS`:
+            ``"max"`` (the issue's: max-pooled) or ``"nearest"`` (ours: the
+            top-left cell of each window; refused for a block whose downsample
+            reads more than that cell, see :func:`nearest_refusal`). Default: "max".
 
     The module ``after`` becomes a :class:`MaskPoint`, every residual block after
     it (up to ``until``) a :class:`MaskedBlock`; weights move under
@@ -189,6 +258,8 @@ def masked_residual(model: nn.Module, after: str, until: str | None = None) -> n
     block lies between the mask and the last block (its output would not be
     exact at masked positions).
     """
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {list(POOLS)}, but got {pool!r}")
     names = [n for n, _ in model.named_modules()]
     for arg, name in (("after", after), ("until", until)):
         if name is not None and name not in names:
@@ -224,7 +295,13 @@ def masked_residual(model: nn.Module, after: str, until: str | None = None) -> n
             f"modules with parameters outside residual blocks lie between {after!r} and the last "
             f"masked block: {strays}; give until= before them"
         )
-    state = MaskState()
+    if pool == "nearest":
+        refused = {n: why for n in blocks if (why := nearest_refusal(modules[n])) is not None}
+        if refused:
+            raise ValueError(
+                f"pool='nearest' is not exact for these blocks: {refused}; use pool='max'"
+            )
+    state = MaskState(pool)
     for name in blocks:
         _set_submodule(model, name, MaskedBlock(modules[name], state).train(modules[name].training))
     point = MaskPoint(modules[after], state).train(modules[after].training)
@@ -271,4 +348,5 @@ def masking(model: nn.Module, mask: Tensor | None) -> Iterator[nn.Module]:
         state.given = saved
 
 
-__all__ = ["MaskPoint", "MaskedBlock", "mask_point", "masked_residual", "masking", "pool_mask"]
+__all__ = ["POOLS", "MaskPoint", "MaskedBlock", "mask_point", "masked_residual", "masking",
+           "nearest_refusal", "pool_mask"]

@@ -16,7 +16,9 @@ block's output mask is one:
 
 A block that cannot run this way (other activations, grouped or dilated
 convolutions, attention, anti-aliasing, an average-pool downsample) runs dense,
-named with its reason in ``model.sparse_report`` and a warning.
+named with its reason in ``model.sparse_report`` and a warning. Ours: a block
+whose kept share is at or above a measured threshold (:data:`DENSE_THRESHOLD`)
+runs the dense masked computation for that batch, where sparse is slower.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class FoldedConv:
                 weight.permute(2, 3, 1, 0).reshape(k * k * conv.in_channels, -1).contiguous()
             )
             self.bias = bias.contiguous()
+            self.weight = weight.contiguous()  # (C_out, C_in, k, k), for the dense path
         self.kernel = k
         self.stride = conv.stride[0]
         self.padding = conv.padding[0]
@@ -134,12 +137,37 @@ def dilated_mask(mask: Tensor, stride: int, in_size: tuple[int, int]) -> Tensor:
     return F.max_pool2d(grid, 3, 1, 1)[:, 0, : in_size[0], : in_size[1]] > 0
 
 
-class SparseBlock(nn.Module):
-    """A :class:`MaskedBlock` run at its mask's positions only (eval; dense in training)."""
+#: Ours: a stride-1 block runs dense (the masked computation, exact too) when the
+#: kept share of its output grid over the batch is at least this. Measured with
+#: ``python benchmarks/bench_sparse.py --crossover`` (results/sparse_crossover.json,
+#: ResNet-50 224 px, 1 thread, blob masks): sparse / dense masked time of the
+#: stride-1 bottlenecks at batch 32 crosses 1 between 0.6 and 0.7 (layer3.1,
+#: 14x14: 0.97 at 0.6, 1.07 at 0.7, 1.17 at 0.8, 1.46 at 1.0) and near 0.9
+#: (layer4.1, 7x7: 0.94 at 0.8, 0.98 at 0.9, 1.13 at 1.0); at batch 1 sparse was
+#: not slower below 0.9 (noisy). 0.8 splits the two: docs/design.md §11.
+DENSE_THRESHOLD = 0.8
+#: Ours: the same for a striding block. Its sparse path also computes the
+#: downsample at kept positions only; measured (same run) it was faster than dense
+#: up to share 0.9 (layer3.0 batch 32: 0.94 at 0.9, 1.15 at 1.0; layer4.0: 0.98 at
+#: 1.0), so it runs dense only when every position is kept.
+STRIDING_DENSE_THRESHOLD = 1.0
 
-    def __init__(self, masked: MaskedBlock) -> None:
+
+class SparseBlock(nn.Module):
+    """A :class:`MaskedBlock` run at its mask's positions only (eval; dense in training).
+
+    ``dense_threshold`` (ours): when the kept share of the block's output grid,
+    over the whole batch, is at least this, the block runs the dense masked
+    computation ``where(M_b, block(x), s(x))`` instead (sparse execution is then
+    slower than dense; :data:`DENSE_THRESHOLD`). None: always sparse. ``last_ran_dense``
+    says what the last eval forward did.
+    """
+
+    def __init__(self, masked: MaskedBlock, dense_threshold: float | None = None) -> None:
         super().__init__()
         self.masked = masked
+        self.dense_threshold = dense_threshold
+        self.last_ran_dense = False
         self.pairs, _ = _plan(masked.block)
         self._folded: list[FoldedConv] | None = None
         self._versions: tuple[int, ...] = ()
@@ -177,6 +205,10 @@ class SparseBlock(nn.Module):
         x_cl = x.permute(0, 2, 3, 1)
         if not x_cl.is_contiguous():
             x_cl = x_cl.contiguous()
+        threshold = self.dense_threshold
+        self.last_ran_dense = threshold is not None and mask.float().mean().item() >= threshold
+        if self.last_ran_dense:
+            return self._dense(x.contiguous(), mask, branch, down)
         c_out = branch[-1].matrix.shape[1]
         if down is None:
             out = x_cl.clone()
@@ -206,12 +238,37 @@ class SparseBlock(nn.Module):
         return out.permute(0, 3, 1, 2)
 
 
-def sparsify(model: nn.Module, warn: bool = True) -> nn.Module:
+    @staticmethod
+    def _dense(x: Tensor, mask: Tensor, branch: list[FoldedConv], down: FoldedConv | None
+               ) -> Tensor:
+        """The dense masked computation with the folded convolutions (NCHW ``x``)."""
+        h = x
+        for i, conv in enumerate(branch):
+            h = F.conv2d(h, conv.weight, conv.bias, conv.stride, conv.padding)
+            if i < len(branch) - 1:
+                h = h.relu_()
+        short = x if down is None else F.conv2d(x, down.weight, down.bias, down.stride)
+        out = (h + short).relu_()
+        return out if bool(mask.all()) else torch.where(mask[:, None], out, short)
+
+
+def sparsify(
+    model: nn.Module,
+    warn: bool = True,
+    dense_threshold: float | None = DENSE_THRESHOLD,
+    striding_dense_threshold: float | None = STRIDING_DENSE_THRESHOLD,
+) -> nn.Module:
     """A copy of a masked-residual model that computes its blocks only where the mask is one.
 
     Args:
         model: a model made by :func:`energymask.masked_residual.masked_residual`.
         warn: warn once naming the blocks that run dense. Default: True.
+        dense_threshold: ours; a stride-1 block whose kept share (its output
+            grid, the whole batch) is at least this runs the dense masked
+            computation, faster there (measured, :data:`DENSE_THRESHOLD`);
+            None: always sparse. Default: :data:`DENSE_THRESHOLD` (0.8).
+        striding_dense_threshold: the same for striding blocks. Default:
+            :data:`STRIDING_DENSE_THRESHOLD` (1.0: dense only when all is kept).
 
     Returns:
         A deep copy in which every :class:`MaskedBlock` that can run sparsely is a
@@ -221,6 +278,12 @@ def sparsify(model: nn.Module, warn: bool = True) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, but got {type(model).__name__}")
+    for name, value in (("dense_threshold", dense_threshold),
+                        ("striding_dense_threshold", striding_dense_threshold)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1
+        ):
+            raise ValueError(f"{name} must be None or in (0, 1], but got {value!r}")
     blocks = {n: m for n, m in model.named_modules() if isinstance(m, MaskedBlock)}
     if not blocks:
         raise ValueError(
@@ -234,7 +297,9 @@ def sparsify(model: nn.Module, warn: bool = True) -> nn.Module:
         if why is None:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, SparseBlock(masked).train(masked.training))
+            threshold = dense_threshold if masked.stride == 1 else striding_dense_threshold
+            block = SparseBlock(masked, threshold).train(masked.training)
+            setattr(parent, child, block)
             report[name] = "sparse"
         else:
             report[name] = f"dense: {why}"
@@ -259,4 +324,5 @@ def sparse_copy(model: nn.Module, layer: str) -> tuple[nn.Module, nn.Module]:
     return sparse, point.module
 
 
-__all__ = ["SparseBlock", "dilated_mask", "sparse_copy", "sparsify"]
+__all__ = ["DENSE_THRESHOLD", "STRIDING_DENSE_THRESHOLD", "SparseBlock", "dilated_mask",
+           "sparse_copy", "sparsify"]

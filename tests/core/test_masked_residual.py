@@ -209,3 +209,62 @@ def test_a_learned_hard_gate_masks_the_blocks_and_trains():
     layer = model.layer2.module.layer
     assert set(layer.last_keep.unique().tolist()) <= {0.0, 1.0}
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+def test_nearest_pool_takes_the_cell_the_downsample_reads():
+    # ours, pool="nearest": M_b = M[::s, ::s]; masked outputs of a striding block read only
+    # masked cells, so every masked position holds one vector (docs/design.md §11)
+    mask = torch.zeros(1, 5, 5, dtype=torch.bool)
+    mask[0, 0, 1] = mask[0, 2, 2] = mask[0, 4, 4] = True  # ceil grid 5 -> 3
+    want = torch.zeros(1, 3, 3, dtype=torch.bool)
+    want[0, 1, 1] = want[0, 2, 2] = True
+    assert torch.equal(pool_mask(mask, 2, (3, 3), "nearest"), want)
+    assert pool_mask(mask, 2, (3, 3), "max")[0, 0, 0]  # max: the window of (0, 1) counts
+    model = masked_residual(_resnet18(), "layer2", pool="nearest").eval()
+    seen = {}
+    for name in ("layer3.0", "layer4.0"):
+        model.get_submodule(name).register_forward_hook(
+            lambda m, i, o, name=name: seen.update({name: (i[0], o)})
+        )
+    given = blob_mask(2, (8, 8), 0.4, seed=4)
+    with torch.no_grad(), masking(model, given):
+        model(torch.randn(2, 3, 64, 64))
+    m4 = given.bool()[:, ::2, ::2]
+    m2 = m4[:, ::2, ::2]
+    block = model.layer3[0].block
+    inp, out = seen["layer3.0"]
+    with torch.no_grad():
+        shortcut, dense = block.downsample(inp), block(inp)
+    off = ~m4[:, None].expand_as(out)
+    assert torch.equal(out[off], shortcut[off]) and torch.equal(out[~off], dense[~off])
+    for name, m in (("layer3.0", m4), ("layer4.0", m2)):
+        out = seen[name][1].permute(0, 2, 3, 1)[~m]  # (masked positions, C)
+        assert len(out) and torch.equal(out, out[:1].expand_as(out))  # one vector
+
+
+def test_nearest_pool_is_refused_where_the_downsample_reads_the_window():
+    import timm
+
+    model = timm.create_model("resnet18d", num_classes=3)  # avg-pool + 1x1 downsample
+    with pytest.raises(ValueError, match="pool='nearest' is not exact for these blocks.*AvgPool"):
+        masked_residual(model, "layer2", pool="nearest")
+    model = _resnet18()
+    model.layer3[0].downsample[0].padding = (1, 1)
+    with pytest.raises(ValueError, match=r"padding \(1, 1\).*needs 1x1, 0, 1"):
+        masked_residual(model, "layer2", pool="nearest")
+    model = _resnet18()
+    model.layer3[0].downsample.append(nn.ReLU())
+    with pytest.raises(ValueError, match=r"\['ReLU'\] after its convolution"):
+        masked_residual(model, "layer2", pool="nearest")
+    masked_residual(model, "layer2", pool="max")  # max pooling needs nothing of it
+    with pytest.raises(ValueError, match="pool must be one of"):
+        masked_residual(_resnet18(), "layer2", pool="mean")
+    with pytest.raises(ValueError, match="pool must be one of"):
+        pool_mask(torch.ones(1, 4, 4, dtype=torch.bool), 2, (2, 2), "mean")
+
+
+def test_the_downsample_runs_once_per_forward():
+    model = masked_residual(_resnet18(), "layer2").train()
+    with masking(model, blob_mask(2, (8, 8), 0.5)):
+        model(torch.randn(2, 3, 64, 64))
+    assert model.layer3[0].block.downsample[1].num_batches_tracked.item() == 1

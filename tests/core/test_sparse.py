@@ -8,8 +8,13 @@ import torch
 import torchvision
 from torch import nn
 
-from energymask.masked_residual import masked_residual, masking
-from energymask.sparse import SparseBlock, sparsify
+from energymask.masked_residual import masked_residual, masking, pool_mask
+from energymask.sparse import (
+    DENSE_THRESHOLD,
+    STRIDING_DENSE_THRESHOLD,
+    SparseBlock,
+    sparsify,
+)
 from energymask.sparse_masks import blob_mask, random_mask
 
 KEEPS = [0.0, 0.1, 0.3, 0.5, 0.9, 1.0]
@@ -30,19 +35,24 @@ def pairs():
     found = {}
     for arch, size in (("resnet18", 64), ("resnet50", 64)):
         for after, grid in (("layer1", 16), ("layer2", 8)):
-            torch.manual_seed(1)
-            dense = masked_residual(
-                _calibrated(getattr(torchvision.models, arch)(num_classes=7), size), after
-            )
-            found[arch, after] = (dense, sparsify(dense), size, grid)
+            for pool in ("max", "nearest"):
+                torch.manual_seed(1)
+                dense = masked_residual(
+                    _calibrated(getattr(torchvision.models, arch)(num_classes=7), size), after,
+                    pool=pool,
+                )
+                # always sparse: the dense threshold is tested on its own below
+                sparse = sparsify(dense, dense_threshold=None, striding_dense_threshold=None)
+                found[arch, after, pool] = (dense, sparse, size, grid)
     return found
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 @pytest.mark.parametrize("after", ["layer1", "layer2"])
 @pytest.mark.parametrize("make", [random_mask, blob_mask])
-def test_sparse_equals_dense_masked(pairs, arch, after, make):
-    dense, sparse, size, grid = pairs[arch, after]
+@pytest.mark.parametrize("pool", ["max", "nearest"])
+def test_sparse_equals_dense_masked(pairs, arch, after, make, pool):
+    dense, sparse, size, grid = pairs[arch, after, pool]
     assert set(sparse.sparse_report.values()) == {"sparse"}
     for batch in (1, 3):  # per-sample masks differ
         x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
@@ -57,14 +67,15 @@ def test_odd_grids_and_timm_blocks():
     model = _calibrated(
         timm.create_model("resnet26", num_classes=3), 72
     )  # layer2 9x9 -> 5x5 -> 3x3
-    dense = masked_residual(model, "layer2")
-    sparse = sparsify(dense)
-    assert set(sparse.sparse_report.values()) == {"sparse"}
     x = torch.randn(2, 3, 72, 72)
-    for keep in (0.2, 0.6):
-        mask = blob_mask(2, (9, 9), keep)
-        with torch.no_grad(), masking(dense, mask), masking(sparse, mask):
-            assert torch.allclose(sparse(x), dense(x), atol=1e-5, rtol=0)
+    for pool in ("max", "nearest"):
+        dense = masked_residual(copy.deepcopy(model), "layer2", pool=pool)
+        sparse = sparsify(dense, dense_threshold=None, striding_dense_threshold=None)
+        assert set(sparse.sparse_report.values()) == {"sparse"}
+        for keep in (0.2, 0.6):
+            mask = blob_mask(2, (9, 9), keep)
+            with torch.no_grad(), masking(dense, mask), masking(sparse, mask):
+                assert torch.allclose(sparse(x), dense(x), atol=1e-5, rtol=0)
 
 
 def test_blocks_it_cannot_run_sparsely_run_dense_and_are_named():
@@ -104,6 +115,34 @@ def test_training_mode_is_the_dense_computation_and_weights_refold():
                 setattr(ref.get_submodule(parent), child, m.masked)
         with masking(sparse, mask), masking(ref, mask):
             assert torch.allclose(sparse(x), ref(x), atol=1e-5, rtol=0)
+
+
+def test_blocks_run_dense_from_the_threshold_and_stay_exact():
+    # ours: per block and batch, kept share at the block's grid >= threshold -> dense
+    dense = masked_residual(_calibrated(torchvision.models.resnet18(num_classes=3), 64), "layer2")
+    sparse = sparsify(dense, dense_threshold=0.5, striding_dense_threshold=0.5)
+    defaults = sparsify(dense)
+    assert defaults.layer3[1].dense_threshold == DENSE_THRESHOLD
+    assert defaults.layer3[0].dense_threshold == STRIDING_DENSE_THRESHOLD
+    x = torch.randn(3, 3, 64, 64)
+    names = ["layer3.0", "layer3.1", "layer4.0", "layer4.1"]
+    seen_both = set()
+    for keep in (0.1, 0.3, 0.5, 0.9):
+        mask = random_mask(3, (8, 8), keep, seed=7)
+        with torch.no_grad(), masking(dense, mask), masking(sparse, mask):
+            assert torch.allclose(sparse(x), dense(x), atol=1e-5, rtol=0)
+        m4 = pool_mask(mask.bool(), 2, (4, 4))
+        m2 = pool_mask(m4, 2, (2, 2))
+        shares = [m4.float().mean(), m4.float().mean(), m2.float().mean(), m2.float().mean()]
+        for name, share in zip(names, shares, strict=True):
+            ran_dense = sparse.get_submodule(name).last_ran_dense
+            assert ran_dense == bool(share >= 0.5), (keep, name, share)
+            seen_both.add(ran_dense)
+    assert seen_both == {True, False}
+    with pytest.raises(ValueError, match=r"^dense_threshold must be None or in \(0, 1\]"):
+        sparsify(dense, dense_threshold=1.5)
+    with pytest.raises(ValueError, match=r"striding_dense_threshold must be None or in"):
+        sparsify(dense, striding_dense_threshold=0)
 
 
 def test_refusals():
