@@ -60,8 +60,9 @@ def test_ours_gate_hard_beside_the_authors_soft_gate(run):
     layers = {key: metrics["models"][key]["ersm"]["backbone.layer2.layer"]
               for key in ("ersm_inside", "ersm_inside_hard")}
     assert layers["ersm_inside"]["gate"] == "soft" and layers["ersm_inside_hard"]["gate"] == "hard"
-    for name in ("lam", "gamma", "temperature", "token_grid"):  # the same settings
+    for name in ("lam", "gamma", "token_grid"):  # the same settings but T
         assert layers["ersm_inside"][name] == layers["ersm_inside_hard"][name]
+    assert layers["ersm_inside_hard"]["temperature"] == demo.HARD_GATE["temperature"] == 0.1
     # Ours executes a binary mask: no token is undecided, no entropy.
     assert metrics["ersm_inside_hard"]["masks"]["undecided"] == 0.0
     assert metrics["ersm_inside_hard"]["masks"]["entropy"] == 0.0
@@ -69,7 +70,8 @@ def test_ours_gate_hard_beside_the_authors_soft_gate(run):
     acc = metrics["test_accuracy"]["ersm_inside_hard"]
     assert f"| ersm_inside_hard (ours) | {acc:.3f} |" in report
     assert "gate hard (ours)" in report and "gate soft (the authors')" in report
-    assert "Middle, the authors' soft gate (ersm_inside)" in report
+    assert "Middle, the authors' soft gate (ersm_inside, T = 1)" in report
+    assert "Right, ours, gate='hard' (ersm_inside_hard, T = 0.1)" in report
 
 
 def test_report_table_shows_the_numbers(run):

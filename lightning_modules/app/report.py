@@ -82,9 +82,9 @@ MODELS = {
     "frozen_ersm": "the authors' protocol: ERSM between the baseline's frozen backbone and "
                    "its head (ERSM and head trained)",
     "ersm_inside": "small_cnn with ERSM after layer2 (ERSMCallback), trained from scratch",
-    "ersm_inside_hard": "ours, not the authors': as ersm_inside with gate='hard', the binary "
-                        "mask 1[keep >= 0.5] executed in training as in inference "
-                        "(straight-through gradient)",
+    "ersm_inside_hard": "ours, not the authors': as ersm_inside with gate='hard' at T = 0.1, "
+                        "the binary mask 1[keep >= 0.5] executed in training as in "
+                        "inference (straight-through gradient)",
     "none": "shallow_cnn, no dropout (the regularisers' reference)",
     "dropout": "shallow_cnn with nn.Dropout after layer2",
     "dropout2d": "shallow_cnn with nn.Dropout2d after layer2",
@@ -95,7 +95,8 @@ MODELS = {
 ERSM_MODELS = ("frozen_ersm", "ersm_inside", "ersm_inside_hard")
 #: The models that are ours, not the papers' authors' (labelled "(ours)" in every table),
 #: and what makes them ours; written into ``metrics.json`` as ``"ours"``.
-OURS = {"ersm_inside_hard": "ERSM with gate='hard': the executed binary mask in training"}
+OURS = {"ersm_inside_hard": "ERSM with gate='hard' at T = 0.1: the executed binary mask "
+                            "in training"}
 #: The model each one is compared with in the accuracy table.
 REFERENCE = {"frozen_ersm": "baseline", "ersm_inside": "baseline",
              "ersm_inside_hard": "baseline", "dropout": "none",
@@ -411,20 +412,25 @@ def caption(name: str, metrics: dict[str, Any]) -> str:
 
 def _soft_vs_hard_caption(metrics: dict[str, Any]) -> str:
     """The caption of the soft-beside-hard figure: one sentence on each map, with its
-    mean keep over the test split where the run measured it."""
+    temperature and its mean keep over the test split where the run recorded them."""
     def keep(key: str) -> str:
         masks = metrics.get(key, {}).get("masks", {})
         return f" (mean keep {_fmt(masks['keep_ratio'])} over the test split)" \
             if "keep_ratio" in masks else ""
 
-    return ("ERSM after layer2 of small_cnn, the same test images, data, seed and settings "
+    def temperature(key: str) -> str:
+        layers = metrics.get("models", {}).get(key, {}).get("ersm", {})
+        values = {layer.get("temperature") for layer in layers.values()} - {None}
+        return f", T = {values.pop():g}" if len(values) == 1 else ""
+
+    return ("ERSM after layer2 of small_cnn, the same test images, data and seed "
             "(red outline: the digit; pred: each model's class, red when wrong; one 0 to 1 "
-            "colour scale). Middle, the authors' soft gate (ersm_inside): the keep "
-            "probability sigmoid(-z / T) that multiplies each token, so every token passes "
-            f"dimmed, none is skipped{keep('ersm_inside')}. Right, ours, gate='hard' "
-            "(ersm_inside_hard): the binary mask 1[keep >= 0.5] that the layer executes in "
-            "training as in inference, each token passed whole or zeroed"
-            f"{keep('ersm_inside_hard')}.")
+            f"colour scale). Middle, the authors' soft gate (ersm_inside{temperature('ersm_inside')}): "
+            "the keep probability sigmoid(-z / T) that multiplies each token, so every token "
+            f"passes dimmed, none is skipped{keep('ersm_inside')}. Right, ours, gate='hard' "
+            f"(ersm_inside_hard{temperature('ersm_inside_hard')}): the binary mask "
+            "1[keep >= 0.5] that the layer executes in training as in inference, each token "
+            f"passed whole or zeroed{keep('ersm_inside_hard')}.")
 
 
 def _table(header: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
