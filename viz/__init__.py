@@ -22,7 +22,12 @@ from .curves import (  # noqa: E402
     plot_occlusion_placements,
 )
 from .energies import plot_energy_maps  # noqa: E402
-from .masks import plot_ema_masks, plot_keep_masks, plot_mask_grid  # noqa: E402
+from .masks import (  # noqa: E402
+    plot_ema_masks,
+    plot_keep_comparison,
+    plot_keep_masks,
+    plot_mask_grid,
+)
 from .training import (  # noqa: E402
     matching_metrics,
     plot_training_log,
@@ -35,6 +40,7 @@ __all__ = [
     "plot_curves",
     "plot_ema_masks",
     "plot_energy_maps",
+    "plot_keep_comparison",
     "plot_keep_masks",
     "plot_mask_grid",
     "plot_occlusion",

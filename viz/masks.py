@@ -1,5 +1,6 @@
-"""Mask figures: ERSM keep maps (on their own, over the image, applied to it) and
-PB-EDropout keep frequencies per channel.
+"""Mask figures: ERSM keep maps (on their own, over the image, applied to it), two or
+more models' keep maps side by side on the same images, and PB-EDropout keep
+frequencies per channel.
 
 Keep values are probabilities, so keep maps are drawn on [0, 1] by default: a
 map between 0.480 and 0.491 looks uniformly half kept, as it is, not half kept
@@ -25,7 +26,7 @@ from energymask.mask_quality import small_grid_warning as warn_small_grid
 from ._common import as_image, new_axes, to_numpy, upsample
 from ._common import data_range as data_range_of
 
-__all__ = ["plot_mask_grid", "plot_keep_masks", "plot_ema_masks"]
+__all__ = ["plot_mask_grid", "plot_keep_comparison", "plot_keep_masks", "plot_ema_masks"]
 
 CMAP = "viridis"
 
@@ -49,10 +50,14 @@ def _scale_label(what: str, note: str) -> str:
     return f"{what} ({note or '0 to 1'})"
 
 
+def _class_name(v, names) -> str:
+    return str(names[int(v)]) if names is not None else str(int(v))
+
+
 def _labels_title(labels, predictions, i: int, names) -> tuple[str, str]:
     """``("true 3 · pred 5", colour)`` for row ``i``; red when the prediction is wrong."""
     def name(v) -> str:
-        return str(names[int(v)]) if names is not None else str(int(v))
+        return _class_name(v, names)
 
     parts, colour = [], "black"
     if labels is not None:
@@ -149,6 +154,89 @@ def plot_mask_grid(images, keep_maps, object_masks=None, labels=None, prediction
     bar.ax.tick_params(labelsize=7)
     if small:
         fig.supxlabel(f"Warning: {small}", fontsize=7, color="darkred")
+    return fig, ax
+
+
+def plot_keep_comparison(images, keep_maps: dict, object_masks=None, labels=None,
+                         predictions: dict | None = None, axes=None, max_rows: int = 8,
+                         class_names=None):
+    """One row per image: the image, then each model's keep map of it, on one [0, 1] scale.
+
+    For comparing masks on the same images, e.g. the authors' soft ERSM keep map
+    (a dimmed map) beside ours with ``gate="hard"`` (the executed binary mask).
+    Every map is upsampled to the image by nearest neighbour and shares one
+    colour bar on [0, 1], so a dimmed map looks dimmed and a binary one shows
+    its two colours. The object outline (red) is drawn on every panel; under each
+    map: the model's predicted class (red when wrong) and the map's mean keep
+    ("binary" when every value is 0 or 1). Warns when a token grid is smaller
+    than 4x4 (:func:`warn_small_grid`).
+
+    Args:
+        images: (B, C, H, W) with C in {1, 3}, values in [0, 1].
+        keep_maps: column title -> (B, h, w) keep map on the token grid, values
+            in [0, 1] (e.g. ``EnergyMask2d.last_keep`` of each model).
+        object_masks: optional (B, 1, H, W) ground-truth masks, drawn as a contour.
+        labels: optional (B,) true classes, over the image.
+        predictions: optional column title (of ``keep_maps``) -> (B,) predicted
+            classes of that model, under its map (red when wrong).
+        axes: optional (rows, 1 + len(keep_maps)) axes. Default: a new figure.
+        max_rows: at most this many images. Default: 8.
+        class_names: optional names indexed by class. Default: the class numbers.
+
+    Returns:
+        ``(fig, axes)`` with ``axes`` of shape (rows, 1 + len(keep_maps)).
+    """
+    imgs = to_numpy(images)
+    if imgs.ndim != 4 or not keep_maps:
+        raise ValueError(f"images must be (B, C, H, W) and keep_maps a non-empty dict, but got "
+                         f"{imgs.shape} and {len(keep_maps)} maps")
+    n = imgs.shape[0]
+    keeps = {name: to_numpy(k) for name, k in keep_maps.items()}
+    for name, k in keeps.items():
+        if k.ndim != 3 or k.shape[0] != n:
+            raise ValueError(f"keep_maps[{name!r}] must be ({n}, h, w), but got {k.shape}")
+    predictions = dict(predictions or {})
+    unknown = sorted(set(predictions) - set(keeps))
+    if unknown:
+        raise ValueError(f"predictions must be keyed by keep_maps' titles {list(keeps)}, "
+                         f"but got {unknown}")
+    labels = _check_labels(labels, n, "labels")
+    predictions = {name: _check_labels(p, n, f"predictions[{name!r}]")
+                   for name, p in predictions.items()}
+    for name, k in keeps.items():
+        warn_small_grid(k.shape, f"keep map of {name}")
+    rows = min(n, max_rows)
+    fig, ax = new_axes(rows, 1 + len(keeps), scale=2.2, axes=axes)
+    norm = Normalize(0.0, 1.0)
+    size = imgs.shape[-2:]
+    for i in range(rows):
+        img = as_image(imgs[i])
+        obj = None if object_masks is None else to_numpy(object_masks[i]).reshape(size)
+        ax[i, 0].imshow(img, cmap=None if img.ndim == 3 else "gray", vmin=0, vmax=1)
+        text, colour = _labels_title(labels, None, i, class_names)
+        ax[i, 0].set_title((("image\n" if i == 0 else "") + text).strip(), fontsize=8,
+                           color=colour)
+        for j, (name, k) in enumerate(keeps.items(), start=1):
+            ax[i, j].imshow(upsample(k[i], size), cmap=CMAP, norm=norm)
+            binary = bool(np.isin(k[i], (0.0, 1.0)).all())
+            text, colour = f"mean keep {k[i].mean():.2f}" + (", binary" if binary else ""), "black"
+            if name in predictions:
+                text = f"pred {_class_name(predictions[name][i], class_names)} · {text}"
+                if labels is not None and labels[i] != predictions[name][i]:
+                    colour = "red"
+            ax[i, j].set_xlabel(text, fontsize=7, color=colour)
+            if i == 0:
+                ax[i, j].set_title(name, fontsize=8)
+        if obj is not None:
+            for a in ax[i]:
+                a.contour(obj, levels=[0.5], colors="r", linewidths=0.8)
+    for a in ax.flat:
+        a.set_xticks([])
+        a.set_yticks([])
+    bar = fig.colorbar(ScalarMappable(norm, CMAP), ax=list(ax.flat), shrink=min(0.5, 2.5 / rows),
+                       aspect=25, location="right")
+    bar.set_label(_scale_label("keep", ""), fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     return fig, ax
 
 

@@ -5,7 +5,10 @@ Trains (recipes of :mod:`energymask.lightning_modules.app.recipes`):
 1. a baseline ``small_cnn``;
 2. the authors' frozen-backbone protocol: ERSM on the baseline's frozen features;
 3. ``small_cnn`` with ERSM inside the backbone (after ``layer2``, via ``ERSMCallback``);
-4. ``shallow_cnn`` with no dropout, with ``nn.Dropout2d`` and with PB-EDropout
+4. ours, not the authors': the same with ``gate="hard"`` (the binary mask that
+   inference executes, also in training) at T = 0.1 (the remedy of the logits'
+   narrow range, docs/design.md §3); same data, seed and other settings as 3;
+5. ``shallow_cnn`` with no dropout, with ``nn.Dropout2d`` and with PB-EDropout
    (``PBEDropoutCallback``);
 
 then runs the deletion test (five orderings), structured occlusion and mask
@@ -14,7 +17,8 @@ quality, and writes to the run folder::
     report.md        a report that stands alone (:mod:`.report`): claims' verdicts,
                      metric definitions, settings, tables, captioned figures, machine
     metrics.json     every number of the report, and the settings
-    figures/*.png    masks, energies, deletion curves, occlusion, EMA masks, training log
+    figures/*.png    masks, energies, deletion curves, occlusion, EMA masks, training log,
+                     the authors' soft keep map beside ours (gate="hard") on the same images
     logs/            the Lightning log of the ERSM-inside run
 """
 
@@ -36,15 +40,20 @@ from energymask.viz import (
     plot_curves,
     plot_ema_masks,
     plot_energy_maps,
+    plot_keep_comparison,
     plot_mask_grid,
     plot_occlusion_placements,
     plot_training_log,
 )
 
 from . import recipes as ex
-from .report import deletion_results, machine, model_settings, write_report
+from .report import ERSM_MODELS, OURS, deletion_results, machine, model_settings, write_report
 from .runs import save_figure, write_atomic
 from .settings import ERSM_SETTINGS  # the authors' λ, γ, T with the application's bias
+
+#: Ours: the binary gate at T = 0.1, the setting that selects inside ``small_cnn``
+#: (docs/design.md §3, benchmarks/results/ersm_gate.md).
+HARD_GATE = {"gate": "hard", "temperature": 0.1}
 
 
 def _say(progress: bool, text: str) -> None:
@@ -59,7 +68,8 @@ def _save(fig, path: Path) -> str:
 
 def _figures(out: Path, dm, models: dict[str, torch.nn.Module], results: dict[str, Any]
              ) -> list[str]:
-    """Masks and energies of both ERSM models, curves, EMA masks, training log."""
+    """Masks and energies of the authors' ERSM models, curves, EMA masks, training log, and
+    the authors' soft keep map beside ours (gate="hard") on the same images."""
     fig_dir = out / "figures"
     x, y, obj = next(iter(ex.eval_loader(dm, 6)))
     chance = 1.0 / dm.num_classes
@@ -82,6 +92,7 @@ def _figures(out: Path, dm, models: dict[str, torch.nn.Module], results: dict[st
             fig, _ = plot_curves(deletion, title=f"deletion test: {key}", protocol=protocol,
                                  clean=results["test_accuracy"][key], chance=chance)
             names.append(_save(fig, fig_dir / f"deletion_{key}{suffix}.png"))
+    names.append(_save(_soft_vs_hard(models, x, y, obj), fig_dir / "ersm_soft_vs_hard.png"))
     fig, _ = plot_occlusion_placements(results["occlusion_placements"], results["occlusion"],
                                        chance=chance, patch_size=ex.OCCLUSION_PATCH_SIZE)
     names.append(_save(fig, fig_dir / "occlusion.png"))
@@ -95,6 +106,22 @@ def _figures(out: Path, dm, models: dict[str, torch.nn.Module], results: dict[st
     fig.suptitle("ersm_inside: training (ERSM after layer2)")
     names.append(_save(fig, fig_dir / "training_ersm_inside.png"))
     return names
+
+
+def _soft_vs_hard(models: dict[str, torch.nn.Module], x, y, obj):
+    """The authors' soft keep map (ersm_inside) beside ours, gate="hard" (ersm_inside_hard)."""
+    keeps, predictions = {}, {}
+    for key, title in (("ersm_inside", "authors' soft keep:\ndimmed"),
+                       ("ersm_inside_hard", "ours, gate='hard', T=0.1:\nexecuted binary mask")):
+        model = models[key]
+        ((_, layer),) = energy_mask_layers(model).items()
+        with torch.no_grad():
+            predictions[title] = model(x).argmax(-1)
+        keeps[title] = layer.last_keep
+    fig, _ = plot_keep_comparison(x, keeps, obj, labels=y, predictions=predictions, max_rows=6)
+    fig.suptitle("ERSM after layer2 of small_cnn, same images, data, seed and settings",
+                 fontsize=9)
+    return fig
 
 
 def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, progress: bool = True) -> dict:
@@ -132,27 +159,31 @@ def _run(out: Path, quick: bool, seed: int, progress: bool) -> dict:
     models: dict[str, torch.nn.Module] = {}
     accuracy: dict[str, float] = {}
 
-    _say(progress, "1/5 baseline small_cnn")
+    _say(progress, "1/6 baseline small_cnn")
     models["baseline"], accuracy["baseline"] = ex.train_baseline(dm, budget, seed, progress)
-    _say(progress, "2/5 authors' protocol: ERSM on the frozen baseline backbone")
+    _say(progress, "2/6 authors' protocol: ERSM on the frozen baseline backbone")
     models["frozen_ersm"], accuracy["frozen_ersm"] = ex.train_frozen_ersm(
         models["baseline"], dm, budget, seed, progress, **ERSM_SETTINGS)
-    _say(progress, "3/5 ERSM inside the backbone (after layer2), ERSMCallback")
+    _say(progress, "3/6 ERSM inside the backbone (after layer2), ERSMCallback")
     models["ersm_inside"], accuracy["ersm_inside"] = ex.train_ersm_inside(
         dm, budget, seed, progress=progress, log_dir=out / "logs", **ERSM_SETTINGS)
-    _say(progress, "4/5 shallow_cnn with no dropout, Dropout2d and PB-EDropout")
+    _say(progress, "4/6 ours: ERSM inside with gate='hard', T = 0.1 (the executed binary mask)")
+    models["ersm_inside_hard"], accuracy["ersm_inside_hard"] = ex.train_ersm_inside(
+        dm, budget, seed, progress=progress, **{**ERSM_SETTINGS, **HARD_GATE})
+    _say(progress, "5/6 shallow_cnn with no dropout, Dropout2d and PB-EDropout")
     for kind in ("none", "dropout2d", "pbedropout"):
         models[kind], accuracy[kind] = ex.train_regularised(dm, budget, seed, kind,
                                                             progress=progress)
 
     timings = {"training": time.perf_counter() - start}
-    _say(progress, "5/5 deletion test, occlusion, mask quality, figures")
+    _say(progress, "6/6 deletion test, occlusion, mask quality, figures")
     metrics: dict[str, Any] = {"seed": seed, "quick": quick, "budget": budget.to_dict(),
-                               "ersm_settings": ERSM_SETTINGS, "test_accuracy": accuracy}
-    for key in ("frozen_ersm", "ersm_inside"):
+                               "ersm_settings": ERSM_SETTINGS, "test_accuracy": accuracy,
+                               "ours": dict(OURS)}
+    for key in ERSM_MODELS:
         metrics[key] = ex.evaluate_ersm(models[key], dm, budget, seed, progress)
     metrics["occlusion"] = ex.occlusion(
-        {k: models[k] for k in ("baseline", "frozen_ersm", "ersm_inside")}, dm, seed, progress)
+        {k: models[k] for k in ("baseline", *ERSM_MODELS)}, dm, seed, progress)
     timings["evaluation"] = time.perf_counter() - start - timings["training"]
     x = next(iter(ex.eval_loader(dm, 1)))[0]
     metrics.update(num_classes=dm.num_classes, occlusion_fractions=list(ex.OCCLUSION_FRACTIONS),

@@ -35,8 +35,8 @@ from energymask.pbedropout import PBEDropout2d
 
 from .runs import write_atomic
 
-__all__ = ["CHANCE_MARGIN", "METRIC_DEFINITIONS", "TOLERANCE", "Verdict", "machine",
-           "model_settings", "render", "verdicts", "write_report"]
+__all__ = ["CHANCE_MARGIN", "ERSM_MODELS", "METRIC_DEFINITIONS", "OURS", "TOLERANCE", "Verdict",
+           "label", "machine", "model_settings", "render", "verdicts", "write_report"]
 
 #: Differences smaller than this (accuracy or AUC) are called "level".
 TOLERANCE = 0.01
@@ -67,6 +67,9 @@ MODELS = {
     "frozen_ersm": "the authors' protocol: ERSM between the baseline's frozen backbone and "
                    "its head (ERSM and head trained)",
     "ersm_inside": "small_cnn with ERSM after layer2 (ERSMCallback), trained from scratch",
+    "ersm_inside_hard": "ours, not the authors': as ersm_inside with gate='hard' at T = 0.1, "
+                        "the binary mask 1[keep >= 0.5] executed in training as in "
+                        "inference (straight-through gradient)",
     "none": "shallow_cnn, no dropout (the regularisers' reference)",
     "dropout": "shallow_cnn with nn.Dropout after layer2",
     "dropout2d": "shallow_cnn with nn.Dropout2d after layer2",
@@ -74,11 +77,21 @@ MODELS = {
     "pbedropout": "shallow_cnn with PB-EDropout after layer2 (PBEDropoutCallback)",
     "pbedropout_frozen": "as pbedropout, its masks frozen from mid-training",
 }
-ERSM_MODELS = ("frozen_ersm", "ersm_inside")
+ERSM_MODELS = ("frozen_ersm", "ersm_inside", "ersm_inside_hard")
+#: The models that are ours, not the papers' authors' (labelled "(ours)" in every table),
+#: and what makes them ours; written into ``metrics.json`` as ``"ours"``.
+OURS = {"ersm_inside_hard": "ERSM with gate='hard' at T = 0.1: the executed binary mask "
+                            "in training"}
 #: The model each one is compared with in the accuracy table.
-REFERENCE = {"frozen_ersm": "baseline", "ersm_inside": "baseline", "dropout": "none",
+REFERENCE = {"frozen_ersm": "baseline", "ersm_inside": "baseline",
+             "ersm_inside_hard": "baseline", "dropout": "none",
              "dropout2d": "none", "dropblock": "none", "pbedropout": "none",
              "pbedropout_frozen": "none"}
+
+
+def label(key: str) -> str:
+    """A model's name in the report's tables: ``key``, with " (ours)" for :data:`OURS`."""
+    return f"{key} (ours)" if key in OURS else key
 
 
 # -- numbers -------------------------------------------------------------------------------------
@@ -156,7 +169,7 @@ def verdicts(metrics: dict[str, Any]) -> list[Verdict]:
         if "baseline" in acc and key in acc:
             d = _diff(acc[key], acc["baseline"])
             out.append(Verdict(
-                "ERSM preserves accuracy", key,
+                "ERSM preserves accuracy", label(key),
                 "held" if mean(_values(d)) >= -TOLERANCE else "did not hold",
                 f"test accuracy {_fmt(acc[key])} vs baseline {_fmt(acc['baseline'])} "
                 f"(Δ {_fmt(d, True)})",
@@ -175,7 +188,7 @@ def verdicts(metrics: dict[str, Any]) -> list[Verdict]:
                          "the mean token (relative sparsity >= 0.5): a uniformly dimmed map "
                          "has a high hard sparsity and no relative sparsity")
             out.append(Verdict(
-                "ERSM masks become sparse", key, "held" if held else "did not hold",
+                "ERSM masks become sparse", label(key), "held" if held else "did not hold",
                 f"hard sparsity {_fmt(masks['hard_sparsity'])}, mean keep "
                 f"{_fmt(masks.get('keep_ratio', float('nan')))}"
                 + "".join(f", {k.replace('_', ' ')} {_fmt(masks[k])}"
@@ -188,7 +201,7 @@ def verdicts(metrics: dict[str, Any]) -> list[Verdict]:
             if "keep_contrast" in masks:
                 held = held and mean(_values(masks["keep_contrast"])) > 0
             out.append(Verdict(
-                "ERSM masks find the object", key, "held" if held else "did not hold",
+                "ERSM masks find the object", label(key), "held" if held else "did not hold",
                 f"pointing game {_fmt(masks['pointing'])}, IoU "
                 f"{_fmt(masks.get('iou', float('nan')))}"
                 + (f", keep contrast {_fmt(masks['keep_contrast'], True)}"
@@ -212,20 +225,20 @@ def verdicts(metrics: dict[str, Any]) -> list[Verdict]:
             rule = _rule("that mean difference")
             chance = 1.0 / metrics["num_classes"] if metrics.get("num_classes") else None
             if chance is not None and _all_at_chance(table, idx, chance):
-                out.append(Verdict(claim, key, "cannot separate the models",
+                out.append(Verdict(claim, label(key), "cannot separate the models",
                                    f"every model is within {CHANCE_MARGIN} of chance "
                                    f"({chance:.2f}) at every f > 0 ({evidence})",
                                    "the fractions occlude too much for any model to stay "
                                    "above chance; smaller fractions are needed", _count(avg)))
                 continue
-            out.append(Verdict(claim, key, _compare(avg), evidence, rule, _count(avg)))
+            out.append(Verdict(claim, label(key), _compare(avg), evidence, rule, _count(avg)))
     for key in ersm:
         for protocol, d in deletion_results(metrics[key]).items():
             auc = d["auc"]
             if "energy" in auc and "magnitude" in auc:
                 diff = _diff(auc["energy"], auc["magnitude"])
                 out.append(Verdict(
-                    f"Energy ranks tokens better than magnitude ({protocol} deletion)", key,
+                    f"Energy ranks tokens better than magnitude ({protocol} deletion)", label(key),
                     _compare(diff),
                     f"deletion AUC energy {_fmt(auc['energy'])} vs magnitude "
                     f"{_fmt(auc['magnitude'])} (Δ {_fmt(diff, True)}{_seeds(diff)})",
@@ -312,7 +325,8 @@ def model_settings(models: dict[str, nn.Module], x: torch.Tensor) -> dict[str, d
     """Per model: parameter count, and each ERSM / PB-EDropout layer's settings.
 
     ERSM: the layer, token grid (from a forward of ``x``, (B, C, H, W)), token
-    size, λ, γ, T and the learned bias (mean). PB-EDropout: the layer, p, patch
+    size, λ, γ, T, the gate ("soft": the authors'; "hard": ours) and the learned
+    bias (mean). PB-EDropout: the layer, p, patch
     size and grid, β, generations.
     """
     out: dict[str, dict] = {}
@@ -324,7 +338,7 @@ def model_settings(models: dict[str, nn.Module], x: torch.Tensor) -> dict[str, d
                 model(x[:1])
             entry["ersm"] = {name: {
                 "token_grid": list(m.last_keep.shape[-2:]), "token_size": m.token_size,
-                "lam": m.lam, "gamma": m.gamma, "temperature": m.temperature,
+                "lam": m.lam, "gamma": m.gamma, "temperature": m.temperature, "gate": m.gate,
                 "learned_bias": float(m.bias.mean())} for name, m in layers.items()}
         pb = {n: m for n, m in model.named_modules() if isinstance(m, PBEDropout2d)}
         if pb:
@@ -349,6 +363,8 @@ def caption(name: str, metrics: dict[str, Any]) -> str:
     """The caption of figure ``name`` (its file name), in words a reader needs."""
     stem = Path(name).stem
     kind, _, key = stem.partition("_")
+    if stem == "ersm_soft_vs_hard":
+        return _soft_vs_hard_caption(metrics)
     if kind == "masks":
         return (f"{key}: per test image, the image (true and predicted class, red when "
                 "wrong; red outline: the digit), the ERSM keep map on the token grid, the keep "
@@ -379,6 +395,30 @@ def caption(name: str, metrics: dict[str, Any]) -> str:
     return stem
 
 
+def _soft_vs_hard_caption(metrics: dict[str, Any]) -> str:
+    """The caption of the soft-beside-hard figure: one sentence on each map, with its
+    temperature and its mean keep over the test split where the run recorded them."""
+    def keep(key: str) -> str:
+        masks = metrics.get(key, {}).get("masks", {})
+        return f" (mean keep {_fmt(masks['keep_ratio'])} over the test split)" \
+            if "keep_ratio" in masks else ""
+
+    def temperature(key: str) -> str:
+        layers = metrics.get("models", {}).get(key, {}).get("ersm", {})
+        values = {layer.get("temperature") for layer in layers.values()} - {None}
+        return f", T = {values.pop():g}" if len(values) == 1 else ""
+
+    soft, hard = temperature("ersm_inside"), temperature("ersm_inside_hard")
+    return ("ERSM after layer2 of small_cnn, the same test images, data and seed "
+            "(red outline: the digit; pred: each model's class, red when wrong; one 0 to 1 "
+            f"colour scale). Middle, the authors' soft gate (ersm_inside{soft}): "
+            "the keep probability sigmoid(-z / T) that multiplies each token, so every token "
+            f"passes dimmed, none is skipped{keep('ersm_inside')}. Right, ours, gate='hard' "
+            f"(ersm_inside_hard{hard}): the binary mask "
+            "1[keep >= 0.5] that the layer executes in training as in inference, each token "
+            f"passed whole or zeroed{keep('ersm_inside_hard')}.")
+
+
 def _table(header: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(r) + " |" for r in rows), ""]
@@ -401,15 +441,18 @@ def _settings_rows(metrics: dict[str, Any]) -> list[Sequence[str]]:
         parts = []
         for name, s in entry.get("ersm", {}).items():
             grid = "x".join(str(g) for g in s["token_grid"])
+            gate = s.get("gate", "soft")
+            whose = "ours" if gate == "hard" else "the authors'"
             parts.append(f"ERSM at `{name}`: token grid {grid} (token size {s['token_size']}), "
-                         f"λ {s['lam']:g}, γ {s['gamma']:g}, T {s['temperature']:g}, bias "
+                         f"λ {s['lam']:g}, γ {s['gamma']:g}, T {s['temperature']:g}, gate "
+                         f"{gate} ({whose}), bias "
                          f"{ersm_init.get('bias_init', '?')} at init, {s['learned_bias']:.2f} "
                          "learned")
         for name, s in entry.get("pbedropout", {}).items():
             grid = "x".join(str(g) for g in s["patch_grid"])
             parts.append(f"PB-EDropout at `{name}`: p {s['p']}, patch {s['patch_size']} "
                          f"(grid {grid}), β {s['beta']}, generations {s['generations']}")
-        rows.append((key, MODELS.get(key, ""), f"{entry['parameters']:,}",
+        rows.append((label(key), MODELS.get(key, ""), f"{entry['parameters']:,}",
                      "; ".join(parts) or "—"))
     return rows
 
@@ -450,13 +493,13 @@ def render(metrics: dict[str, Any], figures: Sequence[str]) -> str:
     lines += _table(("model", "what", "parameters", "masking layers"), _settings_rows(metrics))
     lines += ["## Test accuracy", ""]
     lines += _table(("model", "test accuracy", "Δ vs reference"),
-                    [(k, _fmt(v), f"{_fmt(_diff(v, acc[REFERENCE[k]]), True)} vs "
+                    [(label(k), _fmt(v), f"{_fmt(_diff(v, acc[REFERENCE[k]]), True)} vs "
                       f"{REFERENCE[k]}" if REFERENCE.get(k) in acc else "—")
                      for k, v in acc.items()])
     keys = _mask_keys(metrics)
     if keys:
         lines += ["## ERSM masks", ""]
-        lines += _table(("model", *keys), [(k, *(_fmt(metrics[k]["masks"][m])
+        lines += _table(("model", *keys), [(label(k), *(_fmt(metrics[k]["masks"][m])
                                                  if m in metrics[k]["masks"] else "—"
                                                  for m in keys))
                                            for k in ERSM_MODELS if k in metrics])
@@ -475,7 +518,7 @@ def _deletion_section(metrics: dict[str, Any]) -> list[str]:
         for protocol, d in deletion_results(metrics.get(key, {})).items():
             orderings += [o for o in d["auc"] if o not in orderings]
             start = _fmt(_point_all(d["curves"], 0))
-            rows.append((key, protocol, str(d.get("num_samples", "?")), start,
+            rows.append((label(key), protocol, str(d.get("num_samples", "?")), start,
                          *(_fmt(d["auc"][o]) if o in d["auc"] else "—" for o in orderings)))
     if not rows:
         return []
@@ -511,7 +554,8 @@ def _occlusion_section(metrics: dict[str, Any]) -> list[str]:
         fr = _fractions(metrics, placement) or list(range(n))
         lines += [f"Placement: {placement}", ""]
         lines += _table(("model", *(f"f = {x}" for x in fr)),
-                        [(k, *(_fmt(_point(v, i)) for i in range(n))) for k, v in table.items()])
+                        [(label(k), *(_fmt(_point(v, i)) for i in range(n)))
+                         for k, v in table.items()])
     return lines
 
 

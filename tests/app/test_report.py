@@ -204,6 +204,7 @@ def test_model_settings_and_machine(tmp_path):
     s = report.model_settings(models, torch.rand(2, 1, 8, 8))
     ersm = s["ersm"]["ersm"]["backbone.1"]
     assert ersm["token_grid"] == [8, 8] and ersm["learned_bias"] == pytest.approx(0.5)
+    assert ersm["gate"] == "soft"
     pb = s["pb"]["pbedropout"]["backbone.1"]
     assert pb["p"] == 0.2 and pb["patch_grid"] == [4, 4]
     assert s["ersm"]["parameters"] == sum(p.numel() for p in models["ersm"].parameters())
@@ -211,6 +212,33 @@ def test_model_settings_and_machine(tmp_path):
     assert info["torch"] == torch.__version__ and info["torch_threads"] >= 1
     path = report.write_report(tmp_path, copy.deepcopy(metrics()), [])
     assert path.read_text() == report.render(metrics(), [])
+
+
+def test_ours_labelled_in_every_table_verdict_and_caption():
+    m = metrics()
+    hard_masks = {**_masks(0.8, 0.95), "keep_ratio": 0.2}
+    m["test_accuracy"]["ersm_inside_hard"] = 0.985
+    m["ersm_inside_hard"] = {"masks": hard_masks, "deletion": _deletion(0.96, 0.91)}
+    for placement, curve in (("random", [0.98, 0.55]), ("object", [0.98, 0.21])):
+        m["occlusion"][placement]["ersm_inside_hard"] = curve
+    m["models"]["ersm_inside_hard"] = {"parameters": 1234, "ersm": {"backbone.layer2": {
+        "token_grid": [16, 16], "token_size": 1, "lam": 1e-3, "gamma": 1e-3,
+        "temperature": 0.1, "gate": "hard", "learned_bias": 0.3}}}
+    text = report.render(m, ["ersm_soft_vs_hard.png"])
+    assert "| ersm_inside_hard (ours) | 0.985 | -0.005 vs baseline |" in text
+    assert "| ersm_inside_hard (ours) | 0.200 | 0.800 | 0.200 | 0.950 |" in text  # masks
+    assert "| ersm_inside_hard (ours) | binary | 64 | 0.900 | 0.960 | 0.910 |" in text
+    assert "| ersm_inside_hard (ours) | 0.980 | 0.550 |" in text  # random occlusion
+    assert "gate hard (ours)" in text and "| ersm_inside_hard (ours) | ours, not the authors'" \
+        in text
+    assert "gate soft (the authors')" in text  # ersm_inside
+    assert _verdict(m, "ERSM preserves accuracy", "ersm_inside_hard (ours)").verdict == "held"
+    assert _verdict(m, "ERSM masks become sparse", "ersm_inside_hard (ours)").verdict == "held"
+    cap = report.caption("ersm_soft_vs_hard.png", m)
+    assert "the authors' soft gate (ersm_inside" in cap and "mean keep 0.400" in cap
+    assert "ours, gate='hard' (ersm_inside_hard, T = 0.1)" in cap and "mean keep 0.200" in cap
+    assert f"*Figure 1.* {cap}" in text
+    assert "mean keep" not in report.caption("ersm_soft_vs_hard.png", {})  # not measured
 
 
 def test_one_seed_verdicts_read_as_such():

@@ -7,8 +7,8 @@ import energymask.viz
 
 
 def test_exports_every_figure():
-    assert {"plot_mask_grid", "plot_keep_masks", "plot_energy_maps", "plot_curves",
-            "plot_occlusion", "plot_occlusion_placements", "plot_ema_masks",
+    assert {"plot_mask_grid", "plot_keep_masks", "plot_keep_comparison", "plot_energy_maps",
+            "plot_curves", "plot_occlusion", "plot_occlusion_placements", "plot_ema_masks",
             "plot_training_log"} <= set(energymask.viz.__all__)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from energymask.viz import plot_ema_masks, plot_keep_masks, plot_mask_grid
+from energymask.viz import plot_ema_masks, plot_keep_comparison, plot_keep_masks, plot_mask_grid
 
 
 def _saved(fig, tmp_path, name):
@@ -100,6 +100,60 @@ def test_mask_grid_errors():
         plot_mask_grid(torch.rand(2, 1, 8, 8), torch.rand(2, 2, 2), labels=[1, 2, 3])
     with pytest.raises(ValueError, match="predictions must hold one class per image"):
         plot_mask_grid(torch.rand(2, 1, 8, 8), torch.rand(2, 2, 2), predictions=[1])
+
+
+def test_keep_comparison_soft_beside_binary_on_one_scale(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 1, 16, 16, generator=g)
+    soft = 0.38 + 0.02 * torch.rand(3, 4, 4, generator=g)  # a dimmed map
+    hard = (torch.rand(3, 4, 4, generator=g) > 0.7).float()  # an executed binary mask
+    obj = torch.zeros(3, 1, 16, 16)
+    obj[:, :, 4:10, 4:10] = 1
+    maps = {"authors' soft keep": soft, "ours, gate='hard'": hard}
+    fig, axes = plot_keep_comparison(images, maps, obj, labels=torch.tensor([1, 2, 3]),
+                                     predictions={"ours, gate='hard'": torch.tensor([1, 5, 3])},
+                                     max_rows=2)
+    assert isinstance(fig, Figure) and axes.shape == (2, 3)
+    assert axes[0, 0].get_title() == "image\ntrue 1" and axes[1, 0].get_title() == "true 2"
+    assert axes[0, 1].get_title() == "authors' soft keep"
+    assert axes[0, 2].get_title() == "ours, gate='hard'" and axes[1, 2].get_title() == ""
+    assert axes[0, 1].get_xlabel() == f"mean keep {soft[0].mean().item():.2f}"  # no predictions
+    assert axes[0, 2].get_xlabel() == f"pred 1 · mean keep {hard[0].mean().item():.2f}, binary"
+    assert axes[0, 2].xaxis.label.get_color() == "black"
+    assert axes[1, 2].get_xlabel().startswith("pred 5 · ")
+    assert axes[1, 2].xaxis.label.get_color() == "red"  # true 2
+    # One colour bar on [0, 1] for both maps: the dimmed map is not stretched.
+    assert _colorbar_range(fig) == [(0.0, 1.0)]
+    for j in (1, 2):
+        shown = axes[0, j].get_images()[0]
+        assert (shown.norm.vmin, shown.norm.vmax) == (0.0, 1.0)
+        assert shown.get_array().shape == (16, 16)  # upsampled to the image
+    assert float(axes[0, 1].get_images()[0].get_array()[0, 0]) == pytest.approx(
+        soft[0, 0, 0].item())
+    assert all(len(a.collections) == 1 for a in axes[0])  # the object outline on every panel
+    _saved(fig, tmp_path, "comparison.png")
+
+
+def test_keep_comparison_warns_on_a_small_token_grid():
+    with pytest.warns(UserWarning, match="keep map of b: token grid 2x2"):
+        plot_keep_comparison(torch.rand(1, 3, 8, 8), {"a": torch.rand(1, 4, 4),
+                                                      "b": torch.rand(1, 2, 2)})
+
+
+def test_keep_comparison_errors():
+    images = torch.rand(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="a non-empty dict"):
+        plot_keep_comparison(images, {})
+    with pytest.raises(ValueError, match=r"keep_maps\['a'\] must be \(2, h, w\)"):
+        plot_keep_comparison(images, {"a": torch.rand(3, 4, 4)})
+    with pytest.raises(ValueError, match=r"predictions must be keyed by keep_maps' titles"):
+        plot_keep_comparison(images, {"a": torch.rand(2, 4, 4)}, predictions={"b": [1, 2]})
+    with pytest.raises(ValueError, match=r"predictions\['a'\] must hold one class per image"):
+        plot_keep_comparison(images, {"a": torch.rand(2, 4, 4)}, predictions={"a": [1]})
+    with pytest.raises(ValueError, match="labels must hold one class per image"):
+        plot_keep_comparison(images, {"a": torch.rand(2, 4, 4)}, labels=[1, 2, 3])
+    with pytest.raises(ValueError, match="axes must hold 4"):
+        plot_keep_comparison(images, {"a": torch.rand(2, 4, 4)}, axes=Figure().subplots(1, 3))
 
 
 def test_keep_masks_per_layer_scale_and_epoch(tmp_path):
