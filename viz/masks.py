@@ -78,6 +78,20 @@ def _check_labels(values, batch: int, arg: str):
     return a.astype(int)
 
 
+def _images_and_maps(images, maps: dict, arg: str) -> tuple[np.ndarray, dict]:
+    """``images`` (N, C, H, W) and ``maps`` name -> (N, h, w) as numpy, checked."""
+    imgs = to_numpy(images)
+    if imgs.ndim != 4 or not maps:
+        raise ValueError(f"images must be (N, C, H, W) and {arg} a non-empty dict, but got "
+                         f"{imgs.shape} and {len(maps)} maps")
+    n = imgs.shape[0]
+    arrays = {name: to_numpy(m) for name, m in maps.items()}
+    for name, m in arrays.items():
+        if m.ndim != 3 or m.shape[0] != n:
+            raise ValueError(f"{arg}[{name!r}] must be ({n}, h, w), but got {m.shape}")
+    return imgs, arrays
+
+
 def plot_mask_grid(images, keep_maps, object_masks=None, labels=None, predictions=None,
                    axes=None, max_rows: int = 8, vmin: float | None = None,
                    vmax: float | None = None, class_names=None, alpha: float = 0.55,
@@ -186,15 +200,8 @@ def plot_keep_comparison(images, keep_maps: dict, object_masks=None, labels=None
     Returns:
         ``(fig, axes)`` with ``axes`` of shape (rows, 1 + len(keep_maps)).
     """
-    imgs = to_numpy(images)
-    if imgs.ndim != 4 or not keep_maps:
-        raise ValueError(f"images must be (B, C, H, W) and keep_maps a non-empty dict, but got "
-                         f"{imgs.shape} and {len(keep_maps)} maps")
+    imgs, keeps = _images_and_maps(images, keep_maps, "keep_maps")
     n = imgs.shape[0]
-    keeps = {name: to_numpy(k) for name, k in keep_maps.items()}
-    for name, k in keeps.items():
-        if k.ndim != 3 or k.shape[0] != n:
-            raise ValueError(f"keep_maps[{name!r}] must be ({n}, h, w), but got {k.shape}")
     predictions = dict(predictions or {})
     unknown = sorted(set(predictions) - set(keeps))
     if unknown:
@@ -259,15 +266,8 @@ def plot_keep_masks(images, masks: dict, epoch: int | None = None, axes=None,
     Returns:
         ``(fig, axes)``.
     """
-    imgs = to_numpy(images)
-    if imgs.ndim != 4 or not masks:
-        raise ValueError(f"images must be (N, C, H, W) and masks a non-empty dict, but got "
-                         f"{imgs.shape} and {len(masks)} masks")
+    imgs, keeps = _images_and_maps(images, masks, "masks")
     n = imgs.shape[0]
-    keeps = {k: to_numpy(v) for k, v in masks.items()}
-    for name, k in keeps.items():
-        if k.ndim != 3 or k.shape[0] != n:
-            raise ValueError(f"masks[{name!r}] must be ({n}, h, w), but got {k.shape}")
     fig, ax = new_axes(n, 1 + len(keeps), scale=2.0, axes=axes)
     for i in range(n):
         img = imgs[i, :3] if imgs.shape[1] == 3 else imgs[i, :1]
