@@ -119,7 +119,7 @@ def _soft_vs_hard(models: dict[str, torch.nn.Module], x, y, obj):
             predictions[title] = model(x).argmax(-1)
         keeps[title] = layer.last_keep
     fig, _ = plot_keep_comparison(x, keeps, obj, labels=y, predictions=predictions, max_rows=6)
-    fig.suptitle("ERSM after layer2 of small_cnn, same images, data, seed and settings",
+    fig.suptitle("ERSM after layer2 of small_cnn, same images, data and seed",
                  fontsize=9)
     return fig
 
