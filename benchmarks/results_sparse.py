@@ -6,7 +6,8 @@ with the same seed and data:
 - ``dense``: a torchvision ResNet-18 (1-channel stem, no weights) as it is;
 - ``masked``: the same network with an ERSM layer after ``layer1`` with
   ``gate="hard"`` (ours: the binary mask 1[keep ≥ 0.5] in training and
-  inference, straight-through gradient; λ = γ = 1e-3, T = 1, bias 0) and the
+  inference, straight-through gradient; λ = γ = 1e-3, T = 1 or ``--temperature``,
+  bias 0) and the
   masked-residual semantics on every block after it
   (``masked_residual(model, after="layer1")``), so that training executes
   what is measured; ``--keep-target`` adds ours, a keep budget.
@@ -71,11 +72,13 @@ def resnet18_digits() -> nn.Module:
     return net
 
 
-def masked_resnet18(keep_target: float | None, pool: str) -> nn.Module:
+def masked_resnet18(keep_target: float | None, pool: str, temperature: float = 1.0,
+                    block_gradient: bool = False) -> nn.Module:
     """ResNet-18 with a hard ERSM layer after ``layer1``, masked-residual blocks after it."""
     net = resnet18_digits()
-    insert_after(net, AFTER, lambda name, c: EnergyMask2d(c, keep_target=keep_target, **ERSM))
-    return masked_residual(net, AFTER, pool=pool)
+    settings = {**ERSM, "temperature": temperature, "keep_target": keep_target}
+    insert_after(net, AFTER, lambda name, c: EnergyMask2d(c, **settings))
+    return masked_residual(net, AFTER, pool=pool, block_gradient=block_gradient)
 
 
 def train(model: nn.Module, data, epochs: int, lr: float, batch: int, seed: int) -> float:
@@ -322,6 +325,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="mask at striding blocks: max-pool (the issue's) or nearest (ours); "
                         "with both, 'nearest' trains only the first --keep-target that is not "
                         "'none' (the budget of 2 shared cores)")
+    parser.add_argument("--temperature", type=float, nargs="+", default=[1.0],
+                        help="T of the masked models' ERSM layers (issue 20's remedy: 0.1)")
+    parser.add_argument("--block-gradient", nargs="+", default=["off"], choices=("off", "on"),
+                        help="ours: 'on' sends each block's straight-through gradient to the "
+                        "mask (masked_residual(..., block_gradient=True))")
     parser.add_argument("--time-batch", type=int, default=64, help="images per timed call")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
@@ -347,20 +355,25 @@ def main(argv: list[str] | None = None) -> int:
     if "nearest" in args.pool:
         targets = [t for t in args.keep_target if t is not None] if "max" in args.pool else []
         plan += [(t, "nearest") for t in (targets[:1] or args.keep_target)]
+    variants = [(t, g == "on") for t in args.temperature for g in args.block_gradient]
     # masks saved: the first max-pool run with a keep target (else the first run)
     saved_run = next(((t, p) for t, p in plan if t is not None and p == "max"), plan[0])
-    for target, pool in plan:
+    for (target, pool), (temperature, block_gradient) in (
+            (p, v) for p in plan for v in variants):
         torch.manual_seed(args.seed)
-        masked = masked_resnet18(target, pool)
-        label = (f"hard ERSM after layer1, pool {pool}"
-                 + ("" if target is None else f", keep target {target}"))
+        masked = masked_resnet18(target, pool, temperature, block_gradient)
+        label = (f"hard ERSM after layer1, T {temperature:g}, pool {pool}"
+                 + ("" if target is None else f", keep target {target}")
+                 + (", block gradient" if block_gradient else ""))
         _log(label)
         seconds = train(masked, train_set, args.epochs, args.lr, args.batch, args.seed)
         run = {"label": label, "keep_target": target, "pool": pool,
+               "temperature": temperature, "block_gradient": block_gradient,
                "train_seconds": {"dense": dense_seconds, "masked": seconds}}
         run.update(evaluate(dense, masked, test, args))
         result["runs"].append(run)
-        if args.save_masks and (target, pool) == saved_run:
+        if args.save_masks and (target, pool) == saved_run and (temperature, block_gradient) == \
+                variants[0]:
             torch.save(learned_masks(masked, test.images).bool(), args.save_masks)
         write_json(args.json, result)
     print(markdown(result))

@@ -457,7 +457,10 @@ class EnergyMask2d(nn.Module):
     computed, ``last_unary``, ``last_pairwise``, ``last_energy`` (B, h, w; None
     otherwise). In training the energies are always computed, and
     ``regularizer`` is kept (with its graph when gradients are on) until
-    :meth:`pop_regularizer` or :func:`collect_regularizer` takes it. In eval
+    :meth:`pop_regularizer` or :func:`collect_regularizer` takes it, and so
+    is ``executed_keep`` (B, h, w), the map the output used, with its graph
+    (for a module downstream that sends its own gradient to the mask:
+    ``masked_residual(..., block_gradient=True)``, ours); None in eval. In eval
     mode the forward takes the cheap inference path (the logits alone, two
     reads of x) unless the attribute ``eval_energies`` is True (see
     :func:`computing_energies`); the layer never holds on to its input.
@@ -478,6 +481,7 @@ class EnergyMask2d(nn.Module):
         self.forced_soft = False
         self.eval_energies = False
         self.regularizer: Tensor | None = None
+        self.executed_keep: Tensor | None = None
         self.last_keep: Tensor | None = None
         self.last_logits: Tensor | None = None
         self.last_unary: Tensor | None = None
@@ -508,7 +512,7 @@ class EnergyMask2d(nn.Module):
             )
             self.last_keep, self.last_logits = keep.detach(), logits.detach()
             self.last_unary = self.last_pairwise = self.last_energy = None
-            self.regularizer = None
+            self.regularizer = self.executed_keep = None
             return output
         res = _energy_mask_2d(
             x, self.weight, self.bias, s.token_size, s.lam, s.gamma, s.temperature, s.eta,
@@ -520,7 +524,13 @@ class EnergyMask2d(nn.Module):
         self.last_energy = res.energy.detach()
         reg = res.regularizer if torch.is_grad_enabled() else res.regularizer.detach()
         self.regularizer = reg if self.training else None
+        self.executed_keep = res.keep if self.training else None
         return res.output
+
+    def __getstate__(self) -> dict:
+        # the regulariser and the executed keep of the last training forward hold its
+        # graph, which cannot be copied: a copied or pickled layer starts without them
+        return {**super().__getstate__(), "regularizer": None, "executed_keep": None}
 
     def pop_regularizer(self) -> Tensor | None:
         """Return the regulariser of the last forward and forget it."""

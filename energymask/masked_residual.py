@@ -16,6 +16,13 @@ strides) and ``M_b`` the mask at the block's output grid where it strides:
 max-pooled with kernel = stride = the block's stride (ceil mode; ``pool="max"``,
 the issue's), or, ours, ``pool="nearest"``: ``M[::s, ::s]``, the cell the
 downsample's 1x1 stride-s convolution reads (docs/design.md §11).
+
+``where`` sends no gradient to ``M_b``: the mask learns only from the mask
+point's ``x ⊙ M``. Ours, ``block_gradient=True``: in training, a hard ERSM
+mask also gets the straight-through gradient of each block's choice,
+``∂L/∂M_b = Σ_c (block(x) − s(x)) · ∂L/∂out``, by adding
+``(M̃_b − M̃_b.detach()) ⊙ (block(x) − s(x))``, zero in value, to the output
+(``M̃`` the ERSM layer's executed keep with its graph, pooled like ``M``).
 """
 
 from __future__ import annotations
@@ -56,14 +63,24 @@ class MaskState:
     ERSM layer). ``mask``: the mask at the grid of the last block run (B, H, W),
     bool. ``fill``: in eval mode, the (C,) vector every masked position holds
     (zero at the mask point, the shortcut of it after a striding block).
-    ``pool``: one of :data:`POOLS`.
+    ``pool``: one of :data:`POOLS`. ``block_gradient`` (ours): send each
+    block's straight-through gradient to the ERSM layer; ``graph_mask``: in
+    training then, the layer's executed keep (B, H, W) with its graph, at the
+    grid of the last block run (None otherwise).
     """
 
-    def __init__(self, pool: str = "max") -> None:
+    def __init__(self, pool: str = "max", block_gradient: bool = False) -> None:
         self.pool = pool
+        self.block_gradient = block_gradient
         self.given: Tensor | None = None
         self.mask: Tensor | None = None
         self.fill: Tensor | None = None
+        self.graph_mask: Tensor | None = None
+
+    def __getstate__(self) -> dict:
+        # mask, fill and graph_mask belong to one forward (graph_mask holds its graph,
+        # which cannot be copied): a copied or pickled model starts without them
+        return {**self.__dict__, "mask": None, "fill": None, "graph_mask": None}
 
 
 def block_stride(block: nn.Module) -> int:
@@ -153,6 +170,7 @@ class MaskPoint(nn.Module):
     def forward(self, *args, **kwargs) -> Tensor:
         x = self.module(*args, **kwargs)
         mask, ersm = self.state.given, self._ersm()
+        self.state.graph_mask = None
         if mask is None:
             if ersm is None or ersm.last_keep is None:
                 raise ValueError(
@@ -168,6 +186,11 @@ class MaskPoint(nn.Module):
                 )
             p = ersm.token_size
             mask = mask.repeat_interleave(p, 1).repeat_interleave(p, 2)
+            graph = ersm.executed_keep
+            if self.state.block_gradient and self.training and graph is not None:
+                if graph.requires_grad:
+                    graph = graph.repeat_interleave(p, 1).repeat_interleave(p, 2)
+                    self.state.graph_mask = graph.to(x.dtype)
         if mask.dim() != 3 or mask.shape[0] != x.shape[0] or mask.shape[1:] != x.shape[2:]:
             raise ValueError(
                 f"mask must have shape (B, H, W) = {(x.shape[0], *x.shape[2:])}, "
@@ -176,6 +199,10 @@ class MaskPoint(nn.Module):
         mask = mask.to(device=x.device) != 0
         self.state.mask = mask
         self.state.fill = None if self.training else x.new_zeros(x.shape[1])
+        if self.state.given is None:
+            # the ERSM layer's output is x ⊙ M already; multiplying again by the detached
+            # M would zero the straight-through gradient of every closed token
+            return x
         return x * mask[:, None].to(x.dtype)
 
 
@@ -197,6 +224,13 @@ class MaskedBlock(nn.Module):
             raise ValueError("a MaskedBlock ran before its MaskPoint: no mask is set")
         mask = pool_mask(self.state.mask, self.stride, out_size, self.state.pool)
         self.state.mask = mask
+        graph = self.state.graph_mask
+        if graph is not None and self.stride > 1:
+            if self.state.pool == "max":  # the gradient reaches the first kept cell of a window
+                graph = F.max_pool2d(graph[:, None], self.stride, self.stride, ceil_mode=True)[:, 0]
+            else:
+                graph = graph[:, :: self.stride, :: self.stride]
+            self.state.graph_mask = graph
         return mask
 
     def next_fill(self) -> Tensor | None:
@@ -230,13 +264,16 @@ class MaskedBlock(nn.Module):
         out, short = self.block_and_shortcut(x)
         mask = self.next_mask(tuple(out.shape[-2:]))
         self.next_fill()
-        if bool(mask.all()):
-            return out
-        return torch.where(mask[:, None], out, short)
+        result = out if bool(mask.all()) else torch.where(mask[:, None], out, short)
+        graph = self.state.graph_mask
+        if graph is not None:  # ours: zero in value, the straight-through gradient of M_b
+            result = result + (graph - graph.detach())[:, None] * (out - short)
+        return result
 
 
 def masked_residual(
-    model: nn.Module, after: str, until: str | None = None, pool: str = "max"
+    model: nn.Module, after: str, until: str | None = None, pool: str = "max",
+    block_gradient: bool = False,
 ) -> nn.Module:
     """Make ``model`` a masked-residual model, in place; returns it.
 
@@ -250,6 +287,10 @@ def masked_residual(
             ``"max"`` (the issue's: max-pooled) or ``"nearest"`` (ours: the
             top-left cell of each window; refused for a block whose downsample
             reads more than that cell, see :func:`nearest_refusal`). Default: "max".
+        block_gradient: ours: in training, a hard ERSM layer at ``after`` also
+            gets each block's straight-through gradient (module docstring);
+            the forward is unchanged. Default: False (the mask learns from
+            ``x ⊙ M`` at the mask point only).
 
     The module ``after`` becomes a :class:`MaskPoint`, every residual block after
     it (up to ``until``) a :class:`MaskedBlock`; weights move under
@@ -260,6 +301,8 @@ def masked_residual(
     """
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {list(POOLS)}, but got {pool!r}")
+    if not isinstance(block_gradient, bool):
+        raise TypeError(f"block_gradient must be True or False, but got {block_gradient!r}")
     names = [n for n, _ in model.named_modules()]
     for arg, name in (("after", after), ("until", until)):
         if name is not None and name not in names:
@@ -301,7 +344,7 @@ def masked_residual(
             raise ValueError(
                 f"pool='nearest' is not exact for these blocks: {refused}; use pool='max'"
             )
-    state = MaskState(pool)
+    state = MaskState(pool, block_gradient)
     for name in blocks:
         _set_submodule(model, name, MaskedBlock(modules[name], state).train(modules[name].training))
     point = MaskPoint(modules[after], state).train(modules[after].training)

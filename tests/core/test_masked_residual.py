@@ -268,3 +268,86 @@ def test_the_downsample_runs_once_per_forward():
     with masking(model, blob_mask(2, (8, 8), 0.5)):
         model(torch.randn(2, 3, 64, 64))
     assert model.layer3[0].block.downsample[1].num_batches_tracked.item() == 1
+
+
+def _hard_gate_resnet(block_gradient: bool, pool: str = "max") -> nn.Module:
+    model = _resnet18().train()
+    torch.manual_seed(1)
+    insert_after(model, ["layer3"], lambda name, c: EnergyMask2d(c, gate="hard", bias_init=0.0))
+    return masked_residual(model, "layer3", pool=pool, block_gradient=block_gradient)
+
+
+def _by_hand(x, pool, block_gradient):
+    """Loss of the masked-residual model written out: x ⊙ M_st, then s + M_b·(block − s)."""
+    ref = _hard_gate_resnet(False)
+    inserted = ref.layer3.module
+    h = inserted.block(ref.layer2(ref.layer1(ref.maxpool(ref.relu(ref.bn1(ref.conv1(x)))))))
+    h = inserted.layer(h)  # x ⊙ M_st, M_st the straight-through binary mask
+    m = inserted.layer.executed_keep
+    m = m if block_gradient else m.detach()
+    m = nn.functional.max_pool2d(m[:, None], 2, 2, ceil_mode=True) if pool == "max" \
+        else m[:, None, ::2, ::2]
+    first, second = ref.layer4[0].block, ref.layer4[1].block
+    short = first.downsample(h)
+    h = short + m * (first(h) - short)
+    h = h + m * (second(h) - h)
+    ref.fc(torch.flatten(ref.avgpool(h), 1)).square().sum().backward()
+    return ref
+
+
+@pytest.mark.parametrize("pool", ["max", "nearest"])
+def test_the_hard_gate_gets_the_gradient_of_what_is_executed(pool):
+    # closed tokens keep the straight-through gradient of x ⊙ M (the mask point does not
+    # multiply the ERSM layer's output again); ours, block_gradient=True: the forward is
+    # unchanged and the layer also gets each block's choice, the gradient of the
+    # multiplicative form s(x) + M_b·(block(x) − s(x)) with M_b the straight-through mask
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    plain, model = _hard_gate_resnet(False, pool), _hard_gate_resnet(True, pool)
+    out = model(x)
+    assert torch.equal(out, plain(x))
+    keep = model.layer3.module.layer.last_keep
+    assert 0 < keep.sum() < keep.numel()  # some tokens kept, some not: the gradient matters
+    out.square().sum().backward()
+    plain(x).square().sum().backward()
+    for got, block_gradient in ((plain, False), (model, True)):
+        want = _by_hand(x, pool, block_gradient)
+        for name in ("weight", "bias"):
+            g = getattr(got.layer3.module.layer, name).grad
+            w = getattr(want.layer3.module.layer, name).grad
+            assert torch.allclose(g, w, atol=1e-5, rtol=1e-3), (name, block_gradient)
+        assert torch.allclose(got.conv1.weight.grad, want.conv1.weight.grad, atol=1e-5, rtol=1e-3)
+    with_blocks = model.layer3.module.layer.weight.grad
+    assert not torch.allclose(with_blocks, plain.layer3.module.layer.weight.grad, atol=1e-4)
+
+
+def test_block_gradient_changes_nothing_in_eval_or_with_given_masks():
+    x = torch.randn(2, 3, 64, 64)
+    model = _hard_gate_resnet(True)
+    with masking(model, blob_mask(2, (4, 4), 0.5, seed=1)):
+        model(x)
+    assert model.layer3.state.graph_mask is None  # a given mask has no graph
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    assert model.layer3.state.graph_mask is None and model.layer3.module.layer.executed_keep is None
+    with pytest.raises(TypeError, match="block_gradient must be True or False, but got 'yes'"):
+        masked_residual(_resnet18(), "layer2", block_gradient="yes")
+
+
+def test_a_model_after_a_training_step_copies_and_pickles():
+    # the graph-holding tensors of the last training forward (the ERSM layer's regulariser
+    # and executed keep, the blocks' graph mask) are not state: copies start without them
+    import copy
+
+    model = _hard_gate_resnet(True)
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    layer = model.layer3.module.layer
+    assert layer.executed_keep.requires_grad and model.layer3.state.graph_mask is not None
+    twin = copy.deepcopy(model)
+    assert twin.layer3.module.layer.executed_keep is None
+    assert twin.layer3.module.layer.regularizer is None
+    assert twin.layer3.state.graph_mask is None and twin.layer3.state.block_gradient
+    torch.save(model, io.BytesIO())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(twin.eval()(x), model.eval()(x))
