@@ -229,7 +229,7 @@ def _print(row: dict) -> None:
     line = (
         f"{row['after']:6s} {row.get('pool', 'max'):7s} b={row['batch']:<2d} t={row['threads']} "
         f"{row['mask']:6s} "
-        f"keep {row['keep']:.1f} (last block {row['keep_at_last_block']:.2f}) | blocks: "
+        f"keep {row['keep']:.2f} (last block {row['keep_at_last_block']:.2f}) | blocks: "
         f"FLOPs x{row['blocks_flops_ratio']:.3f}  time x{row['blocks_time_ratio']:.3f} "
         f"({1 / row['blocks_time_ratio']:.2f}x faster)"
     )
@@ -310,10 +310,10 @@ def crossover(batches=(1, 32), shares=(0.5, 0.6, 0.7, 0.8, 0.9, 1.0), repeats: i
 def markdown(rows: list[dict]) -> str:
     """The README table of a run's rows (``--table PATH``)."""
     lines = [
-        "| mask after | batch | threads | mask | keep | keep at last block | blocks FLOPs "
+        "| mask after | pool | batch | threads | mask | keep | keep at last block | blocks FLOPs "
         "sparse/dense | blocks time sparse/dense | speed-up | model FLOPs | model time | "
         "top-1 = dense masked |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         model = (
@@ -323,7 +323,8 @@ def markdown(rows: list[dict]) -> str:
             else ("", "", "")
         )  # fmt: skip
         lines.append(
-            f"| {r['after']} | {r['batch']} | {r['threads']} | {r['mask']} | {r['keep']:.1f} | "
+            f"| {r['after']} | {r.get('pool', 'max')} | {r['batch']} | {r['threads']} | "
+            f"{r['mask']} | {r['keep']:.2f} | "
             f"{r['keep_at_last_block']:.2f} | {r['blocks_flops_ratio']:.2f} | "
             f"{r['blocks_time_ratio']:.2f} | {1 / r['blocks_time_ratio']:.2f}x | "
             f"{model[0]} | {model[1]} | {model[2]} |"

@@ -30,9 +30,13 @@ at keep 0.1 / 0.3 / 0.5 (accuracy, FLOPs, time).
 
 ``--pool nearest`` trains and measures the mask downsampled by taking the
 top-left cell of each window at a striding block instead of max-pooling it
-(ours; docs/design.md §11). ``--save-masks PATH`` writes the learned test
-masks (N, 16, 16) of the first max-pool run with a keep target for
-``bench_sparse.py --learned PATH``.
+(ours; docs/design.md §11). ``--temperature T [T ...]`` and ``--block-gradient
+off on`` (ours: each block's straight-through gradient reaches the mask,
+``masked_residual(..., block_gradient=True)``) train one masked model per
+combination. ``--save-masks PATH`` writes the learned test
+masks (N, 16, 16) of the first masked run (the plan's first pool, keep
+target, temperature and block-gradient setting) for ``bench_sparse.py
+--learned PATH``.
 """
 
 from __future__ import annotations
@@ -305,6 +309,34 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def seeds_markdown(results: list[dict]) -> str:
+    """Learned-mask rows of several runs (seeds) grouped by label: mean ± std over runs."""
+    groups: dict[str, list[tuple[float, dict]]] = {}
+    for result in results:
+        for run in result["runs"]:
+            groups.setdefault(run["label"], []).append((run["dense_accuracy"], run["learned"]))
+    lines = ["| model | runs | test acc dense baseline | test acc sparse | baseline − sparse "
+             "(points) | keep at mask (16x16) | keep at 2x2 | blocks FLOPs sparse/dense | "
+             "blocks time sparse/dense |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def stat(values: list[float], digits: int = 3) -> str:
+        t = torch.tensor(values, dtype=torch.float64)
+        return f"{t.mean():.{digits}f}" + (f" ± {t.std():.{digits}f}" if len(values) > 1 else "")
+
+    for label, rows in groups.items():
+        keeps = [list(r["keep"].values()) for _, r in rows]
+        lines.append(
+            f"| {label} | {len(rows)} | {stat([d for d, _ in rows])} | "
+            f"{stat([r['sparse_accuracy'] for _, r in rows])} | "
+            f"{stat([100 * (d - r['sparse_accuracy']) for d, r in rows], 1)} | "
+            f"{stat([k[0] for k in keeps], 2)} | "
+            f"{stat([k[-1] for k in keeps], 2)} | "
+            f"{stat([r['blocks_flops_ratio'] for _, r in rows], 2)} | "
+            f"{stat([r['blocks_time_ratio'] for _, r in rows], 2)} |")
+    return "\n".join(lines)
+
+
 def _target(text: str) -> float | None:
     return None if text == "none" else float(text)
 
@@ -335,10 +367,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None)
     parser.add_argument("--save-masks", default=None, help="write the learned test masks here")
-    parser.add_argument("--table", default=None, metavar="JSON", help="print a run's table")
+    parser.add_argument("--table", nargs="+", default=None, metavar="JSON",
+                        help="print a run's table; with several runs (seeds), the learned-mask "
+                        "rows as mean ± std per model")
     args = parser.parse_args(argv)
     if args.table:
-        print(markdown(json.loads(Path(args.table).read_text())))
+        results = [json.loads(Path(path).read_text()) for path in args.table]
+        print(markdown(results[0]) if len(results) == 1 else seeds_markdown(results))
         return 0
     if args.quick:
         args.num_train, args.num_test, args.epochs, args.repeats = 256, 128, 1, 2
@@ -356,8 +391,6 @@ def main(argv: list[str] | None = None) -> int:
         targets = [t for t in args.keep_target if t is not None] if "max" in args.pool else []
         plan += [(t, "nearest") for t in (targets[:1] or args.keep_target)]
     variants = [(t, g == "on") for t in args.temperature for g in args.block_gradient]
-    # masks saved: the first max-pool run with a keep target (else the first run)
-    saved_run = next(((t, p) for t, p in plan if t is not None and p == "max"), plan[0])
     for (target, pool), (temperature, block_gradient) in (
             (p, v) for p in plan for v in variants):
         torch.manual_seed(args.seed)
@@ -372,8 +405,7 @@ def main(argv: list[str] | None = None) -> int:
                "train_seconds": {"dense": dense_seconds, "masked": seconds}}
         run.update(evaluate(dense, masked, test, args))
         result["runs"].append(run)
-        if args.save_masks and (target, pool) == saved_run and (temperature, block_gradient) == \
-                variants[0]:
+        if args.save_masks and len(result["runs"]) == 1:
             torch.save(learned_masks(masked, test.images).bool(), args.save_masks)
         write_json(args.json, result)
     print(markdown(result))
