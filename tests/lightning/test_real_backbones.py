@@ -28,13 +28,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from energymask.ersm import EnergyMask2d, collect_regularizer
 from energymask.lightning_modules import (
     ERSMCallback,
     FrozenBackboneERSM,
     PBEDropoutCallback,
     load_for_inference,
 )
+from energymask.masked_residual import masked_residual
 from energymask.models import feature_extractor
+from energymask.sparse import sparsify
 from energymask.surgery import insert_after, last_spatial_block
 
 torchvision = pytest.importorskip("torchvision")
@@ -156,3 +159,39 @@ def test_the_reused_relu_of_a_basic_block_is_refused():
                                          r"parent 'layer1.0'"):
         insert_after(model, "layer1.0.relu", lambda _n, c: nn.Identity(),
                      example_input=torch.zeros(1, 3, 32, 32))
+
+
+class MaskedResidualNet(UserNet):
+    """The user's module, with ours: a hard ERSM layer after ``layer1`` and every residual
+    block after it masked (``masked_residual``), so training executes what ``sparsify`` runs."""
+
+    def __init__(self, name: str, size: int, block_gradient: bool = False) -> None:
+        super().__init__(name, size)
+        self.save_hyperparameters()
+        (self.ersm,) = insert_after(
+            self.net, "layer1",
+            lambda _, c: EnergyMask2d(c, gate="hard", bias_init=0.0, temperature=0.1)).values()
+        masked_residual(self.net, "layer1", block_gradient=block_gradient)
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step(batch, batch_idx) + collect_regularizer(self)
+
+
+@pytest.mark.parametrize("name", ["torchvision:resnet18", "timm:resnet18"])
+@pytest.mark.parametrize("block_gradient", [False, True])
+def test_masked_residual_trains_reloads_and_runs_sparse_on_a_real_backbone(
+        name, block_gradient, tmp_path):
+    size = BACKBONES[name][0]
+    L.seed_everything(0)
+    module = MaskedResidualNet(name, size, block_gradient)
+    layer = module.ersm
+    before = layer.weight.detach().clone()
+    trainer, ckpt, x = one_step(module, size, tmp_path)
+    assert not torch.equal(layer.weight, before)  # the mask learned in the Trainer's step
+    assert layer.executed_keep is not None or not block_gradient
+    loaded = load_for_inference(ckpt, MaskedResidualNet)
+    assert loaded.hparams.block_gradient is block_gradient
+    same_logits(module, loaded, x)
+    with torch.no_grad():
+        sparse = sparsify(loaded.net, warn=False).eval()
+        torch.testing.assert_close(sparse(x), loaded(x), rtol=0, atol=1e-5)
