@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -321,8 +322,8 @@ def seeds_markdown(results: list[dict]) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def stat(values: list[float], digits: int = 3) -> str:
-        t = torch.tensor(values, dtype=torch.float64)
-        return f"{t.mean():.{digits}f}" + (f" ± {t.std():.{digits}f}" if len(values) > 1 else "")
+        mean = f"{statistics.fmean(values):.{digits}f}"
+        return mean + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
 
     for label, rows in groups.items():
         keeps = [list(r["keep"].values()) for _, r in rows]
